@@ -1,0 +1,58 @@
+"""mtlskit: mutual TLS for Python services, batteries included.
+
+The public surface is small; everything else is internal::
+
+    from mtlskit import CA, server_context, client_context
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mtlskit.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    HandshakeError,
+    MtlsError,
+    PKIError,
+    ServerError,
+    VerificationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CA",
+    "AlreadyExistsError",
+    "ConfigError",
+    "HandshakeError",
+    "IssuedCert",
+    "MtlsError",
+    "PKIError",
+    "ServerError",
+    "VerificationError",
+    "__version__",
+    "client_context",
+    "server_context",
+]
+
+if TYPE_CHECKING:
+    from mtlskit.pki.ca import CA, IssuedCert
+    from mtlskit.tls import client_context, server_context
+
+# Heavy modules (cryptography, ssl) load on first use, so `mtlskit --help` stays fast.
+_LAZY = {
+    "CA": "mtlskit.pki.ca",
+    "IssuedCert": "mtlskit.pki.ca",
+    "server_context": "mtlskit.tls",
+    "client_context": "mtlskit.tls",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mtlskit' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

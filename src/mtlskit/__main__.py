@@ -1,0 +1,3 @@
+from mtlskit.cli import run
+
+run()

@@ -1,0 +1,39 @@
+"""Small helpers shared by the CLI modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mtlskit.errors import ConfigError
+
+__all__ = ["ca_dir_option", "read_passphrase"]
+
+ca_dir_option = click.option(
+    "--ca-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("certs"),
+    show_default=True,
+    help="Folder with ca.crt and ca.key.",
+)
+
+
+def read_passphrase(path: Path | None, *, prompt: bool, confirm: bool = False) -> bytes | None:
+    """A passphrase from a file (first line), from an interactive prompt, or none."""
+    if path is not None:
+        try:
+            text = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read passphrase file: {exc.strerror}", file=path, hint="check the path"
+            ) from exc
+        if not text or not text[0]:
+            raise ConfigError(
+                "passphrase file is empty", file=path, hint="write the passphrase in it"
+            )
+        return text[0].encode()
+    if prompt:
+        value = click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
+        return str(value).encode()
+    return None

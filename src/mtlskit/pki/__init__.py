@@ -1,0 +1,1 @@
+"""Keys, names, profiles and the private CA. Never opens sockets."""

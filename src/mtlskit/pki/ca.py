@@ -1,0 +1,365 @@
+"""The private CA: create (root or intermediate), issue leaves, sign CSRs, load/save.
+
+::
+
+    ca = CA.create()                          # self-signed root, ECDSA P-256
+    leaf = ca.issue("server", "localhost", sans=["localhost", "127.0.0.1"])
+    ca.save("certs"); leaf.save("certs", "server")
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mtlskit.errors import ConfigError, PKIError
+from mtlskit.pki import profiles
+from mtlskit.pki.keys import (
+    DEFAULT_KEY_TYPE,
+    PrivateKey,
+    PublicKey,
+    generate_key,
+    key_matches,
+    load_private_key,
+    private_key_pem,
+    signature_hash,
+)
+from mtlskit.pki.load import load_certificates
+from mtlskit.pki.names import parse_name, parse_sans
+from mtlskit.pki.store import CERT_MODE, KEY_MODE, SeedLayout, read_file, write_many
+
+__all__ = ["CA", "SEED_CA_SUBJECT", "IssuedCert", "cert_pem", "csr_pem", "random_serial"]
+
+SEED_CA_SUBJECT = "/C=TH/ST=RB/O=IT Sec/CN=CA"
+BACKDATE = dt.timedelta(minutes=1)
+
+
+def random_serial() -> int:
+    """A random positive 128-bit serial (RFC 5280 allows up to 20 octets)."""
+    return secrets.randbits(127) | (1 << 126)
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _validity(
+    days: int | None, not_after: dt.datetime | None, *, default: int, cap: int | None
+) -> tuple[dt.datetime, dt.datetime]:
+    now = _now()
+    if days is not None and not_after is not None:
+        raise ConfigError("give either --days or --not-after, not both")
+    if not_after is not None:
+        end = not_after if not_after.tzinfo else not_after.replace(tzinfo=dt.UTC)
+        if end <= now:
+            raise ConfigError(
+                f"--not-after {end:%Y-%m-%d} is in the past", hint="pick a later date"
+            )
+        return now - BACKDATE, end
+    n = default if days is None else days
+    if n <= 0:
+        raise ConfigError(f"--days must be positive, not {n}")
+    if cap is not None and days is None and n > cap:
+        n = cap
+    return now - BACKDATE, now + dt.timedelta(days=n)
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    """A leaf certificate with its private key (and CSR when we made one)."""
+
+    private_key: PrivateKey | None
+    certificate: x509.Certificate
+    csr: x509.CertificateSigningRequest | None = None
+
+    @property
+    def cert_pem(self) -> bytes:
+        return cert_pem(self.certificate)
+
+    def key_pem(self, passphrase: bytes | None = None) -> bytes:
+        if self.private_key is None:
+            raise PKIError("this certificate was signed from a CSR: its key is not ours")
+        return private_key_pem(self.private_key, passphrase)
+
+    def files(
+        self, folder: str | os.PathLike[str], name: str, passphrase: bytes | None = None
+    ) -> list[tuple[Path, bytes, int]]:
+        """The (path, data, mode) triples :meth:`save` writes: NAME.key, NAME.csr, NAME.crt."""
+        layout = SeedLayout(Path(folder))
+        out: list[tuple[Path, bytes, int]] = []
+        if self.private_key is not None:
+            out.append((layout.key(name), self.key_pem(passphrase), KEY_MODE))
+        if self.csr is not None:
+            out.append((layout.csr(name), csr_pem(self.csr), CERT_MODE))
+        out.append((layout.cert(name), self.cert_pem, CERT_MODE))
+        return out
+
+    def save(
+        self,
+        folder: str | os.PathLike[str],
+        name: str,
+        *,
+        force: bool = False,
+        passphrase: bytes | None = None,
+    ) -> list[Path]:
+        return write_many(self.files(folder, name, passphrase), force=force)
+
+
+class CA:
+    """A certificate authority: its certificate, its key, and (optionally) its chain."""
+
+    def __init__(
+        self,
+        certificate: x509.Certificate,
+        private_key: PrivateKey,
+        *,
+        chain: Sequence[x509.Certificate] = (),
+        dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.certificate = certificate
+        self.private_key = private_key
+        self.chain = list(chain)  # issuers above this CA, nearest first
+        self.dir = Path(dir) if dir is not None else None
+
+    # -- creation ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        subject: str | x509.Name = SEED_CA_SUBJECT,
+        *,
+        key_type: str = DEFAULT_KEY_TYPE,
+        days: int | None = None,
+        not_after: dt.datetime | None = None,
+        path_length: int | None = None,
+        parent: CA | None = None,
+    ) -> CA:
+        """A new root CA, or an intermediate signed by ``parent``."""
+        name = parse_name(subject) if isinstance(subject, str) else subject
+        if path_length is not None and path_length < 0:
+            raise ConfigError("--path-length must be 0 or more")
+        key = generate_key(key_type)
+        start, end = _validity(days, not_after, default=profiles.DEFAULT_CA_DAYS, cap=None)
+        signer_key = parent.private_key if parent else key
+        issuer = parent.certificate if parent else None
+        if parent is not None:
+            start, end = parent._clip(start, end)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer.subject if issuer else name)
+            .public_key(key.public_key())
+            .serial_number(random_serial())
+            .not_valid_before(start)
+            .not_valid_after(end)
+        )
+        for ext, critical in profiles.ca_extensions(
+            key.public_key(), path_length=path_length, issuer=issuer
+        ):
+            builder = builder.add_extension(ext, critical)
+        cert = builder.sign(signer_key, signature_hash(signer_key))  # type: ignore[arg-type]
+        chain = [parent.certificate, *parent.chain] if parent else []
+        return cls(cert, key, chain=chain)
+
+    def _clip(self, start: dt.datetime, end: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+        """A child never outlives its CA."""
+        return start, min(end, self.certificate.not_valid_after_utc)
+
+    # -- signing ----------------------------------------------------------------------------
+
+    def _sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        return builder.sign(self.private_key, signature_hash(self.private_key))  # type: ignore[arg-type]
+
+    def sign_public_key(
+        self,
+        public_key: PublicKey,
+        subject: x509.Name,
+        *,
+        profile: str,
+        sans: Sequence[str | x509.GeneralName] = (),
+        days: int | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``."""
+        prof = profiles.check_profile(profile)
+        names = [s for s in sans if isinstance(s, x509.GeneralName)]
+        names += [n for n in parse_sans([s for s in sans if isinstance(s, str)]) if n not in names]
+        start, end = _validity(
+            days, not_after, default=profiles.DEFAULT_LEAF_DAYS, cap=profiles.MAX_LEAF_DAYS
+        )
+        start, end = self._clip(start, end)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(random_serial())
+            .not_valid_before(start)
+            .not_valid_after(end)
+        )
+        for ext, critical in profiles.leaf_extensions(
+            prof, public_key, sans=names, issuer=self.certificate
+        ):
+            builder = builder.add_extension(ext, critical)
+        return self._sign(builder)
+
+    def issue(
+        self,
+        profile: str,
+        subject: str | x509.Name,
+        *,
+        sans: Sequence[str | x509.GeneralName] = (),
+        key_type: str = DEFAULT_KEY_TYPE,
+        days: int | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> IssuedCert:
+        """Make a key, a CSR and a certificate for ``profile`` ('server', 'client', …)."""
+        profiles.check_profile(profile)
+        name = parse_name(subject) if isinstance(subject, str) else subject
+        parsed = [s for s in sans if isinstance(s, x509.GeneralName)]
+        parsed += parse_sans([s for s in sans if isinstance(s, str)])
+        key = generate_key(key_type)
+        csr_builder = x509.CertificateSigningRequestBuilder().subject_name(name)
+        if parsed:
+            csr_builder = csr_builder.add_extension(x509.SubjectAlternativeName(parsed), False)
+        csr = csr_builder.sign(key, signature_hash(key))  # type: ignore[arg-type]
+        cert = self.sign_public_key(
+            key.public_key(), name, profile=profile, sans=parsed, days=days, not_after=not_after
+        )
+        return IssuedCert(key, cert, csr)
+
+    def sign_csr(
+        self,
+        csr: x509.CertificateSigningRequest,
+        *,
+        profile: str,
+        sans: Sequence[str | x509.GeneralName] | None = None,
+        days: int | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """Sign a CSR. Its subject is kept; SANs come from ``sans`` or else from the CSR.
+
+        Only the subject, the key and the SANs of the CSR are used: the extensions
+        come from ``profile``, never from the requester.
+        """
+        if not csr.is_signature_valid:
+            raise PKIError(
+                "the CSR's signature does not match its key",
+                hint="re-create the CSR with mtlskit csr create",
+            )
+        names: Sequence[str | x509.GeneralName]
+        if sans:
+            names = sans
+        else:
+            try:
+                names = list(
+                    csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                )
+            except x509.ExtensionNotFound:
+                names = []
+        return self.sign_public_key(
+            csr.public_key(),  # type: ignore[arg-type]
+            csr.subject,
+            profile=profile,
+            sans=names,
+            days=days,
+            not_after=not_after,
+        )
+
+    # -- files ------------------------------------------------------------------------------
+
+    @property
+    def cert_pem(self) -> bytes:
+        """This CA's certificate followed by its chain (for an intermediate)."""
+        return b"".join(cert_pem(c) for c in [self.certificate, *self.chain])
+
+    def key_pem(self, passphrase: bytes | None = None) -> bytes:
+        return private_key_pem(self.private_key, passphrase)
+
+    def files(
+        self, folder: str | os.PathLike[str], passphrase: bytes | None = None
+    ) -> list[tuple[Path, bytes, int]]:
+        layout = SeedLayout(Path(folder))
+        return [
+            (layout.ca_key(), self.key_pem(passphrase), KEY_MODE),
+            (layout.ca_cert(), self.cert_pem, CERT_MODE),
+        ]
+
+    def save(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        force: bool = False,
+        passphrase: bytes | None = None,
+    ) -> list[Path]:
+        """Write ``ca.key`` (0600) and ``ca.crt`` (0644) into ``folder``."""
+        paths = write_many(self.files(folder, passphrase), force=force)
+        self.dir = Path(folder)
+        return paths
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, passphrase: bytes | None = None) -> CA:
+        """Load ``ca.crt`` + ``ca.key`` from ``folder`` (the seed layout)."""
+        layout = SeedLayout(Path(folder))
+        if not Path(folder).is_dir():
+            raise PKIError(
+                "CA folder not found",
+                file=folder,
+                hint="create one with mtlskit init or mtlskit ca create",
+            )
+        if not layout.ca_key().exists():
+            raise PKIError(
+                "CA folder has no ca.key: cannot sign without the CA's private key",
+                file=layout.ca_key(),
+                hint="point --ca-dir at the folder holding ca.crt and ca.key",
+            )
+        certs = load_certificates(
+            read_file(layout.ca_cert(), "CA certificate"), file=layout.ca_cert()
+        )
+        key = load_private_key(
+            read_file(layout.ca_key(), "CA key"), file=layout.ca_key(), passphrase=passphrase
+        )
+        cert = certs[0]
+        if not key_matches(key, cert.public_key()):
+            raise PKIError(
+                "ca.key does not match ca.crt",
+                file=layout.ca_key(),
+                hint="restore the key that belongs to this CA certificate",
+            )
+        check_is_ca(cert, file=layout.ca_cert())
+        return cls(cert, key, chain=certs[1:], dir=folder)
+
+
+def check_is_ca(cert: x509.Certificate, *, file: str | os.PathLike[str] | None = None) -> None:
+    """Refuse a certificate that may not sign others.
+
+    A v1 certificate (no extensions at all, as ``openssl req -x509`` without a
+    config may write) is accepted as a CA, like OpenSSL does for trust anchors.
+    """
+    if cert.version == x509.Version.v1:
+        return
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is None or not bc.ca:
+        raise PKIError(
+            "certificate is not a CA (basicConstraints CA:TRUE is missing)",
+            file=file,
+            hint="use a CA certificate, e.g. one made with mtlskit ca create",
+        )

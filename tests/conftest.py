@@ -1,0 +1,137 @@
+"""Shared fixtures: real files, real processes, free ports on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "bin"
+SHARED = (ROOT / ".." / "shared").resolve()
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(
+    *args: str | os.PathLike[str],
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """Run `python -m mtlskit ARGS` as a real process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlskit", *map(str, args)],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli() -> Callable[..., Result]:
+    return run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15
+) -> None:
+    """Poll until something accepts on 127.0.0.1:port (never sleep blindly)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def go_binary(name: str) -> Path:
+    """A Go peer from bin/ (scripts/setup.sh builds them); built here if missing."""
+    path = BIN / name
+    if not path.exists():
+        if shutil.which("go") is None:
+            pytest.fail("go is not installed: run scripts/setup.sh")
+        src = {
+            "seed-server": (SHARED / "peers/go-seed", "./server"),
+            "seed-client": (SHARED / "peers/go-seed", "./client"),
+            "mtls-loadgen": (SHARED / "bench/loadgen", "."),
+        }[name]
+        BIN.mkdir(exist_ok=True)
+        env = {**os.environ, "GOCACHE": str(ROOT / ".gocache"), "GOTOOLCHAIN": "local"}
+        subprocess.run(["go", "build", "-o", str(path), src[1]], cwd=src[0], env=env, check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seed_certs_p256(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seed-layout folder made by `mtlskit init` (P-256), shared read-only by tests."""
+    folder = tmp_path_factory.mktemp("certs-p256") / "certs"
+    from mtlskit.pki.seed import init_seed
+
+    init_seed(folder)
+    return folder
+
+
+SEED_OPENSSL_SCRIPT = r"""
+set -e
+openssl genrsa -out ca.key 4096
+openssl req -new -x509 -days 3650 -key ca.key -subj "/C=TH/ST=RB/O=IT Sec/CN=CA" -out ca.crt
+openssl req -newkey rsa:4096 -nodes -keyout server.key -subj "/C=TH/ST=RB/O=Dev/CN=localhost" -out server.csr
+openssl x509 -req -extfile <(printf "subjectAltName=DNS:localhost,DNS:www.example.com,IP.1:127.0.0.1") -days 365 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt
+openssl genrsa -out client.key 4096
+openssl req -new -key client.key -out client.csr -subj "/C=TH/ST=RB/O=Dev/CN=client"
+openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -out client.crt -days 365 -sha256 -CAcreateserial
+"""
+
+
+@pytest.fixture(scope="session")
+def seed_certs_openssl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seed's exact openssl commands (RSA-4096, X.509 v1 client certificate)."""
+    folder = tmp_path_factory.mktemp("certs-openssl") / "certs"
+    folder.mkdir()
+    subprocess.run(["bash", "-c", SEED_OPENSSL_SCRIPT], cwd=folder, check=True, capture_output=True)
+    return folder
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes started by a test; all stopped at the end, whatever happens."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.terminate()
+    for p in started:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
