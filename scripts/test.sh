@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-.venv/bin/ruff check src tests bench
-.venv/bin/ruff format --check -q src tests bench
+.venv/bin/ruff check
+.venv/bin/ruff format --check -q
 .venv/bin/mypy
 .venv/bin/pytest "$@"
 
