@@ -9,8 +9,12 @@ scripts/setup.sh
 .venv/bin/pytest "$@"
 
 # Python 3.13 adds VERIFY_X509_STRICT to ssl defaults: keep the suite green there too.
-PY313=${PY313:-$(command -v python3.13 || ls /root/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | head -n1 || true)}
-if [ -n "$PY313" ] && [ "${MTLSKIT_SKIP_313:-}" != 1 ]; then
+if [ -z "${PY313:-}" ]; then
+  for c in "$HOME"/.pyenv/versions/3.13*/bin/python3.13 /usr/bin/python3.13 /usr/local/bin/python3.13; do
+    if [ -x "$c" ] && "$c" --version >/dev/null 2>&1; then PY313=$c; break; fi
+  done
+fi
+if [ -n "${PY313:-}" ] && [ "${MTLSKIT_SKIP_313:-}" != 1 ]; then
   if [ ! -x .venv313/bin/python ]; then "$PY313" -m venv .venv313; fi
   if [ ! -f .venv313/.ok ] || [ pyproject.toml -nt .venv313/.ok ]; then
     .venv313/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" >&2 || true
