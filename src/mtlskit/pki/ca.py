@@ -35,7 +35,15 @@ from mtlskit.pki.load import load_certificates
 from mtlskit.pki.names import parse_name, parse_sans
 from mtlskit.pki.store import CERT_MODE, KEY_MODE, SeedLayout, read_file, write_many
 
-__all__ = ["CA", "SEED_CA_SUBJECT", "IssuedCert", "cert_pem", "csr_pem", "random_serial"]
+__all__ = [
+    "CA",
+    "SEED_CA_SUBJECT",
+    "IssuedCert",
+    "cert_pem",
+    "create_csr",
+    "csr_pem",
+    "random_serial",
+]
 
 SEED_CA_SUBJECT = "/C=TH/ST=RB/O=IT Sec/CN=CA"
 BACKDATE = dt.timedelta(minutes=1)
@@ -52,6 +60,19 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 def csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def create_csr(
+    key: PrivateKey, subject: str | x509.Name, sans: Sequence[str | x509.GeneralName] = ()
+) -> x509.CertificateSigningRequest:
+    """A CSR for ``key`` (like ``openssl req -new``), with the SANs as a requested extension."""
+    name = parse_name(subject) if isinstance(subject, str) else subject
+    parsed = [s for s in sans if isinstance(s, x509.GeneralName)]
+    parsed += [n for n in parse_sans([s for s in sans if isinstance(s, str)]) if n not in parsed]
+    builder = x509.CertificateSigningRequestBuilder().subject_name(name)
+    if parsed:
+        builder = builder.add_extension(x509.SubjectAlternativeName(parsed), False)
+    return builder.sign(key, signature_hash(key))  # type: ignore[arg-type]
 
 
 def _now() -> dt.datetime:
@@ -86,10 +107,13 @@ class IssuedCert:
     private_key: PrivateKey | None
     certificate: x509.Certificate
     csr: x509.CertificateSigningRequest | None = None
+    # Intermediate CAs a peer needs to reach the root (empty when a root signed it).
+    chain: tuple[x509.Certificate, ...] = ()
 
     @property
     def cert_pem(self) -> bytes:
-        return cert_pem(self.certificate)
+        """The certificate, then its intermediates: what a TLS peer sends."""
+        return b"".join(cert_pem(c) for c in (self.certificate, *self.chain))
 
     def key_pem(self, passphrase: bytes | None = None) -> bytes:
         if self.private_key is None:
@@ -155,6 +179,13 @@ class CA:
             raise ConfigError("--path-length must be 0 or more")
         key = generate_key(key_type)
         start, end = _validity(days, not_after, default=profiles.DEFAULT_CA_DAYS, cap=None)
+        if parent is not None:
+            bc = parent.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+            if bc.value.path_length == 0:
+                raise ConfigError(
+                    "the parent CA has path length 0: it may sign leaves, not other CAs",
+                    hint="sign the intermediate with a root made with --path-length 1 or more",
+                )
         signer_key = parent.private_key if parent else key
         issuer = parent.certificate if parent else None
         if parent is not None:
@@ -183,7 +214,21 @@ class CA:
     # -- signing ----------------------------------------------------------------------------
 
     def _sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
-        return builder.sign(self.private_key, signature_hash(self.private_key))  # type: ignore[arg-type]
+        """Sign ``builder`` (which has no serial yet: this picks it).
+
+        A CA with a folder records every certificate in its inventory (ca.db), which
+        also keeps serials unique across processes (mtlskit.pki.inventory).
+        """
+
+        def sign(serial: int) -> x509.Certificate:
+            b = builder.serial_number(serial)
+            return b.sign(self.private_key, signature_hash(self.private_key))  # type: ignore[arg-type]
+
+        if self.dir is None:
+            return sign(random_serial())
+        from mtlskit.pki.inventory import record_issuance
+
+        return record_issuance(self.dir, self.certificate, sign)
 
     def sign_public_key(
         self,
@@ -208,7 +253,6 @@ class CA:
             .subject_name(subject)
             .issuer_name(self.certificate.subject)
             .public_key(public_key)
-            .serial_number(random_serial())
             .not_valid_before(start)
             .not_valid_after(end)
         )
@@ -234,14 +278,16 @@ class CA:
         parsed = [s for s in sans if isinstance(s, x509.GeneralName)]
         parsed += parse_sans([s for s in sans if isinstance(s, str)])
         key = generate_key(key_type)
-        csr_builder = x509.CertificateSigningRequestBuilder().subject_name(name)
-        if parsed:
-            csr_builder = csr_builder.add_extension(x509.SubjectAlternativeName(parsed), False)
-        csr = csr_builder.sign(key, signature_hash(key))  # type: ignore[arg-type]
+        csr = create_csr(key, name, parsed)
         cert = self.sign_public_key(
             key.public_key(), name, profile=profile, sans=parsed, days=days, not_after=not_after
         )
-        return IssuedCert(key, cert, csr)
+        return IssuedCert(key, cert, csr, chain=self.leaf_chain)
+
+    @property
+    def leaf_chain(self) -> tuple[x509.Certificate, ...]:
+        """What follows a leaf this CA signs in a bundle: this CA when it is an intermediate."""
+        return (self.certificate,) if self.chain else ()
 
     def sign_csr(
         self,
@@ -307,8 +353,12 @@ class CA:
         force: bool = False,
         passphrase: bytes | None = None,
     ) -> list[Path]:
-        """Write ``ca.key`` (0600) and ``ca.crt`` (0644) into ``folder``."""
+        """Write ``ca.key`` (0600) and ``ca.crt`` (0644) into ``folder``, and its inventory."""
+        from mtlskit.pki.inventory import check_inventory_free, create_inventory
+
+        check_inventory_free(folder, self.certificate, replace=force)
         paths = write_many(self.files(folder, passphrase), force=force)
+        create_inventory(folder, self.certificate, replace=force)
         self.dir = Path(folder)
         return paths
 

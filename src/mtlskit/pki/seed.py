@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from mtlskit.pki.ca import CA, SEED_CA_SUBJECT
+from mtlskit.pki.inventory import check_inventory_free, create_inventory
 from mtlskit.pki.keys import DEFAULT_KEY_TYPE
 from mtlskit.pki.store import write_many
 
@@ -42,6 +43,8 @@ def init_seed(
         *server.files(folder, "server"),
         *client.files(folder, "client"),
     ]
+    check_inventory_free(folder, ca.certificate, replace=force)
     paths = write_many(files, force=force)
+    create_inventory(folder, ca.certificate, replace=force)  # adopts server.crt, client.crt
     ca.dir = Path(folder)
     return paths

@@ -1,0 +1,222 @@
+"""Revocation: RFC 5280 reasons, signed CRLs from the inventory, and checking CRLs.
+
+::
+
+    inv.revoke("1f3a…", "keyCompromise")        # mark it in ca.db
+    crl = make_crl(ca)                           # CRL number +1, nextUpdate in 30 days
+    write_crl(crl, "certs/ca.crl")
+    check_crl(read_crl("certs/ca.crl"), [ca.certificate])   # signed by this CA, not expired
+    is_revoked(cert, crl)                        # the entry, or None
+
+OpenSSL refuses *every* client once the CRL it was given has passed its
+nextUpdate (``X509_V_ERR_CRL_HAS_EXPIRED``), so the CRL must be re-made before
+then (``mtlskit status`` shows the days left, ``serve --metrics-port`` exports them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from mtlskit.errors import ConfigError, PKIError
+from mtlskit.pki.keys import signature_hash
+from mtlskit.pki.store import CERT_MODE, read_file, write_atomic
+
+if TYPE_CHECKING:
+    from mtlskit.pki.ca import CA
+    from mtlskit.pki.inventory import Record
+
+__all__ = [
+    "CRL_NAME",
+    "DEFAULT_CRL_DAYS",
+    "REASONS",
+    "build_crl",
+    "check_crl",
+    "crl_pem",
+    "is_revoked",
+    "load_crl",
+    "make_crl",
+    "parse_reason",
+    "read_crl",
+    "write_crl",
+]
+
+CRL_NAME = "ca.crl"
+DEFAULT_CRL_DAYS = 30
+BACKDATE = dt.timedelta(minutes=1)
+
+# RFC 5280 5.3.1 reason names (removeFromCRL belongs to delta CRLs only).
+REASONS: dict[str, x509.ReasonFlags] = {
+    flag.value: flag for flag in x509.ReasonFlags if flag is not x509.ReasonFlags.remove_from_crl
+}
+
+
+def _squash(text: str) -> str:
+    return text.replace("-", "").replace("_", "").replace(" ", "").lower()
+
+
+def parse_reason(text: str) -> x509.ReasonFlags:
+    """``keyCompromise``, ``key-compromise`` or ``key_compromise`` → the RFC 5280 reason."""
+    for name, flag in REASONS.items():
+        if _squash(name) == _squash(text):
+            return flag
+    raise ConfigError(
+        f"unknown revocation reason {text!r}", hint=f"use one of {', '.join(REASONS)}"
+    )
+
+
+def _aki(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())  # type: ignore[arg-type]
+
+
+def build_crl(
+    ca: CA,
+    revoked: Iterable[Record],
+    *,
+    number: int,
+    days: int = DEFAULT_CRL_DAYS,
+    now: dt.datetime | None = None,
+) -> x509.CertificateRevocationList:
+    """A CRL signed by ``ca`` listing ``revoked``, numbered ``number``.
+
+    Entries of certificates that have expired are left out (RFC 5280 5.1.2.6
+    allows it): a client presenting one is refused for its dates anyway.
+    """
+    if days <= 0:
+        raise ConfigError(f"--days must be positive, not {days}")
+    now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now - BACKDATE)
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), False)
+        .add_extension(_aki(ca.certificate), False)
+    )
+    for rec in revoked:
+        if rec.status != "revoked" or rec.not_after < now:
+            continue
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(rec.serial_int)
+            .revocation_date(rec.revoked_at or now)
+        )
+        if rec.reason and rec.reason != x509.ReasonFlags.unspecified.value:
+            entry = entry.add_extension(x509.CRLReason(x509.ReasonFlags(rec.reason)), False)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(ca.private_key, signature_hash(ca.private_key))  # type: ignore[arg-type]
+
+
+def make_crl(ca: CA, *, days: int = DEFAULT_CRL_DAYS) -> x509.CertificateRevocationList:
+    """The next CRL of ``ca`` from its inventory (``ca.dir`` must be set)."""
+    from mtlskit.pki.inventory import Inventory
+
+    if ca.dir is None:
+        raise PKIError("this CA has no folder, so no inventory", hint="load it with CA.load")
+    if days <= 0:
+        raise ConfigError(f"--days must be positive, not {days}")
+    inv = Inventory.open(ca.dir, ca.certificate)
+    revoked = inv.revoked()
+    return build_crl(ca, revoked, number=inv.next_crl_number(), days=days)
+
+
+def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def write_crl(crl: x509.CertificateRevocationList, path: str | os.PathLike[str]) -> Path:
+    """Write ``crl`` as PEM, atomically (a server reloading it never sees half a file)."""
+    return write_atomic(path, crl_pem(crl), CERT_MODE)
+
+
+def load_crl(
+    data: bytes, *, file: str | os.PathLike[str] | None = None
+) -> x509.CertificateRevocationList:
+    """A CRL from PEM or DER."""
+    try:
+        if b"-----BEGIN" in data:
+            if b"-----BEGIN X509 CRL-----" not in data:
+                from mtlskit.pki.keys import _pem_kind
+
+                raise PKIError(
+                    f"expected a CRL, found {_pem_kind(data)}", file=file, hint="pass a .crl file"
+                )
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError:
+        raise PKIError(
+            "not a PEM or DER CRL", file=file, hint="make one with mtlskit crl"
+        ) from None
+
+
+def read_crl(path: str | os.PathLike[str]) -> x509.CertificateRevocationList:
+    return load_crl(read_file(path, "CRL"), file=path)
+
+
+def check_crl(
+    crl: x509.CertificateRevocationList,
+    ca_certs: Sequence[x509.Certificate],
+    *,
+    file: str | os.PathLike[str] | None = None,
+    now: dt.datetime | None = None,
+    check_time: bool = True,
+) -> x509.Certificate:
+    """The CA in ``ca_certs`` that signed ``crl``; refuse a CRL of another key or out of date.
+
+    OpenSSL would refuse every client with such a CRL, so a server must not load it.
+    """
+    issuer = crl.issuer.rfc4514_string()
+    named = [c for c in ca_certs if c.subject == crl.issuer]
+    for ca in named:
+        try:
+            ok = crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        except (TypeError, ValueError, InvalidSignature):
+            ok = False
+        if ok:
+            break
+    else:
+        cas = ", ".join(c.subject.rfc4514_string() for c in ca_certs) or "none"
+        what = (
+            f"CRL is signed by another key than its issuer's ({issuer})"
+            if named
+            else f"CRL was issued by {issuer}, not by the CA ({cas})"
+        )
+        raise PKIError(what, file=file, hint="make it with the CA's key: mtlskit crl --ca-dir DIR")
+    if check_time:
+        now = now or dt.datetime.now(dt.UTC)
+        if crl.next_update_utc is not None and crl.next_update_utc < now:
+            raise PKIError(
+                f"CRL expired on {crl.next_update_utc:%Y-%m-%d %H:%M} UTC (nextUpdate)",
+                file=file,
+                hint="make a fresh one with mtlskit crl",
+            )
+        if crl.last_update_utc > now + BACKDATE:
+            raise PKIError(
+                f"CRL is not valid before {crl.last_update_utc:%Y-%m-%d %H:%M} UTC (thisUpdate)",
+                file=file,
+                hint="check the clocks of this machine and the CA's",
+            )
+    return ca
+
+
+def is_revoked(
+    cert: x509.Certificate, crl: x509.CertificateRevocationList
+) -> x509.RevokedCertificate | None:
+    """The CRL entry of ``cert``, or None. Only a CRL from ``cert``'s issuer can revoke it.
+
+    This does not check the CRL's signature: call :func:`check_crl` first.
+    """
+    if crl.issuer != cert.issuer:
+        return None
+    return crl.get_revoked_certificate_by_serial_number(cert.serial_number)
