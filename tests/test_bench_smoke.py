@@ -1,0 +1,59 @@
+"""bench/run.py --quick: the benchmark harness still runs end to end (speeds not asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, go_binary
+
+MODES = {"keepalive", "handshake", "resume"}
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_quick_bench_writes_json_table_and_chart(tmp_path: Path) -> None:
+    go_binary("mtls-loadgen")
+    go_binary("seed-server")
+    r = subprocess.run(
+        [sys.executable, ROOT / "bench" / "run.py", "--quick", "--out", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads((tmp_path / "latest.json").read_text())
+
+    for field in ("command", "settings", "versions", "bounds", "throughput", "ratios", "targets"):
+        assert field in data, field
+    speed = data["bounds"]["openssl_speed"]
+    assert speed["rsa4096_sign_per_s"] > 0
+    assert speed["ecdsap256_sign_per_s"] > 0
+
+    measured = [row for row in data["throughput"] if "error" not in row]
+    # The Go seed server is always there; mtlskit and nginx when available.
+    go_rows = [row for row in measured if row["server"] == "go"]
+    assert {row["mode"] for row in go_rows} == MODES
+    for row in measured:
+        for field in ("rate", "ok", "errors", "server_cpu_s", "per_cpu_s", "p50_ms", "resumed"):
+            assert field in row, (row["server"], row["mode"], field)
+        assert row["ok"] > 0, row
+    if "mtlskit" not in data["skipped"]:
+        assert {row["mode"] for row in measured if row["server"] == "mtlskit"} == MODES
+        assert all(r["mtlskit_vs_go"] is not None for r in data["ratios"])
+
+    for t in data["targets"]:
+        assert set(t) == {"target", "value", "goal", "met"}
+    idle = {row["server"]: row for row in data["idle"]}
+    assert idle["go"]["open"] > 0 and idle["go"]["rss_per_conn_kib"] is not None
+
+    table = (tmp_path / "latest.md").read_text()
+    assert "| P-256 | full mTLS handshake |" in table
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
