@@ -11,7 +11,7 @@ from cryptography.x509.oid import NameOID
 
 from mtlskit.errors import ConfigError
 
-__all__ = ["format_san", "parse_name", "parse_san", "parse_sans", "san_strings"]
+__all__ = ["format_name", "format_san", "parse_name", "parse_san", "parse_sans", "san_strings"]
 
 _ATTRS = {
     "C": NameOID.COUNTRY_NAME,
@@ -163,3 +163,10 @@ def san_strings(cert: x509.Certificate | x509.CertificateSigningRequest) -> list
     except x509.ExtensionNotFound:
         return []
     return [format_san(n) for n in ext.value]
+
+
+def format_name(name: x509.Name) -> str:
+    """``C=TH, ST=RB, O=Dev, CN=localhost``: in certificate order, as ``openssl x509 -text``."""
+    if not len(name):
+        return "(empty)"
+    return ", ".join(f"{a.rfc4514_attribute_name}={a.value!s}" for a in name)
