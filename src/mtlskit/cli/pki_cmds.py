@@ -282,7 +282,9 @@ def csr_create(
 @click.command(help="Sign a CSR with the CA (like openssl x509 -req, with correct extensions).")
 @click.argument("csr_file", metavar="CSR", type=_file)
 @ca_dir_option
-@click.option("--profile", type=click.Choice(PROFILES), required=True, help="Extensions.")
+@click.option(
+    "--profile", type=click.Choice(PROFILES), help="Extensions: server, client or server-client."
+)
 @click.option("--san", "sans", multiple=True, help="Replace the CSR's SANs; repeatable.")
 @_lifetime_options
 @click.option("-o", "--out", "out", type=_file, help="Certificate file (default: CSR.crt).")
@@ -291,7 +293,7 @@ def csr_create(
 def sign(
     csr_file: Path,
     ca_dir: Path,
-    profile: str,
+    profile: str | None,
     sans: tuple[str, ...],
     days: int | None,
     not_after: dt.datetime | None,
@@ -304,6 +306,11 @@ def sign(
     from mtlskit.pki.names import parse_sans
     from mtlskit.pki.store import CERT_MODE, write_many
 
+    if profile is None:
+        # Checked here: click's own message for a required choice spans several lines.
+        raise ConfigError(
+            "missing option --profile", hint="add --profile server, client or server-client"
+        )
     request = read_csr(csr_file)
     if not request.is_signature_valid:
         raise PKIError(
