@@ -1,0 +1,101 @@
+"""How long `mtlskit init` takes, against the seed's openssl commands, in the same run.
+
+    .venv/bin/python bench/pki_speed.py [--runs 5] [--json]
+
+Wall time of whole processes, as a user sees them: `python -m mtlskit init` with
+the default key type (ECDSA P-256; target < 0.5 s) and with `--key-type rsa4096`,
+and the seed's seven openssl commands (RSA-4096, from ../shared/seed/README.md).
+Also `mtlskit --help` (lazy imports keep it fast). RSA key generation time varies
+a lot from run to run (it searches for primes), so medians over several runs are
+printed with min and max. A benchmark, not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# The seed's commands, verbatim (as tests/conftest.py runs them).
+SEED_OPENSSL_SCRIPT = r"""
+set -e
+openssl genrsa -out ca.key 4096
+openssl req -new -x509 -days 3650 -key ca.key -subj "/C=TH/ST=RB/O=IT Sec/CN=CA" -out ca.crt
+openssl req -newkey rsa:4096 -nodes -keyout server.key -subj "/C=TH/ST=RB/O=Dev/CN=localhost" -out server.csr
+openssl x509 -req -extfile <(printf "subjectAltName=DNS:localhost,DNS:www.example.com,IP.1:127.0.0.1") -days 365 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt
+openssl genrsa -out client.key 4096
+openssl req -new -key client.key -out client.csr -subj "/C=TH/ST=RB/O=Dev/CN=client"
+openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -out client.crt -days 365 -sha256 -CAcreateserial
+"""
+
+
+def timed(run: Callable[[Path], None]) -> float:
+    with tempfile.TemporaryDirectory(prefix="pki-speed-") as tmp:
+        start = time.perf_counter()
+        run(Path(tmp))
+        return time.perf_counter() - start
+
+
+def mtlskit(*args: str) -> Callable[[Path], None]:
+    def run(tmp: Path) -> None:
+        cmd = [sys.executable, "-m", "mtlskit", *args]
+        cmd = [a.replace("{dir}", str(tmp / "certs")) for a in cmd]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    return run
+
+
+def seed_openssl(tmp: Path) -> None:
+    subprocess.run(["bash", "-c", SEED_OPENSSL_SCRIPT], cwd=tmp, check=True, capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per case (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    opts = parser.parse_args()
+
+    cases: list[tuple[str, Callable[[Path], None]]] = [
+        ("mtlskit --help", mtlskit("--help")),
+        ("mtlskit init (p256, default)", mtlskit("init", "--dir", "{dir}")),
+        (
+            "mtlskit init --key-type rsa4096",
+            mtlskit("init", "--dir", "{dir}", "--key-type", "rsa4096"),
+        ),
+        ("seed openssl commands (rsa4096)", seed_openssl),
+    ]
+    results = []
+    # Interleave the cases run by run so a busy moment on the shared machine hits all of them.
+    samples: dict[str, list[float]] = {name: [] for name, _ in cases}
+    for _ in range(opts.runs):
+        for name, run in cases:
+            samples[name].append(timed(run))
+    for name, _ in cases:
+        s = samples[name]
+        results.append(
+            {"case": name, "median_s": statistics.median(s), "min_s": min(s), "max_s": max(s),
+             "runs": len(s)}
+        )  # fmt: skip
+    if opts.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{'case':34} {'median':>8} {'min':>8} {'max':>8}   ({opts.runs} runs each, wall time)")
+    for r in results:
+        print(f"{r['case']:34} {r['median_s']:8.3f} {r['min_s']:8.3f} {r['max_s']:8.3f}")
+    by = {r["case"]: r["median_s"] for r in results}
+    rsa, seed = by["mtlskit init --key-type rsa4096"], by["seed openssl commands (rsa4096)"]
+    p256 = by["mtlskit init (p256, default)"]
+    print(
+        f"\ninit p256: {p256:.3f} s ({'under' if p256 < 0.5 else 'OVER'} the 0.5 s target); "
+        f"init rsa4096 / seed openssl = {rsa / seed:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
