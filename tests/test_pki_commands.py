@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -220,3 +221,40 @@ def test_ca_key_types(tmp_path: Path, key_type: str) -> None:
     ok("issue", "server", "localhost", "--ca-dir", tmp_path, "--key-type", key_type)
     r = openssl("verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "localhost.crt")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_sign_the_seeds_openssl_csr_with_the_seeds_ca(
+    seed_certs_openssl: Path, tmp_path: Path
+) -> None:
+    """Our sign on the seed's RSA-4096 CA folder and openssl-made CSR (copied: signing
+    records into the CA folder's inventory)."""
+    d = tmp_path / "certs"
+    shutil.copytree(seed_certs_openssl, d)
+    ok("sign", d / "server.csr", "--ca-dir", d, "--profile", "server", "--san", "localhost",
+       "--san", "127.0.0.1", "-o", d / "server-mtlskit.crt")  # fmt: skip
+    r = openssl(
+        "verify", "-CAfile", d / "ca.crt", "-purpose", "sslserver", d / "server-mtlskit.crt"
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("verify", d / "server-mtlskit.crt", "--ca", d / "ca.crt", "--host", "localhost",
+                "--key", d / "server.key")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_intermediate_under_a_v1_ca(tmp_path: Path) -> None:
+    """A v1 root (openssl x509 -req -signkey, no extensions) can still sign an intermediate."""
+    script = """
+    set -e
+    mkdir root && cd root
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -subj /CN=Old -out ca.csr
+    openssl x509 -req -in ca.csr -signkey ca.key -days 30 -out ca.crt
+    """
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, capture_output=True)
+    ok("ca", "create", "--dir", tmp_path / "sub", "--parent-dir", tmp_path / "root")
+    ok("issue", "client", "c", "--ca-dir", tmp_path / "sub")
+    r = openssl("verify", "-CAfile", tmp_path / "root" / "ca.crt", "-untrusted",
+                tmp_path / "sub" / "ca.crt", tmp_path / "sub" / "c.crt")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = ok("verify", tmp_path / "sub" / "c.crt", "--ca", tmp_path / "root" / "ca.crt",
+             "--purpose", "client")  # fmt: skip
+    assert "mtlskit chain check" in out

@@ -180,8 +180,12 @@ class CA:
         key = generate_key(key_type)
         start, end = _validity(days, not_after, default=profiles.DEFAULT_CA_DAYS, cap=None)
         if parent is not None:
-            bc = parent.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
-            if bc.value.path_length == 0:
+            try:
+                bc = parent.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+                parent_path_length = bc.value.path_length
+            except x509.ExtensionNotFound:  # an X.509 v1 CA: no limits
+                parent_path_length = None
+            if parent_path_length == 0:
                 raise ConfigError(
                     "the parent CA has path length 0: it may sign leaves, not other CAs",
                     hint="sign the intermediate with a root made with --path-length 1 or more",
