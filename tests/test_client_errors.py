@@ -1,0 +1,286 @@
+"""Every way a request fails, each against a real server, as one line in plain words."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mtlskit.client import get
+from mtlskit.errors import HandshakeError, PKIError, VerificationError
+from mtlskit.tls import client_context
+from tests.conftest import free_port, run_cli
+from tests.test_client_support import (  # noqa: F401 (fixtures)
+    EchoServer,
+    OtherPKI,
+    echo_server_fixture,
+    one_line_error,
+    other_pki_fixture,
+    seed_server_fixture,
+    silent_port_fixture,
+)
+
+TLS_VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
+
+
+# -- the server's certificate -------------------------------------------------------------
+
+
+@pytest.mark.interop
+def test_untrusted_server_says_who_issued_it(
+    seed_certs_p256: Path, other_pki: OtherPKI, seed_server: Callable[[Path], str]
+) -> None:
+    url = seed_server(seed_certs_p256)
+    r = run_cli("get", url, "--certs", seed_certs_p256, "--cacert", other_pki.ca)
+    assert r.returncode == 1
+    line = one_line_error(r.stderr)
+    assert "the server's certificate is not trusted" in line
+    assert "issued by 'C=TH, ST=RB, O=IT Sec, CN=CA'" in line
+    assert "we trust 'O=Elsewhere, CN=Other CA'" in line
+    assert f"({other_pki.ca})" in line
+    assert "--cacert" in line
+
+
+@pytest.mark.interop
+def test_untrusted_server_from_a_ca_with_the_same_name(
+    seed_certs_p256: Path, seed_certs_openssl: Path, seed_server: Callable[[Path], str]
+) -> None:
+    # Two seed PKIs: both CAs are "C=TH, ST=RB, O=IT Sec, CN=CA", with different keys.
+    url = seed_server(seed_certs_openssl)
+    r = run_cli("get", url, "--certs", seed_certs_openssl, "--cacert", seed_certs_p256 / "ca.crt")
+    line = one_line_error(r.stderr)
+    assert "issued by another CA that is also named 'C=TH, ST=RB, O=IT Sec, CN=CA'" in line
+
+
+@pytest.mark.interop
+def test_name_mismatch_lists_the_sans(
+    seed_certs_p256: Path, seed_server: Callable[[Path], str]
+) -> None:
+    port = seed_server(seed_certs_p256).rsplit(":", 1)[1]
+    r = run_cli(
+        "get",
+        f"https://wrong.example:{port}",
+        "--resolve",
+        f"wrong.example:{port}:127.0.0.1",
+        "--certs",
+        seed_certs_p256,
+    )
+    assert r.returncode == 1
+    line = one_line_error(r.stderr)
+    assert "not valid for 'wrong.example'" in line
+    assert "DNS:localhost, DNS:www.example.com, IP:127.0.0.1" in line
+
+    # The same --resolve with a name the certificate has works.
+    ok = run_cli(
+        "get",
+        f"https://www.example.com:{port}",
+        "--resolve",
+        f"www.example.com:{port}:127.0.0.1",
+        "--certs",
+        seed_certs_p256,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "hello world \n\n"
+
+
+def test_ip_name_mismatch(
+    seed_certs_p256: Path,
+    other_pki: OtherPKI,
+    echo_server: Callable[..., EchoServer],
+    tmp_path: Path,
+) -> None:
+    # A server certificate without the IP we dial.
+    from mtlskit.pki.ca import CA
+
+    ca = CA.create("CN=Name CA", days=2)
+    ca.save(tmp_path)
+    ca.issue("server", "CN=svc", sans=["DNS:svc.internal"], days=2).save(tmp_path, "server")
+    ca.issue("client", "CN=c", days=2).save(tmp_path, "client")
+    srv = echo_server(tmp_path)
+    with pytest.raises(VerificationError) as err:
+        get(f"https://127.0.0.1:{srv.port}", certs=tmp_path)
+    assert "not valid for '127.0.0.1': it names DNS:svc.internal" in str(err.value)
+
+
+# -- our client certificate ---------------------------------------------------------------
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls12", "tls13"])
+def test_go_server_refuses_a_client_cert_from_another_ca(
+    version: ssl.TLSVersion,
+    seed_certs_p256: Path,
+    other_pki: OtherPKI,
+    seed_server: Callable[[Path], str],
+) -> None:
+    url = seed_server(seed_certs_p256)
+    ctx = client_context(seed_certs_p256 / "ca.crt", other_pki.client_cert, other_pki.client_key)
+    ctx.maximum_version = version
+    with pytest.raises(HandshakeError) as err:
+        get(url, context=ctx)
+    # Go sends "bad certificate"; with TLS 1.3 it arrives after our handshake is done.
+    assert str(err.value).startswith(
+        "the server refused our client certificate (sslv3 alert bad certificate)"
+    )
+
+
+@pytest.mark.interop
+def test_get_refused_client_cert_names_its_issuer(
+    seed_certs_p256: Path, other_pki: OtherPKI, seed_server: Callable[[Path], str]
+) -> None:
+    url = seed_server(seed_certs_p256)
+    r = run_cli(
+        "get",
+        url,
+        "--cacert",
+        seed_certs_p256 / "ca.crt",
+        "--cert",
+        other_pki.client_cert,
+        "--key",
+        other_pki.client_key,
+    )
+    assert r.returncode == 1
+    line = one_line_error(r.stderr)
+    assert line.startswith("error: the server refused our client certificate (")
+    assert f"({other_pki.client_cert})" in line
+    assert "does not trust its issuer 'O=Elsewhere, CN=Other CA'" in line
+
+
+@pytest.mark.interop
+def test_server_certificate_used_as_client_is_refused(
+    seed_certs_p256: Path, seed_server: Callable[[Path], str]
+) -> None:
+    url = seed_server(seed_certs_p256)
+    r = run_cli(
+        "get",
+        url,
+        "--certs",
+        seed_certs_p256,
+        "--cert",
+        seed_certs_p256 / "server.crt",
+        "--key",
+        seed_certs_p256 / "server.key",
+    )
+    line = one_line_error(r.stderr)
+    assert "the server refused our client certificate" in line
+    assert "not a client certificate (extendedKeyUsage has no clientAuth)" in line
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls12", "tls13"])
+def test_no_client_certificate(
+    version: ssl.TLSVersion, seed_certs_p256: Path, seed_server: Callable[[Path], str]
+) -> None:
+    url = seed_server(seed_certs_p256)
+    with pytest.raises(HandshakeError) as err:
+        get(url, certs=None, ca=seed_certs_p256 / "ca.crt")
+    assert str(err.value).startswith("the server requires a client certificate and we sent none (")
+    ctx = client_context(seed_certs_p256 / "ca.crt")  # a context alone: we cannot know
+    ctx.maximum_version = version
+    with pytest.raises(HandshakeError, match="the server refused our client certificate"):
+        get(url, context=ctx)
+
+
+@pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls12", "tls13"])
+def test_openssl_server_says_unknown_ca(
+    version: ssl.TLSVersion,
+    seed_certs_p256: Path,
+    other_pki: OtherPKI,
+    echo_server: Callable[..., EchoServer],
+) -> None:
+    # A stdlib (OpenSSL) server that trusts only the other CA for clients.
+    srv = echo_server(seed_certs_p256, client_ca=other_pki.ca, max_version=version)
+    with pytest.raises(HandshakeError) as err:
+        get(srv.url, certs=seed_certs_p256)
+    assert str(err.value).startswith(
+        "the server refused our client certificate (tlsv1 alert unknown ca)"
+    )
+    assert "does not trust its issuer 'C=TH, ST=RB, O=IT Sec, CN=CA'" in str(err.value)
+
+
+# -- the network ----------------------------------------------------------------------------
+
+
+def test_connection_refused(seed_certs_p256: Path) -> None:
+    r = run_cli("get", f"https://127.0.0.1:{free_port()}", "--certs", seed_certs_p256)
+    assert r.returncode == 1
+    line = one_line_error(r.stderr)
+    assert line.startswith("error: connection refused by 127.0.0.1:")
+    assert "mtlskit serve" in line
+
+
+def test_handshake_timeout(seed_certs_p256: Path, silent_port: int) -> None:
+    url = f"https://127.0.0.1:{silent_port}"
+    r = run_cli("get", url, "--certs", seed_certs_p256, "--timeout", "0.3")
+    assert r.returncode == 1
+    assert f"no TLS handshake with 127.0.0.1:{silent_port} within 0.3 s" in one_line_error(r.stderr)
+
+
+def test_response_timeout(seed_certs_p256: Path, echo_server: Callable[..., EchoServer]) -> None:
+    srv = echo_server(seed_certs_p256)
+    r = run_cli("get", srv.url + "/hang", "--certs", seed_certs_p256, "--timeout", "0.3")
+    assert r.returncode == 1
+    assert "no response from localhost:" in one_line_error(r.stderr)
+
+
+def test_plain_http_server(seed_certs_p256: Path, echo_server: Callable[..., EchoServer]) -> None:
+    srv = echo_server(None, tls=False)
+    r = run_cli("get", f"https://127.0.0.1:{srv.port}", "--certs", seed_certs_p256)
+    assert r.returncode == 1
+    assert f"127.0.0.1:{srv.port} does not speak TLS" in one_line_error(r.stderr)
+
+
+def test_unknown_host(seed_certs_p256: Path) -> None:
+    r = run_cli("get", "https://no-such-host.invalid:8443", "--certs", seed_certs_p256)
+    assert r.returncode == 1
+    assert "cannot resolve 'no-such-host.invalid'" in one_line_error(r.stderr)
+
+
+# -- our files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("missing", "expected"),
+    [
+        ("ca.crt", "CA certificate not found"),
+        ("client.crt", "client certificate not found"),
+        ("client.key", "client key not found"),
+    ],
+)
+def test_missing_files(missing: str, expected: str, seed_certs_p256: Path, tmp_path: Path) -> None:
+    import shutil
+
+    certs = tmp_path / "certs"
+    shutil.copytree(seed_certs_p256, certs)
+    (certs / missing).unlink()
+    r = run_cli("get", f"https://127.0.0.1:{free_port()}", "--certs", certs)
+    assert r.returncode == 1
+    line = one_line_error(r.stderr)
+    assert line.startswith(f"error: {expected} ({certs / missing}): run mtlskit init")
+    with pytest.raises(PKIError):
+        get("https://localhost:1", certs=certs)
+
+
+def test_no_certs_folder(tmp_path: Path) -> None:
+    r = run_cli("get", cwd=tmp_path)  # the seed's defaults, in a folder without certs/
+    assert r.returncode == 1
+    assert one_line_error(r.stderr) == (
+        "error: CA certificate not found (certs/ca.crt): "
+        "run mtlskit init, or point --certs or --cacert at it"
+    )
+
+
+def test_key_that_does_not_match(seed_certs_p256: Path, other_pki: OtherPKI) -> None:
+    r = run_cli(
+        "get",
+        "--certs",
+        seed_certs_p256,
+        "--cert",
+        seed_certs_p256 / "client.crt",
+        "--key",
+        other_pki.client_key,
+    )
+    assert r.returncode == 1
+    assert "private key does not match certificate" in one_line_error(r.stderr)

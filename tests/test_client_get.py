@@ -1,0 +1,173 @@
+"""`mtlskit get` as a real process against real servers: the Go seed server and stdlib ones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.test_client_support import (  # noqa: F401 (fixtures)
+    EchoServer,
+    OtherPKI,
+    echo_server_fixture,
+    one_line_error,
+    other_pki_fixture,
+    seed_server_fixture,
+)
+
+HELLO = b"hello world \n"
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("certs_fixture", ["seed_certs_p256", "seed_certs_openssl"])
+def test_get_prints_body_like_the_go_client(
+    certs_fixture: str,
+    request: pytest.FixtureRequest,
+    seed_server: Callable[[Path], str],
+    tmp_path: Path,
+) -> None:
+    certs: Path = request.getfixturevalue(certs_fixture)
+    url = seed_server(certs)
+    ours = run_cli("get", url, "--certs", certs)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == (HELLO + b"\n").decode()
+    assert ours.stderr == ""
+
+    # Byte for byte what the seed's Go client prints, run from a folder laid out as the seed's.
+    import subprocess
+
+    from tests.conftest import go_binary
+
+    go = subprocess.run(
+        [go_binary("seed-client"), "-url", url, "-certs", certs], capture_output=True, check=True
+    )
+    assert go.stdout.decode() == ours.stdout
+
+    # The defaults are the seed's: ./certs and https://localhost:8443 (here only the port moves).
+    shutil.copytree(certs, tmp_path / "certs")
+    port = url.rsplit(":", 1)[1]
+    plain = run_cli("get", f"localhost:{port}", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == ours.stdout
+
+
+@pytest.mark.interop
+def test_get_json_describes_the_tls_session(
+    seed_certs_openssl: Path, seed_server: Callable[[Path], str]
+) -> None:
+    r = run_cli("get", seed_server(seed_certs_openssl), "--certs", seed_certs_openssl, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == 200
+    assert out["body"] == HELLO.decode()
+    assert out["headers"]["content-length"] == "13"
+    assert out["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    assert out["cipher"]
+    peer = out["peer_certificate"]
+    assert peer["subject"] == "C=TH, ST=RB, O=Dev, CN=localhost"
+    assert peer["issuer"] == "C=TH, ST=RB, O=IT Sec, CN=CA"
+    assert peer["sans"] == ["DNS:localhost", "DNS:www.example.com", "IP:127.0.0.1"]
+    assert peer["not_after"].endswith("Z")
+    assert peer["not_before"] < peer["not_after"]
+
+
+def test_method_data_headers_and_repeated_headers(
+    seed_certs_p256: Path, echo_server: Callable[..., EchoServer], tmp_path: Path
+) -> None:
+    srv = echo_server(seed_certs_p256)
+    r = run_cli(
+        "get",
+        f"{srv.url}/things?x=1",
+        "--certs",
+        seed_certs_p256,
+        "-X",
+        "put",
+        "-d",
+        "a=1",
+        "-H",
+        "X-One: 1",
+        "-H",
+        "Content-Type: text/plain",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    echoed = json.loads(out["body"])
+    assert echoed["method"] == "PUT"
+    assert echoed["path"] == "/things?x=1"
+    assert echoed["body"] == "a=1"
+    assert echoed["headers"]["X-One"] == "1"
+    assert echoed["headers"]["Content-Type"] == "text/plain"
+    assert echoed["headers"]["User-Agent"].startswith("mtlskit/")
+    assert echoed["client"]["commonName"] == "client"  # our certificate reached the server
+    assert out["headers"]["x-twice"] == "a, b"
+
+    # -d alone means POST, curl's form content type; @file and @- read the body.
+    body_file = tmp_path / "body.json"
+    body_file.write_bytes(b'{"k": [1, 2]}')
+    r = run_cli("get", srv.url, "--certs", seed_certs_p256, "-d", f"@{body_file}")
+    echoed = json.loads(r.stdout)
+    assert echoed["method"] == "POST"
+    assert echoed["body"] == '{"k": [1, 2]}'
+    assert echoed["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    r = run_cli("get", srv.url, "--certs", seed_certs_p256, "-d", "@-", input="from stdin")
+    assert json.loads(r.stdout)["body"] == "from stdin"
+
+
+def test_output_file(
+    seed_certs_p256: Path, echo_server: Callable[..., EchoServer], tmp_path: Path
+) -> None:
+    srv = echo_server(seed_certs_p256)
+    out = tmp_path / "out.json"
+    r = run_cli("get", srv.url + "/saved", "--certs", seed_certs_p256, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    assert json.loads(out.read_text())["path"] == "/saved"  # exactly the body, no extra newline
+    assert f"wrote {out}" in r.stderr
+
+
+@pytest.mark.parametrize("status", [403, 404, 500])
+def test_error_status_prints_body_and_fails(
+    status: int, seed_certs_p256: Path, echo_server: Callable[..., EchoServer]
+) -> None:
+    srv = echo_server(seed_certs_p256)
+    url = f"{srv.url}/status/{status}"
+    r = run_cli("get", url, "--certs", seed_certs_p256)
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["path"] == f"/status/{status}"  # the body still printed
+    line = one_line_error(r.stderr)
+    assert line.startswith(f"error: the server answered {status} ")
+    assert url in line
+
+
+def test_success_and_redirect_statuses_exit_zero(
+    seed_certs_p256: Path, echo_server: Callable[..., EchoServer]
+) -> None:
+    srv = echo_server(seed_certs_p256)
+    for status in (201, 204, 302):
+        r = run_cli("get", f"{srv.url}/status/{status}", "--certs", seed_certs_p256, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["status"] == status
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["http://localhost:8443"], "unsupported URL scheme 'http'"),
+        (["-H", "no colon here"], "invalid header 'no colon here'"),
+        (["-d", "@/nonexistent/body"], "cannot read request body"),
+        (["--resolve", "nonsense"], "invalid --resolve 'nonsense'"),
+        (["--timeout", "0"], "timeout must be positive"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(
+    args: list[str], expected: str, seed_certs_p256: Path
+) -> None:
+    r = run_cli("get", "--certs", seed_certs_p256, *args)
+    assert r.returncode == 2, r.stderr
+    assert expected in one_line_error(r.stderr)
+    assert r.stdout == ""

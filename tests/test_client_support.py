@@ -1,0 +1,193 @@
+"""Real servers for the client tests: the Go seed server, and small stdlib ones.
+
+The stdlib servers exist for what the Go seed server cannot do: echo the request,
+answer a chosen status, hang, trust another CA (OpenSSL's "unknown ca" alert),
+or speak plain HTTP. Fixtures are imported by tests/test_client_*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mtlskit.pki.ca import CA
+from mtlskit.tls import server_context
+from tests.conftest import free_port, go_binary, wait_for_port
+
+SEED_SANS = ("DNS:localhost", "DNS:www.example.com", "IP:127.0.0.1")
+
+
+def one_line_error(stderr: str) -> str:
+    """The CLI's error output: exactly one line `error: ...`, no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+@pytest.fixture(name="seed_server")
+def seed_server_fixture(procs: list[subprocess.Popen[bytes]]) -> Callable[[Path], str]:
+    """Start the Go seed server on a free port with a certs folder; returns its URL."""
+
+    def start(certs: Path) -> str:
+        port = free_port()
+        proc = subprocess.Popen(
+            [go_binary("seed-server"), "-addr", f"127.0.0.1:{port}", "-certs", certs, "-quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        wait_for_port(port, proc)
+        return f"https://localhost:{port}"
+
+    return start
+
+
+@dataclass
+class OtherPKI:
+    """A second CA, named differently from the seed's, with its own server and client."""
+
+    folder: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+@pytest.fixture(scope="session", name="other_pki")
+def other_pki_fixture(tmp_path_factory: pytest.TempPathFactory) -> OtherPKI:
+    folder = tmp_path_factory.mktemp("other-pki")
+    ca = CA.create("/O=Elsewhere/CN=Other CA", days=30)
+    ca.save(folder)
+    ca.issue("server", "CN=localhost", sans=SEED_SANS, days=30).save(folder, "server")
+    ca.issue("client", "CN=stranger", days=30).save(folder, "client")
+    return OtherPKI(
+        folder,
+        folder / "ca.crt",
+        folder / "server.crt",
+        folder / "server.key",
+        folder / "client.crt",
+        folder / "client.key",
+    )
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Answers JSON describing the request; /status/N answers N; /hang never answers."""
+
+    protocol_version = "HTTP/1.1"
+    server: _TLSServer
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path == "/hang":
+            self.server.release.wait(30)
+            return
+        code = int(self.path.split("/")[2]) if self.path.startswith("/status/") else 200
+        peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+        payload = json.dumps(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": dict(self.headers.items()),
+                "body": body.decode("utf-8", "replace"),
+                "client": dict(x[0] for x in peer["subject"]) if peer else None,
+            }
+        ).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Twice", "a")
+        self.send_header("X-Twice", "b")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _TLSServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, context: ssl.SSLContext | None) -> None:
+        super().__init__(("127.0.0.1", 0), _Echo)
+        self.context = context
+        self.release = threading.Event()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        if self.context is None:
+            return sock, addr
+        # The handshake runs in the request's thread, on its first read.
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # refused handshakes are the point of several tests
+
+
+@dataclass
+class EchoServer:
+    port: int
+    server: _TLSServer
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+
+@pytest.fixture(name="echo_server")
+def echo_server_fixture() -> Iterator[Callable[..., EchoServer]]:
+    """Start a stdlib HTTPS (or, with tls=False, plain HTTP) echo server."""
+    started: list[tuple[_TLSServer, threading.Thread]] = []
+
+    def start(
+        certs: Path | None,
+        *,
+        client_ca: Path | None = None,
+        tls: bool = True,
+        max_version: ssl.TLSVersion | None = None,
+    ) -> EchoServer:
+        context = None
+        if tls:
+            assert certs is not None
+            context = server_context(
+                certs / "server.crt", certs / "server.key", client_ca or certs / "ca.crt"
+            )
+            if max_version is not None:
+                context.maximum_version = max_version
+        server = _TLSServer(context)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        started.append((server, thread))
+        return EchoServer(server.server_address[1], server)
+
+    yield start
+    for server, thread in started:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(name="silent_port")
+def silent_port_fixture() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel's backlog) but never speaks."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield int(s.getsockname()[1])
