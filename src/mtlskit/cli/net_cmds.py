@@ -1,0 +1,101 @@
+"""`mtlskit serve`: the seed's server (hello world), or any ASGI app, over mTLS."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["serve"]
+
+
+def _setup_logging() -> None:
+    """Log lines like Go's log package: ``2021/12/05 23:36:03 listen on …`` on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y/%m/%d %H:%M:%S"))
+    logger = logging.getLogger("mtlskit")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@click.command(
+    help=(
+        "Serve HTTPS with required client certificates. Without APP: the seed's hello "
+        "world. APP is an ASGI app as module:attribute; it gets the verified client in "
+        'scope["extensions"]["tls"].'
+    )
+)
+@click.argument("app", required=False)
+@click.option(
+    "--certs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("certs"),
+    show_default=True,
+    help="Folder with ca.crt, server.crt and server.key.",
+)
+@click.option(
+    "--ca", type=click.Path(dir_okay=False, path_type=Path), help="CA file [certs/ca.crt]."
+)
+@click.option(
+    "--cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Certificate [certs/server.crt].",
+)
+@click.option(
+    "--key", type=click.Path(dir_okay=False, path_type=Path), help="Key [certs/server.key]."
+)
+@click.option("--host", default="", help="Address to listen on [every interface].")
+@click.option("--port", type=int, default=8443, show_default=True)
+@click.option("--quiet", is_flag=True, help="Do not log each request.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes (SO_REUSEPORT).")
+@click.option(
+    "--allow-cn",
+    multiple=True,
+    metavar="PATTERN",
+    help="Allow clients whose subject CN matches this glob (repeatable).",
+)
+@click.option(
+    "--allow-san",
+    multiple=True,
+    metavar="PATTERN",
+    help="Allow clients with a SAN matching DNS:glob, URI:glob or email:glob (repeatable).",
+)
+@click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
+@click.option("--idle-timeout", type=float, default=60.0, show_default=True, metavar="S")
+def serve(
+    app: str | None,
+    certs: Path,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    host: str,
+    port: int,
+    quiet: bool,
+    workers: int,
+    allow_cn: tuple[str, ...],
+    allow_san: tuple[str, ...],
+    handshake_timeout: float,
+    idle_timeout: float,
+) -> None:
+    from mtlskit.server import ServerConfig, run
+
+    config = ServerConfig(
+        certs=certs,
+        ca=ca,
+        cert=cert,
+        key=key,
+        host=host,
+        port=port,
+        app=app,
+        quiet=quiet,
+        workers=workers,
+        allow_cn=allow_cn,
+        allow_san=allow_san,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
+    )
+    _setup_logging()
+    run(config)

@@ -1,0 +1,27 @@
+"""The mTLS HTTP/1.1 server behind ``mtlskit serve``.
+
+::
+
+    lifecycle.py   run(config), Server (start/serve/shutdown), --workers supervisor
+    protocol.py    one asyncio.Protocol per connection: TLS via the engine, HTTP/1.1
+                   (httptools), limits, access rules, the built-in hello world
+    asgi.py        ASGI 3 (http + lifespan) with the TLS extension
+    engine.py      the TLS engine seam (TLSSession) and its stdlib implementation
+    tlsstate.py    ContextHolder: the current TLSState, reload() swaps it atomically
+    stats.py       Stats: counters for metrics
+    config.py      ServerConfig: every setting, frozen
+
+Example::
+
+    from mtlskit.server import ServerConfig, run
+    run(ServerConfig(certs=Path("certs"), port=8443, app="myapp:app"))
+"""
+
+from __future__ import annotations
+
+from mtlskit.server.config import ServerConfig
+from mtlskit.server.lifecycle import Server, run
+from mtlskit.server.stats import Stats
+from mtlskit.server.tlsstate import ContextHolder, TLSState
+
+__all__ = ["ContextHolder", "Server", "ServerConfig", "Stats", "TLSState", "run"]

@@ -1,0 +1,499 @@
+"""ASGI 3 hosting: http and lifespan scopes, with the ASGI TLS extension.
+
+Every http scope carries ``scope["extensions"]["tls"]`` as the asgiref spec
+"ASGI TLS Extension" 0.2 defines it: ``server_cert`` (PEM), ``client_cert_chain``
+(PEM strings, leaf first), ``client_cert_name`` (RFC 4514), ``client_cert_error``
+(None: unverified clients never get this far), ``tls_version`` (0x0304 …) and
+``cipher_suite`` (the IANA number). They are computed once per connection.
+
+Requests on one connection run one at a time, in order (pipelining queues them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import ssl
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+from mtlskit.errors import ConfigError, ServerError
+from mtlskit.server.protocol import RESPONSE_400, RESPONSE_431, BaseProtocol, Shared, StopParsing
+from mtlskit.server.tlsstate import cipher_suite_id, tls_version_id
+
+__all__ = ["ASGIApp", "ASGIProtocol", "Lifespan", "load_app"]
+
+log = logging.getLogger("mtlskit.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+
+# Buffer at most this much request body before pausing the socket (the app reads slower).
+_BODY_HIGH_WATER = 64 * 1024
+# At most this many pipelined requests waiting on one connection before pausing it.
+_PIPELINE_MAX = 16
+
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_NO_BODY_STATUS = frozenset({204, 304})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def load_app(spec: str) -> ASGIApp:
+    """Import ``module:attribute`` (attribute may be dotted), from the current folder too."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"APP must be module:attribute, not {spec!r}", hint="e.g. mtlskit serve myapp:app"
+        )
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(
+                f"cannot import {module_name!r}: no such module",
+                hint="run from the folder that has it, or set PYTHONPATH",
+            ) from None
+        raise ServerError(
+            f"cannot import {module_name!r}: {exc}", hint="install what the app needs"
+        ) from None
+    except Exception as exc:
+        raise ServerError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}",
+            hint="fix the app's module",
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(
+                f"module {module_name!r} has no attribute {attr!r}",
+                hint="name the ASGI app object, e.g. module:app",
+            ) from None
+    if not callable(obj):
+        raise ConfigError(f"{spec} is not callable", hint="name an ASGI 3 application")
+    app: ASGIApp = obj
+    return app
+
+
+class Lifespan:
+    """The lifespan scope: startup before serving, shutdown after draining."""
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state
+        self.supported = True
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._started = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._failure: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
+        try:
+            await self.app(scope, self._receive, self._send)
+        except BaseException as exc:
+            if not self._started.is_set():
+                # An app without lifespan support raises on the unknown scope type.
+                self.supported = False
+                log.debug("lifespan not supported by the app: %r", exc)
+            else:
+                log.error("ASGI lifespan failed: %s: %s", type(exc).__name__, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._started.set()
+            self._stopped.set()
+
+    async def _receive(self) -> Message:
+        return await self._inbox.get()
+
+    async def _send(self, message: Message) -> None:
+        kind = message.get("type")
+        if kind in ("lifespan.startup.complete", "lifespan.startup.failed"):
+            if kind == "lifespan.startup.failed":
+                self._failure = str(message.get("message") or "startup failed")
+            self._started.set()
+        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if kind == "lifespan.shutdown.failed":
+                log.error("ASGI shutdown failed: %s", message.get("message", ""))
+            self._stopped.set()
+
+    async def startup(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        await self._inbox.put({"type": "lifespan.startup"})
+        await self._started.wait()
+        if self._failure is not None:
+            raise ServerError(f"the app's startup failed: {self._failure}", hint="fix the app")
+
+    async def shutdown(self) -> None:
+        if self._task is None or not self.supported or self._task.done():
+            return
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        await self._stopped.wait()
+
+
+class Cycle:
+    """One request and its response."""
+
+    __slots__ = (
+        "_has_date",
+        "_has_length",
+        "_head",
+        "body",
+        "body_size",
+        "chunked",
+        "complete",
+        "disconnected",
+        "event",
+        "expect_continue",
+        "final_sent",
+        "head_request",
+        "keep_alive",
+        "proto",
+        "response_complete",
+        "response_started",
+        "scope",
+        "status",
+    )
+
+    def __init__(self, proto: ASGIProtocol, scope: Scope, keep_alive: bool, expect: bool) -> None:
+        self.proto = proto
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect
+        self.head_request = scope["method"] == "HEAD"
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.complete = False  # the whole request body has been parsed
+        self.final_sent = False  # receive() returned the last http.request
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.status = 0
+        self.event = asyncio.Event()
+        self._head: list[bytes] | None = None
+        self._has_length = False
+        self._has_date = False
+
+    async def run(self, app: ASGIApp) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            # The app's own bug: its traceback is for its developer (no peer bytes in it).
+            log.error("exception in the ASGI app", exc_info=exc)
+            if not self.response_started and not self.disconnected:
+                self._internal_error()
+            elif not self.response_complete:
+                self.proto.abort()
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+        else:
+            if not self.response_started and not self.disconnected:
+                log.error("the ASGI app returned without sending a response")
+                self._internal_error()
+            elif not self.response_complete and not self.disconnected:
+                log.error("the ASGI app returned before finishing its response")
+                self.proto.abort()
+
+    def _internal_error(self) -> None:
+        body = b"internal server error\n"
+        self.keep_alive = False
+        self.response_started = True
+        self.proto.send_now(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self._finish()
+
+    async def receive(self) -> Message:
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        if self.final_sent:
+            # The whole body was delivered: what comes next is the disconnect.
+            while not (self.disconnected or self.response_complete):
+                self.event.clear()
+                await self.event.wait()
+            return {"type": "http.disconnect"}
+        if self.expect_continue and not self.complete:
+            self.expect_continue = False
+            self.proto.send_now(_CONTINUE)
+        while not self.body and not self.complete and not self.disconnected:
+            self.event.clear()
+            await self.event.wait()
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        data = b"".join(self.body)
+        self.body.clear()
+        self.body_size = 0
+        self.final_sent = self.complete
+        self.proto.body_consumed()
+        return {"type": "http.request", "body": data, "more_body": not self.complete}
+
+    async def send(self, message: Message) -> None:
+        proto = self.proto
+        if proto.write_paused:
+            await proto.drain()
+        if self.disconnected:
+            return  # the client went away; whatever the app still sends is dropped
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
+            self.response_started = True
+            self._start(message)
+            return
+        if self.response_complete:
+            raise RuntimeError(f"{kind!r} sent after the response was complete")
+        if kind != "http.response.body":
+            raise RuntimeError(f"expected 'http.response.body', got {kind!r}")
+        body = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        out = []
+        if self._head is not None:
+            out.append(self._finish_head(len(body), more))
+        if body and not self.head_request and self.status not in _NO_BODY_STATUS:
+            out.append(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
+        if not more and self.chunked and not self.head_request:
+            out.append(b"0\r\n\r\n")
+        if out:
+            proto.send_now(b"".join(out))
+        if not more:
+            self._finish()
+
+    def _start(self, message: Message) -> None:
+        status = int(message["status"])
+        self.status = status
+        lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+        for name, value in message.get("headers", ()):
+            name_b, value_b = bytes(name), bytes(value)
+            if b"\r" in name_b or b"\n" in name_b or b"\r" in value_b or b"\n" in value_b:
+                raise RuntimeError("a response header contains CR or LF")
+            lower = name_b.lower()
+            if lower == b"content-length":
+                self._has_length = True
+            elif lower == b"transfer-encoding":
+                continue  # the server chooses the framing
+            elif lower == b"connection":
+                if value_b.lower() == b"close":
+                    self.keep_alive = False
+                continue
+            elif lower == b"date":
+                self._has_date = True
+            lines.append(b"%s: %s\r\n" % (name_b, value_b))
+        self._head = lines
+
+    def _finish_head(self, first_len: int, more: bool) -> bytes:
+        lines = self._head or []
+        self._head = None
+        shared = self.proto.shared
+        if not self._has_date:
+            lines.insert(1, b"Date: %s\r\n" % shared.date)
+        if self.status >= 200 and self.status not in _NO_BODY_STATUS and not self._has_length:
+            if more:
+                self.chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                lines.append(b"Content-Length: %d\r\n" % first_len)
+        if not self.keep_alive or shared.draining:
+            self.keep_alive = False
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _finish(self) -> None:
+        self.response_complete = True
+        self.event.set()
+        self.proto.response_complete(self)
+
+
+class ASGIProtocol(BaseProtocol):
+    """HTTP/1.1 for an ASGI app: one :class:`Cycle` per request, run in order."""
+
+    def __init__(self, shared: Shared) -> None:
+        super().__init__(shared)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.expect = False
+        self.cycles: deque[Cycle] = deque()  # the running one first, then queued ones
+        self.parsing: Cycle | None = None
+        self.pending_error = 0
+        self.read_paused = False
+        self._tls_ext: dict[str, Any] | None = None
+        self._server_addr: tuple[str, int] | None = None
+
+    # -- parser callbacks -------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.headers = []
+        self.expect = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count_header(name, value)
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.allowed is None and not self.access_allowed():
+            self.refuse()
+            return
+        try:
+            url = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            self.error_status = 400
+            raise StopParsing from None
+        raw_path = url.path or b"/"
+        parser = self.parser
+        scope: Scope = {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": parser.get_http_version(),
+            "server": self._server(),
+            "client": self.peer[:2] if self.peer else None,
+            "scheme": "https",
+            "method": parser.get_method().decode("ascii"),
+            "root_path": "",
+            "path": unquote(raw_path.decode("latin-1")),
+            "raw_path": raw_path,
+            "query_string": url.query or b"",
+            "headers": self.headers,
+            "state": dict(self.shared.lifespan_state),
+            "extensions": {"tls": self.tls_extension()},
+        }
+        cycle = Cycle(self, scope, parser.should_keep_alive(), self.expect)
+        self.parsing = cycle
+        self.cycles.append(cycle)
+        if len(self.cycles) == 1:
+            self._run(cycle)
+        elif len(self.cycles) > _PIPELINE_MAX:
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        c = self.parsing
+        if c is None or c.response_complete or c.disconnected:
+            return  # nobody will read it
+        c.body.append(body)
+        c.body_size += len(body)
+        c.event.set()
+        if c.body_size > _BODY_HIGH_WATER:
+            self._pause_reading()
+
+    def on_message_complete(self) -> None:
+        self.in_request = False
+        c = self.parsing
+        if c is not None:
+            c.complete = True
+            c.event.set()
+            self.parsing = None
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def _run(self, cycle: Cycle) -> None:
+        shared = self.shared
+        shared.stats.requests += 1
+        if not shared.quiet:
+            self.log_request(cycle.scope["method"].encode())
+        assert shared.app is not None
+        task = asyncio.get_running_loop().create_task(cycle.run(shared.app))
+        shared.tasks.add(task)
+        task.add_done_callback(shared.tasks.discard)
+
+    def response_complete(self, cycle: Cycle) -> None:
+        self.last_active = self.shared.now
+        if self.cycles and self.cycles[0] is cycle:
+            self.cycles.popleft()
+        if not cycle.keep_alive or self.shared.draining:
+            self.close()
+            return
+        if self.cycles:
+            self._run(self.cycles[0])
+        elif self.pending_error:
+            self.send_now(RESPONSE_431 if self.pending_error == 431 else RESPONSE_400)
+            self.close()
+            return
+        elif self._close_after and not self.in_request:
+            self.close()
+            return
+        if self.read_paused and len(self.cycles) <= _PIPELINE_MAX:
+            self._resume_reading()
+
+    def responses_owed(self) -> bool:
+        return bool(self.cycles)
+
+    def http_error(self, status: int) -> None:
+        if not self.cycles:
+            super().http_error(status)
+            return
+        # Answer the requests before it first, in order; then the error; then close.
+        self.shared.stats.bad_requests += 1
+        self.in_request = False
+        self.pending_error = status
+        self.parsing = None
+        self.close_after_response()
+
+    def body_consumed(self) -> None:
+        if self.read_paused and len(self.cycles) <= _PIPELINE_MAX:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def lost(self) -> None:
+        for c in self.cycles:
+            c.disconnected = True
+            c.event.set()
+
+    # -- scope ----------------------------------------------------------------------------------------
+
+    def _server(self) -> tuple[str, int] | None:
+        if self._server_addr is None and self.transport is not None:
+            sock = self.transport.get_extra_info("sockname")
+            self._server_addr = (str(sock[0]), int(sock[1])) if sock else None
+        return self._server_addr
+
+    def tls_extension(self) -> dict[str, Any]:
+        """The ASGI TLS extension for this connection (computed on first use)."""
+        if self._tls_ext is None:
+            session = self.session
+            assert session is not None and self.tls is not None
+            ident = self.identity
+            self._tls_ext = {
+                "server_cert": self.tls.server_cert_pem or None,
+                "client_cert_chain": [
+                    ssl.DER_cert_to_PEM_cert(d) for d in session.peer_chain_der()
+                ],
+                "client_cert_name": ident.subject if ident else None,
+                "client_cert_error": None,
+                "tls_version": tls_version_id(session.version()),
+                "cipher_suite": cipher_suite_id(session.cipher()),
+            }
+        ext = dict(self._tls_ext)
+        ext["client_cert_chain"] = list(ext["client_cert_chain"])
+        return ext

@@ -1,0 +1,64 @@
+"""The server's settings, parsed once (by the CLI or a caller) into a frozen object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtlskit.errors import ConfigError
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``mtlskit serve`` needs; the defaults are the seed's."""
+
+    certs: Path = Path("certs")  # folder with ca.crt, server.crt, server.key
+    ca: Path | None = None  # override certs/ca.crt
+    cert: Path | None = None  # override certs/server.crt
+    key: Path | None = None  # override certs/server.key
+    crl: Path | None = None
+    host: str = ""  # "" = every interface, as Go's ":8443"
+    port: int = 8443
+    app: str | None = None  # "module:attribute" of an ASGI app; None = hello world
+    quiet: bool = False  # no per-request log line
+    workers: int = 1
+    allow_cn: tuple[str, ...] = ()
+    allow_san: tuple[str, ...] = ()
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0  # keep-alive connections with no request in flight
+    shutdown_timeout: float = 10.0  # how long in-flight requests may run after SIGTERM
+    max_header_bytes: int = 32 * 1024  # request line + headers (431 beyond)
+    max_headers: int = 100  # header fields per request (431 beyond)
+    backlog: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port {self.port} is out of range", hint="use 1-65535")
+        if self.workers < 1:
+            raise ConfigError("--workers must be 1 or more")
+        for name in ("handshake_timeout", "idle_timeout", "shutdown_timeout"):
+            if getattr(self, name) <= 0:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be more than 0 seconds")
+
+    @property
+    def ca_path(self) -> Path:
+        return self.ca or self.certs / "ca.crt"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.cert or self.certs / "server.crt"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key or self.certs / "server.key"
+
+    @property
+    def url(self) -> str:
+        """``https://localhost:8443`` as the seed logs it (":8443" shows as localhost)."""
+        host = self.host or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.port}"

@@ -1,0 +1,199 @@
+"""The TLS engine seam: one server-side TLS connection driven over memory buffers.
+
+The protocol (server/protocol.py) never touches ``ssl`` itself: it feeds
+ciphertext in, takes plaintext and ciphertext out through :class:`TLSSession`.
+:class:`StdlibSession` implements it with ``ssl.SSLObject`` over two
+``ssl.MemoryBIO`` (the system OpenSSL). Another engine (e.g. the OpenSSL bundled
+with cryptography, through pyOpenSSL) only has to implement the same few methods
+and be returned by :meth:`mtlskit.server.tlsstate.TLSState.new_session`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from typing import Protocol
+
+__all__ = ["StdlibSession", "TLSClosed", "TLSFailure", "TLSSession", "failure_reason"]
+
+# Larger than one TLS record (16 KiB), so one read() takes a whole record.
+_READ_SIZE = 65536
+
+# OpenSSL X509_V_ERR_* codes -> a stable label (stats) ; see `man 3 X509_STORE_CTX_get_error`.
+_VERIFY_REASONS = {
+    2: "cert_untrusted",  # unable to get issuer certificate
+    18: "cert_untrusted",  # self-signed leaf
+    19: "cert_untrusted",  # self-signed certificate in chain
+    20: "cert_untrusted",  # unable to get local issuer certificate
+    21: "cert_untrusted",  # unable to verify the first certificate
+    7: "cert_untrusted",  # signature failure
+    9: "cert_not_yet_valid",
+    10: "cert_expired",
+    26: "cert_purpose",  # e.g. an EKU without clientAuth
+    23: "cert_revoked",
+    3: "crl",  # unable to get CRL
+    11: "crl",  # CRL not yet valid
+    12: "crl",  # CRL has expired
+}
+
+
+class TLSFailure(Exception):
+    """The TLS connection failed; ``reason`` is a stable label, ``detail`` plain words."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class TLSClosed(Exception):
+    """The peer closed TLS cleanly (close_notify)."""
+
+
+def failure_reason(exc: ssl.SSLError) -> TLSFailure:
+    """Translate an ``ssl.SSLError`` into a :class:`TLSFailure` with a stable reason."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = int(getattr(exc, "verify_code", 0) or 0)
+        message = str(getattr(exc, "verify_message", "") or "certificate verify failed")
+        return TLSFailure(_VERIFY_REASONS.get(code, "cert_invalid"), message)
+    if isinstance(exc, ssl.SSLEOFError):
+        return TLSFailure("eof", "connection closed during the handshake")
+    reason = str(getattr(exc, "reason", "") or "")
+    if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return TLSFailure("no_client_cert", "the client sent no certificate")
+    if reason in ("HTTP_REQUEST", "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL"):
+        detail = "plain HTTP sent to the TLS port" if reason == "HTTP_REQUEST" else "not TLS"
+        return TLSFailure("not_tls", detail)
+    if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
+        return TLSFailure("peer_alert", "the client refused: " + reason.lower())
+    if reason == "UNEXPECTED_EOF_WHILE_READING":
+        return TLSFailure("eof", "connection closed during the handshake")
+    return TLSFailure("protocol", (reason or str(exc)).lower())
+
+
+class TLSSession(Protocol):
+    """What the protocol needs from a TLS engine (all calls are non-blocking)."""
+
+    def feed(self, data: bytes) -> None:
+        """Ciphertext received from the peer."""
+
+    def do_handshake(self) -> bool:
+        """Advance the handshake: True when complete. Raises :class:`TLSFailure`."""
+
+    def read(self) -> bytes:
+        """All plaintext available now (``b""`` if none).
+
+        Raises :class:`TLSClosed` on close_notify, :class:`TLSFailure` on errors.
+        """
+
+    def write(self, data: bytes) -> None:
+        """Encrypt plaintext; the ciphertext is then in :meth:`output`."""
+
+    def output(self) -> bytes:
+        """Ciphertext to send to the peer (``b""`` if none)."""
+
+    def shutdown(self) -> None:
+        """Queue close_notify (we do not wait for the peer's)."""
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The verified peer certificate (DER), or None."""
+
+    def peer_chain_der(self) -> list[bytes]:
+        """The chain the peer sent, leaf first (DER); just the leaf where unavailable."""
+
+    def version(self) -> str | None:
+        """``TLSv1.3`` … once the handshake is done."""
+
+    def cipher(self) -> str | None:
+        """The OpenSSL cipher suite name once the handshake is done."""
+
+
+class StdlibSession:
+    """:class:`TLSSession` over ``ssl.SSLObject`` and two ``ssl.MemoryBIO``."""
+
+    __slots__ = ("_in", "_obj", "_out")
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = context.wrap_bio(self._in, self._out, server_side=True)
+
+    def feed(self, data: bytes) -> None:
+        self._in.write(data)
+
+    def do_handshake(self) -> bool:
+        try:
+            self._obj.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLError as exc:
+            raise failure_reason(exc) from None
+        return True
+
+    def read(self) -> bytes:
+        obj = self._obj
+        try:
+            data = obj.read(_READ_SIZE)
+        except ssl.SSLWantReadError:
+            return b""
+        except ssl.SSLZeroReturnError:
+            raise TLSClosed from None
+        except ssl.SSLError as exc:
+            raise failure_reason(exc) from None
+        if not self._in.pending:  # the usual case: one record, nothing more buffered
+            return data
+        parts = [data]
+        while True:
+            try:
+                chunk = obj.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                if parts:
+                    break  # hand over what came before; the next read() reports the close
+                raise TLSClosed from None
+            except ssl.SSLError as exc:
+                raise failure_reason(exc) from None
+            if not chunk:
+                break
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._obj.write(data)
+        except ssl.SSLError as exc:
+            raise failure_reason(exc) from None
+
+    def output(self) -> bytes:
+        out = self._out
+        return out.read() if out.pending else b""
+
+    def shutdown(self) -> None:
+        # SSLWantReadError: close_notify is queued and we do not wait for the peer's;
+        # other errors: the connection was not in a state to close cleanly.
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self._obj.unwrap()
+
+    def peer_certificate_der(self) -> bytes | None:
+        try:
+            return self._obj.getpeercert(binary_form=True)
+        except ValueError:  # handshake not done
+            return None
+
+    def peer_chain_der(self) -> list[bytes]:
+        # Python ≥ 3.13 exposes the chain the client sent; before, only the leaf.
+        get_chain = getattr(self._obj, "get_unverified_chain", None)
+        if get_chain is not None:
+            chain: list[bytes] = get_chain()
+            if chain:
+                return chain
+        leaf = self.peer_certificate_der()
+        return [leaf] if leaf else []
+
+    def version(self) -> str | None:
+        return self._obj.version()
+
+    def cipher(self) -> str | None:
+        c = self._obj.cipher()
+        return c[0] if c else None

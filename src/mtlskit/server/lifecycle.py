@@ -1,0 +1,307 @@
+"""Start, serve, drain: one worker's event loop, and the supervisor of ``--workers N``.
+
+``run(config)`` is what ``mtlskit serve`` calls. It checks everything that can be
+checked before serving (certificate files, key match, the app import, the port)
+and raises :class:`~mtlskit.errors.MtlsError` for each, so the CLI prints one
+line. With ``--workers N`` it forks N processes that each listen on the port
+with SO_REUSEPORT (the kernel spreads connections), forwards SIGINT/SIGTERM/SIGHUP
+to them and waits.
+
+SIGINT/SIGTERM stop accepting, close idle connections with close_notify, let
+in-flight requests finish (up to ``shutdown_timeout``), run the ASGI lifespan
+shutdown, then return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import wait as wait_for_sentinels
+from typing import Any
+
+from mtlskit.errors import ServerError
+from mtlskit.server.config import ServerConfig
+from mtlskit.server.protocol import BaseProtocol, HelloProtocol, Shared
+from mtlskit.server.stats import Stats
+from mtlskit.server.tlsstate import ContextHolder
+
+__all__ = ["Server", "run"]
+
+log = logging.getLogger("mtlskit.server")
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+class Server:
+    """One worker: listening sockets, connections, the sweeper, the lifespan."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        holder: ContextHolder,
+        *,
+        app: Any = None,
+        stats: Stats | None = None,
+    ) -> None:
+        self.config = config
+        self.holder = holder
+        self.stats = stats if stats is not None else holder.stats
+        self.app = app
+        self.shared = Shared(config, holder, self.stats, app=app)
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stop: asyncio.Event | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._lifespan: Any = None
+        self.sockets: list[socket.socket] = []
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self.sockets[0].getsockname()[1]) if self.sockets else self.config.port
+
+    async def start(self, *, reuse_port: bool = False) -> None:
+        """Run the lifespan startup, then listen."""
+        if self.app is not None:
+            from mtlskit.server.asgi import Lifespan
+
+            self._lifespan = Lifespan(self.app, self.shared.lifespan_state)
+            await self._lifespan.startup()
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        protocol_class: Callable[[Shared], BaseProtocol]
+        if self.app is None:
+            protocol_class = HelloProtocol
+        else:
+            from mtlskit.server.asgi import ASGIProtocol
+
+            protocol_class = ASGIProtocol
+        shared = self.shared
+
+        def factory() -> BaseProtocol:
+            return protocol_class(shared)
+
+        try:
+            server = await loop.create_server(
+                factory,
+                host=self.config.host or None,
+                port=self.config.port,
+                backlog=self.config.backlog,
+                reuse_port=reuse_port or None,
+            )
+        except OSError as exc:
+            raise _listen_error(self.config, exc) from None
+        self._servers.append(server)
+        self.sockets = [s for srv in self._servers for s in getattr(srv, "sockets", ())]
+        self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Every interval: the coarse clock, the Date header, handshake and idle timeouts."""
+        cfg = self.config
+        interval = max(0.05, min(1.0, cfg.handshake_timeout / 4, cfg.idle_timeout / 4))
+        shared = self.shared
+        while True:
+            await asyncio.sleep(interval)
+            shared.tick()
+            now = shared.now
+            hs_deadline = now - cfg.handshake_timeout
+            idle_deadline = now - cfg.idle_timeout
+            for conn in list(shared.connections):
+                if conn.closed:
+                    continue
+                if conn.handshaking:
+                    if conn.started < hs_deadline:
+                        conn.handshake_timed_out()
+                elif conn.last_active < idle_deadline and conn.idle():
+                    conn.close()
+
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def serve(self, *, install_signals: bool = True) -> None:
+        """Serve until :meth:`request_stop` (or SIGINT/SIGTERM), then drain."""
+        assert self._stop is not None, "call start() first"
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in _STOP_SIGNALS:
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.holder.try_reload)
+        try:
+            await self._stop.wait()
+        finally:
+            if install_signals:
+                for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, finish in-flight requests, close every connection."""
+        shared = self.shared
+        shared.draining = True
+        for srv in self._servers:
+            srv.close()
+        shared.all_closed = asyncio.Event()
+        for conn in list(shared.connections):
+            conn.shutdown_if_idle()
+        if not shared.connections:
+            shared.all_closed.set()
+        try:
+            await asyncio.wait_for(shared.all_closed.wait(), self.config.shutdown_timeout)
+        except TimeoutError:
+            log.warning(
+                "shutdown: closing %d connections still busy after %gs",
+                len(shared.connections),
+                self.config.shutdown_timeout,
+            )
+            for conn in list(shared.connections):
+                conn.abort()
+        if shared.tasks:
+            await asyncio.wait(set(shared.tasks), timeout=self.config.shutdown_timeout)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for srv in self._servers:
+            await srv.wait_closed()
+        if self._lifespan is not None:
+            await self._lifespan.shutdown()
+
+
+def _listen_error(config: ServerConfig, exc: OSError) -> ServerError:
+    where = f"{config.host or '*'}:{config.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return ServerError(
+            f"cannot listen on {where}: the port is in use",
+            hint="stop the other server or choose another --port",
+        )
+    if exc.errno == errno.EACCES:
+        return ServerError(
+            f"cannot listen on {where}: permission denied",
+            hint="use a port above 1023",
+        )
+    return ServerError(
+        f"cannot listen on {where}: {exc.strerror or exc}", hint="check --host and --port"
+    )
+
+
+def prepare(config: ServerConfig) -> tuple[ContextHolder, Any]:
+    """Load the certificates and the app: every error here is one line for the CLI."""
+    from mtlskit.identity import AccessPolicy
+
+    AccessPolicy(config.allow_cn, config.allow_san)  # validates the patterns
+    holder = ContextHolder(config.cert_path, config.key_path, config.ca_path, crl=config.crl)
+    app = None
+    if config.app is not None:
+        from mtlskit.server.asgi import load_app
+
+        app = load_app(config.app)
+    return holder, app
+
+
+async def _serve_worker(
+    config: ServerConfig, holder: ContextHolder, app: Any, *, reuse_port: bool, announce: bool
+) -> None:
+    server = Server(config, holder, app=app)
+    await server.start(reuse_port=reuse_port)
+    if announce:
+        log.info("listen on %s", config.url)
+    await server.serve()
+
+
+def run(config: ServerConfig) -> None:
+    """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does."""
+    holder, app = prepare(config)
+    _install_uvloop()
+    if config.workers == 1:
+        asyncio.run(_serve_worker(config, holder, app, reuse_port=False, announce=True))
+        return
+    _supervise(config, holder, app)
+
+
+def _check_port(config: ServerConfig) -> socket.socket:
+    """Bind (without listening) to fail early and clearly when the port is taken."""
+    infos = socket.getaddrinfo(
+        config.host or None, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise _listen_error(config, exc) from None
+    return sock
+
+
+def _worker_main(config: ServerConfig, holder: ContextHolder, app: Any) -> None:
+    for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    _install_uvloop()
+    try:
+        asyncio.run(_serve_worker(config, holder, app, reuse_port=True, announce=False))
+    except ServerError as exc:
+        log.error("error: %s", exc.one_line())
+        sys.exit(1)
+
+
+def _supervise(config: ServerConfig, holder: ContextHolder, app: Any) -> None:
+    probe = _check_port(config)
+    # Fork (not spawn): the workers inherit the loaded app and contexts. Nothing runs
+    # an event loop or a thread in this process yet.
+    mp = multiprocessing.get_context("fork")
+    workers = [
+        mp.Process(target=_worker_main, args=(config, holder, app), name=f"worker-{i}")
+        for i in range(config.workers)
+    ]
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if signum in _STOP_SIGNALS:
+            stopping = True
+        for w in workers:
+            if w.pid is not None and w.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGTERM if signum in _STOP_SIGNALS else signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (*_STOP_SIGNALS, signal.SIGHUP)}
+    try:
+        for w in workers:
+            w.start()
+        probe.close()
+        log.info("listen on %s (%d workers)", config.url, config.workers)
+        failed = 0
+        while any(w.exitcode is None for w in workers):
+            wait_for_sentinels([w.sentinel for w in workers if w.exitcode is None], timeout=1.0)
+            for w in workers:
+                if w.exitcode not in (None, 0) and not stopping:
+                    failed = w.exitcode or 1
+                    stopping = True
+                    forward(signal.SIGTERM, None)
+        for w in workers:
+            w.join()
+        if failed:
+            raise ServerError(
+                f"a worker stopped unexpectedly (exit code {failed})", hint="see the log above"
+            )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

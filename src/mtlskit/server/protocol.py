@@ -1,0 +1,464 @@
+"""One asyncio.Protocol per connection: TLS over memory buffers, then HTTP/1.1 (httptools).
+
+The protocol sits on the raw TCP transport and drives the TLS engine itself
+(server/engine.py), so each connection takes the *current* TLS state at accept
+time, a stalled handshake is closed by the sweeper (server/lifecycle.py), and
+there is no second protocol layer between the socket and the HTTP parser.
+
+:class:`HelloProtocol` answers every request with the seed's hello world straight
+from the parser callbacks; :class:`ASGIProtocol` (server/asgi.py) runs an app.
+
+Nothing a peer sends may raise out of a protocol callback (asyncio would log a
+traceback): TLS and HTTP errors become a stats label, maybe one log line, and a
+closed connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+
+from mtlskit.identity import AccessPolicy, PeerIdentity
+from mtlskit.server.config import ServerConfig
+from mtlskit.server.engine import TLSClosed, TLSFailure, TLSSession
+from mtlskit.server.stats import Stats
+from mtlskit.server.tlsstate import ContextHolder, TLSState
+
+if TYPE_CHECKING:
+    from mtlskit.server.asgi import ASGIApp
+
+__all__ = ["BaseProtocol", "HelloProtocol", "Shared"]
+
+log = logging.getLogger("mtlskit.server")
+
+HELLO_BODY = b"hello world \n"
+
+_REASONS = {400: b"Bad Request", 403: b"Forbidden", 431: b"Request Header Fields Too Large"}
+
+
+def error_response(status: int, text: str) -> bytes:
+    body = text.encode() + b"\n"
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+    ) % (status, _REASONS[status], len(body), body)
+
+
+RESPONSE_400 = error_response(400, "bad request")
+RESPONSE_431 = error_response(431, "request header fields too large")
+RESPONSE_403 = error_response(403, "forbidden: your certificate is not allowed here")
+
+
+class Shared:
+    """What every connection of one worker shares: settings, TLS state, stats, clock."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        holder: ContextHolder,
+        stats: Stats,
+        *,
+        app: ASGIApp | None = None,
+    ) -> None:
+        self.config = config
+        self.holder = holder
+        self.stats = stats
+        self.app = app
+        self.policy = AccessPolicy(config.allow_cn, config.allow_san)
+        self.check_access = not self.policy.allows_everyone
+        self.quiet = config.quiet
+        self.max_header_bytes = config.max_header_bytes
+        self.max_headers = config.max_headers
+        self.connections: set[BaseProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # running ASGI requests
+        self.draining = False
+        self.lifespan_state: dict[str, Any] = {}
+        self.all_closed: asyncio.Event | None = None  # set by the lifecycle while draining
+        self.now = 0.0
+        self.date = b""
+        self.hello_keep = b""
+        self.hello_close = b""
+        self.hello_head_keep = b""
+        self.hello_head_close = b""
+        self.tick()
+
+    def tick(self) -> None:
+        """Once per sweep (≤ 1 s): the coarse clock and the cached Date header."""
+        self.now = time.monotonic()
+        date = formatdate(usegmt=True).encode()
+        if date == self.date:
+            return
+        self.date = date
+        head = b"HTTP/1.1 200 OK\r\nDate: %s\r\nContent-Length: %d\r\n" % (date, len(HELLO_BODY))
+        head += b"Content-Type: text/plain; charset=utf-8\r\n"
+        self.hello_head_keep = head + b"\r\n"
+        self.hello_head_close = head + b"Connection: close\r\n\r\n"
+        self.hello_keep = self.hello_head_keep + HELLO_BODY
+        self.hello_close = self.hello_head_close + HELLO_BODY
+
+    def connection_closed(self, conn: BaseProtocol) -> None:
+        self.connections.discard(conn)
+        self.stats.open_connections -= 1
+        if self.all_closed is not None and not self.connections:
+            self.all_closed.set()
+
+
+class StopParsing(Exception):
+    """Raised inside a parser callback to stop parsing; ``error_status`` says why."""
+
+
+class BaseProtocol(asyncio.Protocol):
+    """TLS handshake, plaintext I/O, access control, limits, timeouts, closing."""
+
+    # The HTTP parser calls only the callbacks a subclass defines.
+    parser: Any
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.transport: asyncio.Transport | None = None
+        self.session: TLSSession | None = None
+        self.tls: TLSState | None = None
+        self.peer: tuple[str, int] | None = None
+        self.handshaking = True
+        self.closed = False
+        self.started = shared.now
+        self.last_active = shared.now
+        self.allowed: bool | None = None if shared.check_access else True
+        self._identity: PeerIdentity | None = None
+        self._out: list[bytes] = []
+        self._close_after = False
+        self.in_request = False  # between the first byte of a request and its response
+        self.head_bytes = 0
+        self.header_count = 0
+        self.error_status = 0
+        self.url = b""
+        self.write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        shared = self.shared
+        self.tls = state = shared.holder.current  # read once: a reload affects new connections
+        self.session = state.new_session()
+        self.peer = transport.get_extra_info("peername")
+        shared.connections.add(self)
+        stats = shared.stats
+        stats.connections_total += 1
+        stats.open_connections += 1
+        if shared.draining:
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_active = self.shared.now
+        session = self.session
+        assert session is not None
+        try:
+            session.feed(data)
+            if self.handshaking:
+                if not session.do_handshake():
+                    self.flush()
+                    return
+                self._handshake_done()
+            plain = session.read()
+            if plain:
+                self.received(plain)
+            if self._close_after and not self.in_request and not self.responses_owed():
+                self.close()
+            else:
+                self.flush()
+        except TLSFailure as failure:
+            if self.handshaking:
+                self._handshake_failed(failure)
+            else:
+                self._tls_broken()
+        except TLSClosed:
+            self.close()
+        except Exception as exc:  # a bug of ours: one line, never the peer's bytes in a traceback
+            log.error("internal error on a connection from %s: %r", self._peer_text(), exc)
+            log.debug("internal error", exc_info=True)
+            self.abort()
+
+    def eof_received(self) -> bool | None:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.handshaking and not self.closed:
+            self.shared.stats.handshake_failed("eof")
+        self.closed = True
+        self.shared.connection_closed(self)
+        self._wake_drainers()
+        self.lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_drainers()
+
+    # -- TLS -------------------------------------------------------------------------------------
+
+    def _handshake_done(self) -> None:
+        self.handshaking = False
+        self.shared.stats.handshakes_ok += 1
+        self.parser = httptools.HttpRequestParser(self)
+
+    def _handshake_failed(self, failure: TLSFailure) -> None:
+        self.shared.stats.handshake_failed(failure.reason)
+        if failure.reason not in ("eof", "timeout"):
+            log.info(
+                "TLS handshake error from %s: %s (%s)",
+                self._peer_text(),
+                failure.detail,
+                failure.reason,
+            )
+        self.closed = True
+        self._send_output()  # the alert tells the client why
+        if self.transport is not None:
+            self.transport.close()
+
+    def handshake_timed_out(self) -> None:
+        if self.handshaking and not self.closed:
+            self.shared.stats.handshake_failed("timeout")
+            self.closed = True
+            assert self.transport is not None
+            self.transport.abort()
+
+    def _tls_broken(self) -> None:
+        self._send_output()
+        self.abort()
+
+    def _send_output(self) -> None:
+        assert self.session is not None and self.transport is not None
+        out = self.session.output()
+        if out:
+            self.transport.write(out)
+
+    # -- plaintext output --------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue plaintext; :meth:`flush` encrypts and sends everything queued."""
+        self._out.append(data)
+
+    def flush(self) -> None:
+        if self.closed:
+            return
+        session = self.session
+        assert session is not None and self.transport is not None
+        if self._out:
+            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            self._out.clear()
+            session.write(data)
+        out = session.output()
+        if out:
+            self.transport.write(out)
+
+    def send_now(self, data: bytes) -> None:
+        """Write and flush (outside data_received, e.g. from an ASGI task)."""
+        if self.closed:
+            return
+        self._out.append(data)
+        try:
+            self.flush()
+        except TLSFailure:
+            self.abort()
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is full."""
+        if not self.write_paused or self.closed:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        await fut
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def close(self) -> None:
+        """Flush, send close_notify, close the socket."""
+        if self.closed:
+            return
+        try:
+            self.flush()
+            if not self.handshaking:
+                assert self.session is not None
+                self.session.shutdown()
+            self._send_output()
+        except TLSFailure:
+            pass
+        self.closed = True
+        assert self.transport is not None
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_after_response(self) -> None:
+        self._close_after = True
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    def received(self, plain: bytes) -> None:
+        """Feed decrypted bytes to the HTTP parser."""
+        if self._close_after:
+            return  # after an error or "Connection: close": nothing more is read
+        try:
+            self.parser.feed_data(plain)
+        except httptools.HttpParserUpgrade:
+            # No protocol switching here: answer what was parsed, then close.
+            self.close_after_response()
+            return
+        except httptools.HttpParserCallbackError:
+            if self.error_status:
+                self.http_error(self.error_status)
+                return
+            raise
+        except StopParsing:
+            self.http_error(self.error_status or 400)
+            return
+        except httptools.HttpParserError:
+            self.http_error(400)
+            return
+        if self.in_request and self.head_bytes >= 0:
+            # A head still incomplete after this chunk: the parser is buffering it.
+            self.head_bytes += len(plain)
+            if self.head_bytes > self.shared.max_header_bytes:
+                self.http_error(431)
+
+    def http_error(self, status: int) -> None:
+        """Answer a malformed (400) or oversized (431) request and close."""
+        self.shared.stats.bad_requests += 1
+        self.in_request = False
+        self.write(RESPONSE_431 if status == 431 else RESPONSE_400)
+        self.close_after_response()
+
+    def on_message_begin(self) -> None:
+        self.in_request = True
+        self.head_bytes = 0
+        self.header_count = 0
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > self.shared.max_header_bytes:
+            self.error_status = 431
+            raise StopParsing
+
+    def count_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        self.head_bytes += len(name) + len(value) + 4
+        if (
+            self.head_bytes > self.shared.max_header_bytes
+            or self.header_count > self.shared.max_headers
+        ):
+            self.error_status = 431
+            raise StopParsing
+
+    def on_headers_complete(self) -> None:
+        self.head_bytes = -1  # the head is complete: stop counting
+
+    # -- identity --------------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> PeerIdentity | None:
+        """The verified client, parsed on first use and cached for the connection."""
+        if self._identity is None and self.session is not None:
+            der = self.session.peer_certificate_der()
+            if der:
+                self._identity = PeerIdentity.from_der(der)
+        return self._identity
+
+    def access_allowed(self) -> bool:
+        """Apply --allow-cn/--allow-san once per connection; log a refusal once."""
+        ident = self.identity
+        allowed = ident is not None and self.shared.policy.allows(ident)
+        if not allowed:
+            who = ident.describe() if ident else "a client without certificate"
+            log.warning(
+                "refused %s from %s: no --allow-cn/--allow-san rule matches",
+                who,
+                self._peer_text(),
+            )
+        self.allowed = allowed
+        return allowed
+
+    def refuse(self) -> None:
+        self.shared.stats.requests_refused += 1
+        self.in_request = False
+        self.write(RESPONSE_403)
+        self.close_after_response()
+
+    def log_request(self, method: bytes) -> None:
+        ident = self.identity
+        who = ident.describe() if ident else "-"
+        path = self.url.decode("latin-1")
+        log.info("new request %s %s from %s", method.decode("latin-1"), path[:200], who)
+
+    # -- lifecycle hooks --------------------------------------------------------------------------
+
+    def responses_owed(self) -> bool:
+        """True while a parsed request still waits for (the end of) its response."""
+        return False
+
+    def idle(self) -> bool:
+        """True between requests (no request read, no response owed)."""
+        return not self.in_request and not self._out and not self.responses_owed()
+
+    def shutdown_if_idle(self) -> None:
+        """Graceful shutdown: close idle connections now, busy ones after their response."""
+        if self.closed:
+            return
+        if self.handshaking or self.idle():
+            self.close()
+        else:
+            self.close_after_response()
+
+    def lost(self) -> None:
+        """The connection is gone (subclasses release what they hold)."""
+
+    def _peer_text(self) -> str:
+        return f"{self.peer[0]}:{self.peer[1]}" if self.peer else "?"
+
+
+class HelloProtocol(BaseProtocol):
+    """The seed's app: 200 ``hello world \\n`` for any path and method, from the callbacks."""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.count_header(name, value)
+
+    def on_message_complete(self) -> None:
+        self.in_request = False
+        if self._close_after:
+            return  # pipelined after "Connection: close" or an error: not answered
+        if self.allowed is None:
+            self.access_allowed()
+        if not self.allowed:
+            self.refuse()
+            return
+        shared = self.shared
+        shared.stats.requests += 1
+        method = self.parser.get_method()
+        if not shared.quiet:
+            self.log_request(method)
+        keep = self.parser.should_keep_alive() and not shared.draining and not self._close_after
+        if method == b"HEAD":
+            self.write(shared.hello_head_keep if keep else shared.hello_head_close)
+        else:
+            self.write(shared.hello_keep if keep else shared.hello_close)
+        if not keep:
+            self.close_after_response()

@@ -1,0 +1,215 @@
+"""Hot reload: watch the server's files (and SIGHUP), check them, swap the TLS state.
+
+::
+
+    holder = ContextHolder(cert, key, ca, crl=crl, build=checked_build)
+    watcher = FileWatcher(holder)           # polls every second
+    task = asyncio.create_task(watcher.run())
+    install_sighup(loop, watcher)           # `kill -HUP` reloads now
+
+Polling is deliberate: four ``stat`` calls a second cost nothing, work on every
+filesystem and every way a file gets replaced (``os.replace`` gives a new inode,
+an editor or ``cp`` a new mtime/size, a Kubernetes secret a new symlink target),
+where inotify needs a C dependency and misses renames of parent symlinks.
+
+A change is reloaded once the files have stopped changing for :data:`SETTLE`
+seconds, so a rotation that replaces the certificate and then the key is seen
+as one change, not as a "key does not match" in between. The new state is built
+completely before it is swapped in (:meth:`ContextHolder.reload`); a broken
+replacement is refused with one log line and the old state keeps serving.
+
+:func:`checked_build` also refuses what OpenSSL would load without complaint but
+then fail every handshake with: an expired or not yet valid server certificate,
+a CRL signed by another key than the CA's, or a CRL past its nextUpdate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+
+from mtlskit.errors import MtlsError, PKIError
+from mtlskit.pki.crl import check_crl, read_crl
+from mtlskit.pki.load import read_certificates
+from mtlskit.server.tlsstate import TLSState, build_state
+
+if TYPE_CHECKING:
+    from mtlskit.server.tlsstate import ContextHolder
+
+__all__ = [
+    "INTERVAL",
+    "SETTLE",
+    "FileWatcher",
+    "LoadedFacts",
+    "check_files",
+    "checked_build",
+    "facts_of",
+    "install_sighup",
+]
+
+log = logging.getLogger("mtlskit.server")
+
+INTERVAL = 1.0  # seconds between two looks at the files
+SETTLE = 0.2  # a change must be this old (no newer change) before it is loaded
+
+PathLike = str | os.PathLike[str]
+Fingerprint = tuple[tuple[int, int, int] | None, ...]
+
+
+@dataclass(frozen=True)
+class LoadedFacts:
+    """What a :class:`TLSState` was built from, for the expiry metrics."""
+
+    server_cert: x509.Certificate
+    ca_certs: tuple[x509.Certificate, ...]
+    crl: x509.CertificateRevocationList | None
+
+
+# The facts of each live state, dropped with the state (TLSState is frozen, not ours).
+_FACTS: weakref.WeakKeyDictionary[TLSState, LoadedFacts] = weakref.WeakKeyDictionary()
+
+
+def check_files(
+    cert: PathLike,
+    key: PathLike,
+    ca: PathLike,
+    crl: PathLike | None,
+    *,
+    now: dt.datetime | None = None,
+) -> LoadedFacts:
+    """Refuse files that would load but make every handshake fail; return what they hold.
+
+    Garbage and a key that does not match its certificate are refused by
+    :func:`mtlskit.tls.server_context` itself.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    leaf = read_certificates(cert)[0]
+    if leaf.not_valid_after_utc < now:
+        raise PKIError(
+            f"server certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+            file=cert,
+            hint="renew it: mtlskit renew",
+        )
+    if leaf.not_valid_before_utc > now + dt.timedelta(minutes=5):
+        raise PKIError(
+            f"server certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
+            file=cert,
+            hint="check the clocks of this machine and the CA's",
+        )
+    cas = tuple(read_certificates(ca))
+    revocations = None
+    if crl is not None:
+        revocations = read_crl(crl)
+        check_crl(revocations, cas, file=crl, now=now)
+    return LoadedFacts(leaf, cas, revocations)
+
+
+def checked_build(
+    cert: PathLike, key: PathLike, ca: PathLike, *, crl: PathLike | None = None
+) -> TLSState:
+    """:func:`~mtlskit.server.tlsstate.build_state` after :func:`check_files`."""
+    facts = check_files(cert, key, ca, crl)
+    state = build_state(cert, key, ca, crl=crl)
+    _FACTS[state] = facts
+    return state
+
+
+def facts_of(state: TLSState) -> LoadedFacts:
+    """What ``state`` was built from (read from its files if it was not built here)."""
+    facts = _FACTS.get(state)
+    if facts is None:
+        facts = check_files(state.cert, state.key, state.ca, state.crl)
+        _FACTS[state] = facts
+    return facts
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks: a re-pointed link is a change too
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class FileWatcher:
+    """Reload ``holder`` when its certificate, key, CA bundle or CRL change."""
+
+    def __init__(
+        self, holder: ContextHolder, *, interval: float = INTERVAL, settle: float = SETTLE
+    ) -> None:
+        self.holder = holder
+        self.interval = interval
+        self.settle = settle
+        self._seen = self.fingerprint()
+        self._changed_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def paths(self) -> list[Path]:
+        h = self.holder
+        return [h.cert, h.key, h.ca, *([h.crl] if h.crl is not None else [])]
+
+    def fingerprint(self) -> Fingerprint:
+        return tuple(_stat(p) for p in self.paths)
+
+    def due(self, now: float | None = None) -> bool:
+        """True when the files changed and have been quiet for :attr:`settle` seconds."""
+        now = time.monotonic() if now is None else now
+        current = self.fingerprint()
+        if current != self._seen:
+            self._seen = current
+            self._changed_at = now
+            return False
+        if self._changed_at is not None and now - self._changed_at >= self.settle:
+            self._changed_at = None
+            return True
+        return False
+
+    async def reload(self, why: str) -> bool:
+        """Reload off the event loop (building a context reads files and parses keys)."""
+        async with self._lock:
+            log.debug("reloading: %s", why)
+            loop = asyncio.get_running_loop()
+            # The holder logs the outcome as one line, and keeps the old state on failure.
+            return await loop.run_in_executor(None, self.holder.try_reload)
+
+    async def run(self) -> None:
+        """Poll until cancelled; a pending change is looked at again after :attr:`settle`."""
+        while True:
+            await asyncio.sleep(self.settle if self._changed_at is not None else self.interval)
+            try:
+                if self.due():
+                    await self.reload("files changed")
+            except MtlsError:
+                pass  # already logged by the holder as one line
+            except Exception:  # never let the watcher die: the server must keep serving
+                log.exception("file watcher error")
+
+
+def install_sighup(loop: asyncio.AbstractEventLoop, watcher: FileWatcher) -> bool:
+    """``kill -HUP <pid>`` reloads at once. False where there is no SIGHUP (Windows)."""
+    sighup = getattr(signal, "SIGHUP", None)
+    if sighup is None:
+        return False
+    tasks: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(watcher.reload("SIGHUP"))
+        tasks.add(task)  # keep a reference until done (asyncio holds tasks weakly)
+        task.add_done_callback(tasks.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(sighup, on_hup)
+        return True
+    return False

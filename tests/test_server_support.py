@@ -1,0 +1,212 @@
+"""Helpers for the server tests (no tests here): start `mtlskit serve`, talk TLS to it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mtlskit.pki.ca import CA
+from mtlskit.pki.keys import private_key_pem
+from mtlskit.tls import client_context
+from tests.conftest import ROOT, free_port, wait_for_port
+
+
+@dataclass
+class Served:
+    """A running `mtlskit serve` process."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    certs: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 10) -> str:
+        """Poll the log until ``text`` shows up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.log()
+            if text in out:
+                return out
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not in the log:\n{self.log()}")
+
+    def stop(self, sig: int = 15, timeout: float = 15) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def start_serve(
+    procs: list[subprocess.Popen[bytes]],
+    certs: Path,
+    log_dir: Path,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Served:
+    port = free_port()
+    log_path = log_dir / f"serve-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mtlskit",
+                "serve",
+                "--certs",
+                str(certs),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd or ROOT,
+            env=env,
+        )
+    procs.append(proc)
+    wait_for_port(port, proc)
+    return Served(proc, port, log_path, certs)
+
+
+def client_ctx(
+    certs: Path, name: str | None = "client", *, tls_max: ssl.TLSVersion | None = None
+) -> ssl.SSLContext:
+    """A client context trusting certs/ca.crt, presenting certs/<name>.crt (or nothing)."""
+    if name is None:
+        ctx = client_context(certs / "ca.crt")
+    else:
+        ctx = client_context(certs / "ca.crt", certs / f"{name}.crt", certs / f"{name}.key")
+    if tls_max is not None:
+        ctx.maximum_version = tls_max
+    return ctx
+
+
+def https(
+    port: int,
+    ctx: ssl.SSLContext,
+    method: str = "GET",
+    path: str = "/",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def tls_socket(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def read_until_closed(sock: ssl.SSLSocket, limit: int = 1 << 20) -> bytes:
+    """Everything the server sends until it closes (close_notify or EOF)."""
+    parts = []
+    total = 0
+    while total < limit:
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
+
+
+def read_responses(sock: ssl.SSLSocket, count: int) -> bytes:
+    """Read until ``count`` complete hello-world responses arrived."""
+    data = b""
+    while data.count(b"hello world \n") < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        (folder / name).chmod(0o600 if name.endswith(".key") else 0o644)
+
+
+def make_pki(folder: Path) -> Path:
+    """A seed-layout folder plus the bad clients the refusal tests need.
+
+    client.*        a normal client (CN=client, SAN URI + email)
+    alice.*         CN=alice, SAN DNS:alice.internal
+    server-only.*   a serverAuth-only certificate from the right CA
+    expired.*       a client certificate that expired yesterday
+    other.*         a client certificate from another CA
+    """
+    ca = CA.create("/CN=Test CA", key_type="p256", days=30)
+    server = ca.issue(
+        "server", "/CN=localhost", sans=["DNS:localhost", "IP:127.0.0.1"], key_type="p256"
+    )
+    client = ca.issue(
+        "client",
+        "/O=Dev/CN=client",
+        sans=["URI:spiffe://example.org/ns/dev/sa/client", "email:client@example.org"],
+        key_type="p256",
+    )
+    alice = ca.issue("client", "/CN=alice", sans=["DNS:alice.internal"], key_type="p256")
+    server_only = ca.issue("server", "/CN=client", sans=["DNS:client"], key_type="p256")
+    other_ca = CA.create("/CN=Other CA", key_type="p256", days=30)
+    other = other_ca.issue("client", "/CN=client", key_type="p256")
+    # An expired client certificate: ca.issue refuses past dates, so build it by hand.
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    expired = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name.from_rfc4514_string("CN=client"))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=10))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca.private_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    files = {
+        "ca.crt": ca.cert_pem,
+        "server.crt": server.cert_pem,
+        "server.key": server.key_pem(),
+        "client.crt": client.cert_pem,
+        "client.key": client.key_pem(),
+        "alice.crt": alice.cert_pem,
+        "alice.key": alice.key_pem(),
+        "server-only.crt": server_only.cert_pem,
+        "server-only.key": server_only.key_pem(),
+        "other.crt": other.cert_pem,
+        "other.key": other.key_pem(),
+        "expired.crt": expired.public_bytes(serialization.Encoding.PEM),
+        "expired.key": private_key_pem(key),
+        "other-ca.crt": other_ca.cert_pem,
+    }
+    write_files(folder, files)
+    return folder
