@@ -201,11 +201,12 @@ def _adapter_class() -> type[HTTPAdapter]:
     class MtlsAdapter(HTTPAdapter):
         """A requests adapter that uses one SSLContext for trust and the client certificate.
 
-        requests' own ``cert_verify`` points every connection at certifi's bundle,
-        and urllib3 then loads those public roots *into* the context it was given
-        (``ssl_wrap_socket`` calls ``load_verify_locations``): a private-CA context
-        would silently start trusting every public CA. So the bundle is kept out,
-        and ``verify=``/``cert=`` are refused rather than silently ignored.
+        requests' own ``cert_verify`` points every connection at a CA bundle (certifi,
+        or REQUESTS_CA_BUNDLE / ``verify=<path>``), and urllib3 then loads it *into*
+        the context it was given (``ssl_wrap_socket`` calls ``load_verify_locations``):
+        a private-CA context would silently start trusting every public CA. So trust
+        comes from the context alone: bundles are never loaded, and ``verify=False``
+        or ``cert=`` (which cannot be honoured) raise ConfigError.
         """
 
         def __init__(self, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
@@ -221,12 +222,11 @@ def _adapter_class() -> type[HTTPAdapter]:
             return super().proxy_manager_for(proxy, **kwargs)
 
         def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-            verify = kwargs.get("verify", True)
-            if verify is not True or kwargs.get("cert") is not None:
+            if kwargs.get("verify") is False or kwargs.get("cert") is not None:
                 raise ConfigError(
                     "MtlsAdapter takes trust and the client certificate from its SSLContext",
-                    hint="drop verify=/cert= (and REQUESTS_CA_BUNDLE); build the context "
-                    "with mtlskit.client.ssl_context()",
+                    hint="drop verify=False / cert=; build the context with "
+                    "mtlskit.client.ssl_context()",
                 )
             return super().send(request, *args, **kwargs)
 
