@@ -12,6 +12,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.interop  # real openssl reads what we write
+
 
 def openssl(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True)
@@ -223,6 +225,8 @@ def test_ca_key_types(tmp_path: Path, key_type: str) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow  # the seed's three RSA-4096 keys (session fixture)
+@pytest.mark.interop
 def test_sign_the_seeds_openssl_csr_with_the_seeds_ca(
     seed_certs_openssl: Path, tmp_path: Path
 ) -> None:

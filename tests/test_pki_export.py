@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.interop  # real openssl reads what we write
+
 
 @pytest.fixture
 def certs(seed_certs_p256: Path, tmp_path: Path) -> Path:

@@ -75,6 +75,8 @@ def test_csr_key_and_json(seed_certs_p256: Path) -> None:
     assert secret not in r.stdout
 
 
+@pytest.mark.slow  # the seed's three RSA-4096 keys (session fixture)
+@pytest.mark.interop
 def test_seed_openssl_files(seed_certs_openssl: Path) -> None:
     d = seed_certs_openssl
     r = run_cli(

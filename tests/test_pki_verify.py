@@ -33,6 +33,8 @@ def test_mtlskit_init_output_verifies(seed_certs_p256: Path) -> None:
     assert code == 0, err
 
 
+@pytest.mark.slow  # the seed's three RSA-4096 keys (session fixture)
+@pytest.mark.interop
 def test_seed_openssl_output_verifies(seed_certs_openssl: Path) -> None:
     """The seed's openssl commands: a server without keyUsage/EKU and an X.509 v1 client."""
     d = seed_certs_openssl
