@@ -235,10 +235,12 @@ class _ServerLog:
                 chunk = os.read(self.fd, 65536)
                 if not chunk:
                     code = self.proc.wait()
-                    last = next((ln for ln in reversed(self.lines) if ln.strip()), "no output")
+                    last = next((ln.strip() for ln in reversed(self.lines) if ln.strip()), "")
+                    # The server's own one-line error already says the next step.
                     raise ServerError(
-                        f"the server exited with {code} before listening: {last.strip()}",
-                        hint="run the serve command above by hand to see why",
+                        f"the server exited with {code} before listening"
+                        + (f": {last.removeprefix('error: ')}" if last else ""),
+                        hint=None if last else "run the serve command above by hand to see why",
                     )
                 if self._feed(chunk):
                     return
