@@ -1,0 +1,49 @@
+"""`mtlskit serve` with an experimental TLS engine patched in behind the seam.
+
+    python bench/experiments/serve_variant.py --engine openssl4 -- serve --certs DIR ...
+
+Lets the bench measure a TLS engine in the real server before it is merged.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def patch_openssl4() -> None:
+    from openssl_engine import OpenSSLSession, openssl_server_context
+
+    from mtlskit.server import tlsstate
+
+    contexts: dict[int, object] = {}
+
+    def new_session(self: tlsstate.TLSState) -> OpenSSLSession:
+        ctx = contexts.get(id(self))
+        if ctx is None:
+            ctx = contexts[id(self)] = openssl_server_context(
+                self.cert, self.key, self.ca, crl=self.crl
+            )
+        return OpenSSLSession(ctx)  # type: ignore[arg-type]
+
+    tlsstate.TLSState.new_session = new_session  # type: ignore[method-assign]
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["--engine"]:
+        engine, args = args[1], args[2:]
+        if engine == "openssl4":
+            patch_openssl4()
+    if args[:1] == ["--"]:
+        args = args[1:]
+    from mtlskit.cli import run
+
+    sys.argv = ["mtlskit", *args]
+    run()
+
+
+if __name__ == "__main__":
+    main()
