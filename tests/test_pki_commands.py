@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import select
 import shutil
 import subprocess
+import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -262,3 +269,61 @@ def test_intermediate_under_a_v1_ca(tmp_path: Path) -> None:
     out = ok("verify", tmp_path / "sub" / "c.crt", "--ca", tmp_path / "root" / "ca.crt",
              "--purpose", "client")  # fmt: skip
     assert "mtlskit chain check" in out
+
+
+def run_on_terminal(args: list[str | Path], answers: list[str], timeout: float = 30) -> str:
+    """Run mtlskit on a pseudo-terminal (its controlling tty) and answer each prompt."""
+    master, slave = pty.openpty()
+
+    def become_tty_owner() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtlskit", *map(str, args)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        preexec_fn=become_tty_owner,
+    )
+    os.close(slave)
+    out = b""
+    pending = list(answers)
+    answered = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            # Answer a prompt only once it is shown: getpass flushes earlier input.
+            if pending and out[answered:].rstrip().endswith(b":"):
+                os.write(master, pending.pop(0).encode() + b"\n")
+                answered = len(out)
+        proc.wait(timeout=10)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+def test_encrypted_ca_key_is_asked_for_on_a_terminal(tmp_path: Path) -> None:
+    out = run_on_terminal(["ca", "create", "--dir", tmp_path, "--passphrase"], ["pw42", "pw42"])
+    assert "Repeat for confirmation" in out
+    out = run_on_terminal(["issue", "client", "carol", "--ca-dir", tmp_path], ["pw42"])
+    assert f"Passphrase for {tmp_path / 'ca.key'}" in out
+    assert "pw42" not in out  # not echoed
+    r = openssl("verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "carol.crt")
+    assert r.returncode == 0, r.stdout
