@@ -29,7 +29,7 @@ from mtlskit.errors import ConfigError, ServerError
 from mtlskit.server.protocol import RESPONSE_400, RESPONSE_431, BaseProtocol, Shared, StopParsing
 from mtlskit.server.tlsstate import cipher_suite_id, tls_version_id
 
-__all__ = ["ASGIApp", "ASGIProtocol", "Lifespan", "load_app"]
+__all__ = ["ASGIApp", "ASGIProtocol", "ClientDisconnected", "Lifespan", "load_app"]
 
 log = logging.getLogger("mtlskit.server")
 
@@ -89,6 +89,10 @@ def load_app(spec: str) -> ASGIApp:
         raise ConfigError(f"{spec} is not callable", hint="name an ASGI 3 application")
     app: ASGIApp = obj
     return app
+
+
+class ClientDisconnected(OSError):
+    """Raised by ``send()`` once the client has gone away."""
 
 
 class Lifespan:
@@ -197,6 +201,8 @@ class Cycle:
         try:
             await app(self.scope, self.receive, self.send)
         except BaseException as exc:
+            if self.disconnected and isinstance(exc, OSError | asyncio.CancelledError):
+                return  # the client went away (ClientDisconnected): not worth a log line
             # The app's own bug: its traceback is for its developer (no peer bytes in it).
             log.error("exception in the ASGI app", exc_info=exc)
             if not self.response_started and not self.disconnected:
@@ -252,7 +258,8 @@ class Cycle:
         if proto.write_paused:
             await proto.drain()
         if self.disconnected:
-            return  # the client went away; whatever the app still sends is dropped
+            # ASGI spec: send() on a closed connection raises an OSError subclass.
+            raise ClientDisconnected("the client disconnected")
         kind = message["type"]
         if not self.response_started:
             if kind != "http.response.start":
