@@ -224,9 +224,22 @@ async def _serve_worker(
     await server.serve()
 
 
+def _raise_open_files_limit() -> None:
+    """Each connection is a file descriptor: allow as many as the hard limit lets us."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not fatal
+        pass
+
+
 def run(config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does."""
     holder, app = prepare(config)
+    _raise_open_files_limit()
     _install_uvloop()
     if config.workers == 1:
         asyncio.run(_serve_worker(config, holder, app, reuse_port=False, announce=True))
