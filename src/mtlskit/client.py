@@ -330,6 +330,13 @@ class _Target:
         return f"{host}:{self.port}"
 
 
+def _ascii(host: str) -> str | bytes:
+    """An ASCII host name as bytes, which getaddrinfo() and ssl take without the idna
+    codec (encodings.idna, stringprep, unicodedata: several ms of start-up); for an
+    ASCII name the idna encoding is the name itself."""
+    return host.encode("ascii") if host.isascii() else host
+
+
 def _target(url: str, resolve: str | None) -> _Target:
     from urllib.parse import urlsplit
 
@@ -634,7 +641,8 @@ def request(
 
     where = target.where
     try:
-        raw = socket.create_connection((target.connect_host, target.port), timeout=timeout)
+        host = _ascii(target.connect_host)  # getaddrinfo takes bytes; typeshed says str
+        raw = socket.create_connection((host, target.port), timeout=timeout)  # type: ignore[arg-type]
     except ConnectionRefusedError as exc:
         raise HandshakeError(
             f"connection refused by {where}", hint="is the server running (mtlskit serve)?"
@@ -656,7 +664,7 @@ def request(
 
     try:
         try:
-            tls = context.wrap_socket(raw, server_hostname=target.host)
+            tls = context.wrap_socket(raw, server_hostname=_ascii(target.host))
         except ssl.SSLCertVerificationError as exc:
             raise _verify_failed(exc, target, context, files, timeout) from exc
         except ssl.SSLError as exc:

@@ -1,0 +1,167 @@
+"""Wall time of one request from the command line: `mtlskit get` vs curl vs the Go seed client.
+
+All three call the same Go seed server (bin/seed-server) on 127.0.0.1 in the same
+run, with the same certificates (`mtlskit init`, P-256 by default), round-robin so
+that noise from other processes spreads evenly. Also measured: `mtlskit --help`
+(start-up) and a bare `python -c pass` (the floor for any Python CLI).
+
+    .venv/bin/python bench/cli_latency.py [-n 40] [--key-type rsa4096]
+
+Prints a table and writes bench/results/cli_latency.json. The goal: `mtlskit get`
+within 3x curl (median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "bin"
+GOAL = 3.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"seed-server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.01)
+    raise SystemExit(f"seed-server does not listen on {port}")
+
+
+def _mtlskit() -> list[str]:
+    script = Path(sys.executable).with_name("mtlskit")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mtlskit"]
+
+
+def _time(cmd: list[str], expect: bytes | None) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0 or (expect is not None and expect not in proc.stdout):
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.decode()[-300:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=40, help="runs per command")
+    parser.add_argument("--key-type", default="p256", help="mtlskit init --key-type")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cli_latency.json")
+    args = parser.parse_args()
+
+    seed_server = BIN / "seed-server"
+    seed_client = BIN / "seed-client"
+    for path in (seed_server, seed_client):
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run scripts/setup.sh")
+    curl = shutil.which("curl")
+    if curl is None:
+        raise SystemExit("curl is not installed: run scripts/setup.sh")
+
+    tmp = Path(tempfile.mkdtemp(prefix="mtlskit-cli-bench-"))
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        certs = tmp / "certs"
+        subprocess.run(
+            [*_mtlskit(), "init", "--dir", str(certs), "--key-type", args.key_type],
+            check=True,
+            capture_output=True,
+        )
+        port = _free_port()
+        server = subprocess.Popen(
+            [str(seed_server), "-addr", f"127.0.0.1:{port}", "-certs", str(certs), "-quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_for_port(port, server)
+        url = f"https://localhost:{port}"
+        hello = b"hello world"
+        commands: dict[str, tuple[list[str], bytes | None]] = {
+            "curl": (
+                [
+                    curl,
+                    "-sS",
+                    "--cacert",
+                    str(certs / "ca.crt"),
+                    "--cert",
+                    str(certs / "client.crt"),
+                    "--key",
+                    str(certs / "client.key"),
+                    url,
+                ],
+                hello,
+            ),
+            "go seed client": ([str(seed_client), "-url", url, "-certs", str(certs)], hello),
+            "mtlskit get": ([*_mtlskit(), "get", url, "--certs", str(certs)], hello),
+            "mtlskit --help": ([*_mtlskit(), "--help"], b"Usage"),
+            "python -c pass": ([sys.executable, "-c", "pass"], None),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        for cmd, expect in commands.values():  # warm caches (page cache, .pyc)
+            for _ in range(3):
+                _time(cmd, expect)
+        for _ in range(args.n):
+            for name, (cmd, expect) in commands.items():
+                samples[name].append(_time(cmd, expect))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rows = {
+        name: {
+            "median_ms": statistics.median(ts) * 1000,
+            "min_ms": min(ts) * 1000,
+            "p90_ms": statistics.quantiles(ts, n=10)[-1] * 1000,
+        }
+        for name, ts in samples.items()
+    }
+    curl_median = rows["curl"]["median_ms"]
+    ratio = rows["mtlskit get"]["median_ms"] / curl_median
+    print(f"{'command':18s} {'median':>8s} {'min':>8s} {'p90':>8s} {'x curl':>7s}")
+    for name, row in rows.items():
+        print(
+            f"{name:18s} {row['median_ms']:7.1f}ms {row['min_ms']:7.1f}ms {row['p90_ms']:7.1f}ms"
+            f" {row['median_ms'] / curl_median:6.1f}x"
+        )
+    verdict = "meets" if ratio <= GOAL else "misses"
+    print(f"mtlskit get = {ratio:.2f}x curl (median): {verdict} the {GOAL:g}x goal")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "runs": args.n,
+        "key_type": args.key_type,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "rows": rows,
+        "mtlskit_get_vs_curl": ratio,
+        "goal": GOAL,
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
