@@ -16,6 +16,7 @@ from tests.test_client_support import (  # noqa: F401 (fixtures)
     EchoServer,
     OtherPKI,
     echo_server_fixture,
+    mtlskit_server_fixture,
     one_line_error,
     other_pki_fixture,
     seed_server_fixture,
@@ -198,6 +199,37 @@ def test_openssl_server_says_unknown_ca(
         "the server refused our client certificate (tlsv1 alert unknown ca)"
     )
     assert "does not trust its issuer 'C=TH, ST=RB, O=IT Sec, CN=CA'" in str(err.value)
+
+
+@pytest.mark.parametrize("version", TLS_VERSIONS, ids=["tls12", "tls13"])
+def test_mtlskit_serve_refusals(
+    version: ssl.TLSVersion,
+    seed_certs_p256: Path,
+    other_pki: OtherPKI,
+    mtlskit_server: Callable[[Path], str],
+) -> None:
+    url = mtlskit_server(seed_certs_p256)
+    ca = seed_certs_p256 / "ca.crt"
+    ctx = client_context(ca, other_pki.client_cert, other_pki.client_key)
+    ctx.maximum_version = version
+    with pytest.raises(HandshakeError, match=r"^the server refused our client certificate \("):
+        get(url, context=ctx)
+    ctx = client_context(ca)  # no client certificate, and a context alone cannot say so
+    ctx.maximum_version = version
+    with pytest.raises(HandshakeError) as err:
+        get(url, context=ctx)
+    if version == ssl.TLSVersion.TLSv1_3:
+        assert str(err.value).startswith(
+            "the server refused our client certificate (tlsv13 alert certificate required)"
+        )
+    else:  # OpenSSL's TLS 1.2 answer to a missing certificate
+        assert "(sslv3 alert handshake failure): the server may require a client cert" in str(
+            err.value
+        )
+    with pytest.raises(HandshakeError, match=r"^the server requires a client certificate and we"):
+        get(url, certs=None, ca=ca)
+    # ... and it still serves a good client.
+    assert get(url, certs=seed_certs_p256).text == "hello world \n"
 
 
 # -- the network ----------------------------------------------------------------------------

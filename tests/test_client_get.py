@@ -14,6 +14,7 @@ from tests.test_client_support import (  # noqa: F401 (fixtures)
     EchoServer,
     OtherPKI,
     echo_server_fixture,
+    mtlskit_server_fixture,
     one_line_error,
     other_pki_fixture,
     seed_server_fixture,
@@ -53,6 +54,16 @@ def test_get_prints_body_like_the_go_client(
     plain = run_cli("get", f"localhost:{port}", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout == ours.stdout
+
+
+@pytest.mark.parametrize("certs_fixture", ["seed_certs_p256", "seed_certs_openssl"])
+def test_get_against_mtlskit_serve(
+    certs_fixture: str, request: pytest.FixtureRequest, mtlskit_server: Callable[[Path], str]
+) -> None:
+    certs: Path = request.getfixturevalue(certs_fixture)
+    r = run_cli("get", mtlskit_server(certs), "--certs", certs)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (HELLO + b"\n").decode()
 
 
 @pytest.mark.interop

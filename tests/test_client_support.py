@@ -11,6 +11,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,36 @@ def seed_server_fixture(procs: list[subprocess.Popen[bytes]]) -> Callable[[Path]
         port = free_port()
         proc = subprocess.Popen(
             [go_binary("seed-server"), "-addr", f"127.0.0.1:{port}", "-certs", certs, "-quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        wait_for_port(port, proc)
+        return f"https://localhost:{port}"
+
+    return start
+
+
+@pytest.fixture(name="mtlskit_server")
+def mtlskit_server_fixture(procs: list[subprocess.Popen[bytes]]) -> Callable[[Path], str]:
+    """Start `mtlskit serve` (the project's own server) on a free port; returns its URL."""
+
+    def start(certs: Path) -> str:
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mtlskit",
+                "serve",
+                "--certs",
+                certs,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--quiet",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

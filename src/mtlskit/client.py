@@ -540,6 +540,18 @@ def _handshake_failed(exc: ssl.SSLError, target: _Target, files: _Files | None) 
     if refused is not None:
         return refused
     reason = getattr(exc, "reason", None) or ""
+    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
+        # An OpenSSL server answers a missing client certificate this way in TLS 1.2.
+        if files is not None and files.cert is None:
+            return HandshakeError(
+                f"the server requires a client certificate and we sent none ({_alert_words(exc)})",
+                hint="pass --cert and --key, or --certs DIR with client.crt and client.key",
+            )
+        return HandshakeError(
+            f"TLS handshake with {target.where} failed ({_alert_words(exc)})",
+            hint="the server may require a client certificate we did not send, or share no "
+            "TLS version or cipher with us",
+        )
     if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
         return HandshakeError(
             f"{target.where} does not speak TLS ({_alert_words(exc)})",
