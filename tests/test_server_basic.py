@@ -193,9 +193,11 @@ def test_startup_errors_are_one_line(pki: Path, tmp_path: Path) -> None:
     port = str(free_port())
     r = run_cli("serve", "--certs", tmp_path / "none", "--port", port)
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines() == [
-        f"error: certificate not found ({tmp_path / 'none' / 'server.crt'}): run mtlskit init"
-    ]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        f"error: certificate not found ({tmp_path / 'none' / 'server.crt'}): "
+    )
     # A key that does not match the certificate.
     r = run_cli("serve", "--certs", pki, "--key", pki / "client.key", "--port", port)
     assert r.returncode == 1 and "private key does not match certificate" in r.stderr

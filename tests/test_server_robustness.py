@@ -143,3 +143,18 @@ def test_workers_share_the_port(pki: Path, tmp_path: Path) -> None:
     for pid in children:  # the workers stopped with the supervisor
         assert not Path(f"/proc/{pid}").exists()
     assert "Traceback" not in served.log()
+
+
+def test_a_client_that_never_reads_is_throttled(server: Served, pki: Path) -> None:
+    """Responses must not pile up in memory: once the socket's send buffer is full, the
+    server stops reading requests, so the client's writes block."""
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+    with tls_socket(server.port, client_ctx(pki)) as s:
+        s.settimeout(2)
+        sent = 0
+        with pytest.raises(TimeoutError):
+            while sent < 200_000_000:
+                s.sendall(request)
+                sent += len(request)
+    assert sent < 50_000_000
+    assert https(server.port, client_ctx(pki))[0] == 200

@@ -341,7 +341,6 @@ class ASGIProtocol(BaseProtocol):
         self.cycles: deque[Cycle] = deque()  # the running one first, then queued ones
         self.parsing: Cycle | None = None
         self.pending_error = 0
-        self.read_paused = False
         self._tls_ext: dict[str, Any] | None = None
         self._server_addr: tuple[str, int] | None = None
 
@@ -393,7 +392,7 @@ class ASGIProtocol(BaseProtocol):
         if len(self.cycles) == 1:
             self._run(cycle)
         elif len(self.cycles) > _PIPELINE_MAX:
-            self._pause_reading()
+            self.update_reading()
 
     def on_body(self, body: bytes) -> None:
         c = self.parsing
@@ -403,7 +402,7 @@ class ASGIProtocol(BaseProtocol):
         c.body_size += len(body)
         c.event.set()
         if c.body_size > _BODY_HIGH_WATER:
-            self._pause_reading()
+            self.update_reading()
 
     def on_message_complete(self) -> None:
         self.in_request = False
@@ -441,8 +440,8 @@ class ASGIProtocol(BaseProtocol):
         elif self._close_after and not self.in_request:
             self.close()
             return
-        if self.read_paused and len(self.cycles) <= _PIPELINE_MAX:
-            self._resume_reading()
+        if self.read_paused:
+            self.update_reading()
 
     def responses_owed(self) -> bool:
         return bool(self.cycles)
@@ -459,18 +458,16 @@ class ASGIProtocol(BaseProtocol):
         self.close_after_response()
 
     def body_consumed(self) -> None:
-        if self.read_paused and len(self.cycles) <= _PIPELINE_MAX:
-            self._resume_reading()
+        if self.read_paused:
+            self.update_reading()
 
-    def _pause_reading(self) -> None:
-        if not self.read_paused and self.transport is not None:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self.read_paused and self.transport is not None and not self.closed:
-            self.read_paused = False
-            self.transport.resume_reading()
+    def wants_read_pause(self) -> bool:
+        parsing = self.parsing
+        return (
+            self.write_paused
+            or len(self.cycles) > _PIPELINE_MAX
+            or (parsing is not None and parsing.body_size > _BODY_HIGH_WATER)
+        )
 
     def lost(self) -> None:
         for c in self.cycles:

@@ -134,10 +134,12 @@ class BaseProtocol(asyncio.Protocol):
         self._close_after = False
         self.in_request = False  # between the first byte of a request and its response
         self.head_bytes = 0
+        self.head_began = False
         self.header_count = 0
         self.error_status = 0
         self.url = b""
         self.write_paused = False
+        self.read_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -199,11 +201,28 @@ class BaseProtocol(asyncio.Protocol):
         self.lost()
 
     def pause_writing(self) -> None:
+        # A peer that sends requests but does not read the answers: stop reading too,
+        # so responses cannot pile up in memory.
         self.write_paused = True
+        self.update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_drainers()
+        self.update_reading()
+
+    def wants_read_pause(self) -> bool:
+        """Whether reading should pause now (subclasses add their reasons)."""
+        return self.write_paused
+
+    def update_reading(self) -> None:
+        want = self.wants_read_pause()
+        if want != self.read_paused and not self.closed and self.transport is not None:
+            self.read_paused = want
+            if want:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     # -- TLS -------------------------------------------------------------------------------------
 
@@ -316,6 +335,7 @@ class BaseProtocol(asyncio.Protocol):
         """Feed decrypted bytes to the HTTP parser."""
         if self._close_after:
             return  # after an error or "Connection: close": nothing more is read
+        self.head_began = False
         try:
             self.parser.feed_data(plain)
         except httptools.HttpParserUpgrade:
@@ -333,8 +353,9 @@ class BaseProtocol(asyncio.Protocol):
         except httptools.HttpParserError:
             self.http_error(400)
             return
-        if self.in_request and self.head_bytes >= 0:
-            # A head still incomplete after this chunk: the parser is buffering it.
+        if self.in_request and self.head_bytes >= 0 and not self.head_began:
+            # A head begun in an earlier chunk is still incomplete: all of this chunk is
+            # head the parser buffers (the callbacks count only complete fields).
             self.head_bytes += len(plain)
             if self.head_bytes > self.shared.max_header_bytes:
                 self.http_error(431)
@@ -348,6 +369,7 @@ class BaseProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_request = True
+        self.head_began = True
         self.head_bytes = 0
         self.header_count = 0
         self.url = b""
