@@ -63,6 +63,21 @@ def _setup_logging() -> None:
     metavar="PATTERN",
     help="Allow clients with a SAN matching DNS:glob, URI:glob or email:glob (repeatable).",
 )
+@click.option(
+    "--crl",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Refuse clients this CRL revokes (make it with mtlskit crl; reloaded when it changes).",
+)
+@click.option(
+    "--watch-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
+)
+@click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True, metavar="S")
 def serve(
@@ -77,6 +92,10 @@ def serve(
     workers: int,
     allow_cn: tuple[str, ...],
     allow_san: tuple[str, ...],
+    crl: Path | None,
+    watch_interval: float,
+    metrics_port: int | None,
+    metrics_host: str,
     handshake_timeout: float,
     idle_timeout: float,
 ) -> None:
@@ -96,6 +115,10 @@ def serve(
         allow_san=allow_san,
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
+        crl=crl,
+        watch_interval=watch_interval,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     _setup_logging()
     run(config)

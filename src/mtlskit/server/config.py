@@ -32,10 +32,17 @@ class ServerConfig:
     max_header_bytes: int = 32 * 1024  # request line + headers (431 beyond)
     max_headers: int = 100  # header fields per request (431 beyond)
     backlog: int = 4096
+    watch_interval: float = 1.0  # seconds between looks at the files (0: SIGHUP only)
+    metrics_port: int | None = None  # Prometheus text on this plain-HTTP port
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port {self.port} is out of range", hint="use 1-65535")
+        if self.watch_interval < 0:
+            raise ConfigError("--watch-interval must be 0 (off) or more seconds")
+        if self.metrics_port is not None and not 0 < self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port {self.metrics_port} is out of range")
         if self.workers < 1:
             raise ConfigError("--workers must be 1 or more")
         for name in ("handshake_timeout", "idle_timeout", "shutdown_timeout"):

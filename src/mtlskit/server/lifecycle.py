@@ -29,7 +29,9 @@ from typing import Any
 
 from mtlskit.errors import ServerError
 from mtlskit.server.config import ServerConfig
+from mtlskit.server.metrics import serve_metrics
 from mtlskit.server.protocol import BaseProtocol, HelloProtocol, Shared
+from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.stats import Stats
 from mtlskit.server.tlsstate import ContextHolder
 
@@ -205,7 +207,10 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, Any]:
     from mtlskit.identity import AccessPolicy
 
     AccessPolicy(config.allow_cn, config.allow_san)  # validates the patterns
-    holder = ContextHolder(config.cert_path, config.key_path, config.ca_path, crl=config.crl)
+    # checked_build also refuses an expired certificate or a CRL of another key (reload.py).
+    holder = ContextHolder(
+        config.cert_path, config.key_path, config.ca_path, crl=config.crl, build=checked_build
+    )
     app = None
     if config.app is not None:
         from mtlskit.server.asgi import load_app
@@ -221,7 +226,11 @@ async def _serve_worker(
     await server.start(reuse_port=reuse_port)
     if announce:
         log.info("listen on %s", config.url)
-    await server.serve()
+    async with (
+        watch_files(holder, config.watch_interval),
+        serve_metrics(config.metrics_host, config.metrics_port, server.stats, holder),
+    ):
+        await server.serve()
 
 
 def _raise_open_files_limit() -> None:

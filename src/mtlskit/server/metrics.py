@@ -23,17 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
+from mtlskit.errors import ServerError
 from mtlskit.server.reload import facts_of
 from mtlskit.server.stats import Stats
 
 if TYPE_CHECKING:
     from mtlskit.server.tlsstate import ContextHolder
 
-__all__ = ["CONTENT_TYPE", "render", "start_metrics_server"]
+__all__ = ["CONTENT_TYPE", "render", "serve_metrics", "start_metrics_server"]
 
 log = logging.getLogger("mtlskit.server")
 
@@ -194,6 +196,36 @@ async def _handle(
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def serve_metrics(
+    host: str, port: int | None, stats: Stats, holder: ContextHolder | None = None
+) -> AsyncIterator[asyncio.Server | None]:
+    """Serve metrics while the block runs (``port`` None: no metrics).
+
+    With ``--workers N`` every worker counts its own connections, so worker *i*
+    serves its numbers on ``port + i`` (scrape them all; sum in PromQL).
+    """
+    if port is None:
+        yield None
+        return
+    name = multiprocessing.current_process().name  # "worker-3" under the supervisor
+    if name.startswith("worker-") and name[7:].isdigit():
+        port += int(name[7:])
+    try:
+        server = await start_metrics_server(host, port, stats, holder)
+    except OSError as exc:
+        raise ServerError(
+            f"cannot listen for metrics on {host}:{port}: {exc.strerror or exc}",
+            hint="choose another --metrics-port",
+        ) from None
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    try:
+        yield server
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def start_metrics_server(

@@ -5,7 +5,7 @@
     holder = ContextHolder(cert, key, ca, crl=crl, build=checked_build)
     watcher = FileWatcher(holder)           # polls every second
     task = asyncio.create_task(watcher.run())
-    install_sighup(loop, watcher)           # `kill -HUP` reloads now
+    # and `kill -HUP <pid>` reloads at once (Server.serve installs it)
 
 Polling is deliberate: four ``stat`` calls a second cost nothing, work on every
 filesystem and every way a file gets replaced (``os.replace`` gives a new inode,
@@ -30,9 +30,9 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import signal
 import time
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,7 +55,7 @@ __all__ = [
     "check_files",
     "checked_build",
     "facts_of",
-    "install_sighup",
+    "watch_files",
 ]
 
 log = logging.getLogger("mtlskit.server")
@@ -197,19 +197,20 @@ class FileWatcher:
                 log.exception("file watcher error")
 
 
-def install_sighup(loop: asyncio.AbstractEventLoop, watcher: FileWatcher) -> bool:
-    """``kill -HUP <pid>`` reloads at once. False where there is no SIGHUP (Windows)."""
-    sighup = getattr(signal, "SIGHUP", None)
-    if sighup is None:
-        return False
-    tasks: set[asyncio.Task[bool]] = set()
+@contextlib.asynccontextmanager
+async def watch_files(holder: ContextHolder, interval: float) -> AsyncIterator[FileWatcher | None]:
+    """Watch ``holder``'s files while the block runs (``interval`` 0: no watching).
 
-    def on_hup() -> None:
-        task = loop.create_task(watcher.reload("SIGHUP"))
-        tasks.add(task)  # keep a reference until done (asyncio holds tasks weakly)
-        task.add_done_callback(tasks.discard)
-
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(sighup, on_hup)
-        return True
-    return False
+    SIGHUP reloads at once (installed by :meth:`mtlskit.server.lifecycle.Server.serve`).
+    """
+    if interval <= 0:
+        yield None
+        return
+    watcher = FileWatcher(holder, interval=interval, settle=min(SETTLE, interval))
+    task = asyncio.get_running_loop().create_task(watcher.run())
+    try:
+        yield watcher
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
