@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def patch_openssl4() -> None:
-    from openssl_engine import OpenSSLSession, openssl_server_context
+    from openssl_engine import OpenSSLSession, context_from
 
     from mtlskit.server import tlsstate
 
@@ -23,8 +23,8 @@ def patch_openssl4() -> None:
     def new_session(self: tlsstate.TLSState) -> OpenSSLSession:
         ctx = contexts.get(id(self))
         if ctx is None:
-            ctx = contexts[id(self)] = openssl_server_context(
-                self.cert, self.key, self.ca, crl=self.crl
+            ctx = contexts[id(self)] = context_from(
+                self.context, self.cert, self.key, self.ca, crl=self.crl
             )
         return OpenSSLSession(ctx)  # type: ignore[arg-type]
 
