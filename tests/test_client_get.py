@@ -173,6 +173,8 @@ def test_success_and_redirect_statuses_exit_zero(
         (["-d", "@/nonexistent/body"], "cannot read request body"),
         (["--resolve", "nonsense"], "invalid --resolve 'nonsense'"),
         (["--timeout", "0"], "timeout must be positive"),
+        (["https://localhost:8443/a b"], "has spaces or control characters"),
+        (["https://localhost:99999"], "invalid port"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(

@@ -357,6 +357,11 @@ def _target(url: str, resolve: str | None) -> _Target:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
+    if any(c <= " " or c == "\x7f" for c in path):
+        raise ConfigError(
+            f"the URL {url!r} has spaces or control characters in its path",
+            hint="percent-encode them (a space is %20)",
+        )
     connect = parts.hostname
     if resolve:
         name, _, rest = resolve.partition(":")

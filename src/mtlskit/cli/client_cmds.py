@@ -90,7 +90,8 @@ curl --fail-with-body.""",
     type=float,
     default=30.0,
     show_default=True,
-    help="Seconds to wait to connect and for each read.",
+    metavar="SECONDS",
+    help="Wait this long to connect and for each read.",
 )
 @click.option(
     "--resolve",
