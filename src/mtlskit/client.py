@@ -290,10 +290,19 @@ def _ssl_name(rdns: Iterable[Iterable[tuple[str, str]]]) -> str:
     return ", ".join(parts) or "(empty)"
 
 
-def _iso(ssl_time: str) -> str:
-    import time
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ssl.cert_time_to_seconds(ssl_time)))
+
+def _iso(ssl_time: str) -> str:
+    """``Nov  7 07:38:02 2027 GMT`` (OpenSSL's form, always GMT) as ``2027-11-07T07:38:02Z``.
+
+    By hand: ssl.cert_time_to_seconds() would import _strptime on every request.
+    """
+    try:
+        month, day, clock, year, _zone = ssl_time.split()
+        return f"{year}-{_MONTHS.index(month) + 1:02d}-{int(day):02d}T{clock}Z"
+    except ValueError:
+        return ssl_time
 
 
 def _peer_summary(cert: Mapping[str, Any] | None) -> PeerCertificate | None:
