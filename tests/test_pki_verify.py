@@ -12,8 +12,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mtlskit.errors import VerificationError
 from mtlskit.pki.ca import CA, cert_pem
-from mtlskit.pki.verify import METHOD_CRYPTOGRAPHY, METHOD_FALLBACK, verify_files
+from mtlskit.pki.verify import (
+    METHOD_CRYPTOGRAPHY,
+    METHOD_FALLBACK,
+    verify_certificate,
+    verify_files,
+)
 from tests.conftest import run_cli
 
 
@@ -187,3 +193,38 @@ def test_issuer_that_is_not_a_ca(ca_dir: Path, tmp_path: Path) -> None:
          tmp_path / "sneaky.crt"], capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode != 0  # openssl agrees
+
+
+def test_chain_option_and_api(tmp_path: Path) -> None:
+    """--chain supplies the intermediate when the leaf file holds the leaf alone."""
+    root = CA.create("CN=Root", path_length=1)
+    inter = CA.create("CN=Inter", parent=root)
+    leaf = inter.issue("server", "CN=svc", sans=["svc.example", "*.svc.example"])
+    (tmp_path / "root.crt").write_bytes(cert_pem(root.certificate))
+    (tmp_path / "inter.crt").write_bytes(cert_pem(inter.certificate))
+    (tmp_path / "leaf.crt").write_bytes(cert_pem(leaf.certificate))
+    code, _, err = verify(tmp_path / "leaf.crt", "--ca", tmp_path / "root.crt")
+    assert code == 1 and "was not issued by a CA in" in err and "issuer CN=Inter" in err
+    code, out, err = verify(tmp_path / "leaf.crt", "--ca", tmp_path / "root.crt",
+                            "--chain", tmp_path / "inter.crt", "--host", "a.svc.example")  # fmt: skip
+    assert code == 0, err
+    assert "CN=svc  <-  CN=Inter  <-  CN=Root" in out
+    code, _, err = verify(tmp_path / "leaf.crt", "--ca", tmp_path / "root.crt",
+                          "--chain", tmp_path / "inter.crt", "--host", "a.b.svc.example")  # fmt: skip
+    assert code == 1 and "a.b.svc.example is not among the SANs" in err
+
+    # The API: a result with reasons, and VerificationError for the CLI.
+    later = leaf.certificate.not_valid_after_utc + dt.timedelta(days=1)
+    result = verify_certificate(
+        leaf.certificate, [root.certificate], intermediates=[inter.certificate], at=later
+    )
+    assert not result.ok and {p.code for p in result.problems} == {"expired"}
+    with pytest.raises(VerificationError) as info:
+        result.raise_for_problems()
+    assert info.value.reasons == result.reasons and "expired on" in info.value.what
+    ok = verify_certificate(
+        leaf.certificate, [root.certificate], intermediates=[inter.certificate],
+        host="svc.example", purpose="server", key=leaf.private_key,
+    )  # fmt: skip
+    assert ok.ok and ok.method == METHOD_CRYPTOGRAPHY and len(ok.chain) == 3
+    ok.raise_for_problems()  # no-op
