@@ -130,10 +130,13 @@ def _wrote(paths: list[Path]) -> None:
     type=_file,
     help="Encrypt ca.key with the first line of this file.",
 )
-def init(folder: Path, key_type: str, force: bool, passphrase_file: Path | None) -> None:
+@click.option("--passphrase", "ask_passphrase", is_flag=True, help="Ask for ca.key's passphrase.")
+def init(
+    folder: Path, key_type: str, force: bool, passphrase_file: Path | None, ask_passphrase: bool
+) -> None:
     from mtlskit.pki.seed import init_seed
 
-    passphrase = read_passphrase(passphrase_file, prompt=False)
+    passphrase = _new_key_passphrase(passphrase_file, ask_passphrase)
     paths = init_seed(folder, key_type=key_type, force=force, passphrase=passphrase)
     _wrote(paths)
     click.echo(f"next: mtlskit serve --certs {folder}   (then: mtlskit get --certs {folder})")
