@@ -138,9 +138,7 @@ def test_get_refused_client_cert_names_its_issuer(
         "--cacert",
         seed_certs_p256 / "ca.crt",
         "--cert",
-        other_pki.client_cert,
-        "--key",
-        other_pki.client_key,
+        other_pki.client_cert,  # its key, client.key, is found beside it
     )
     assert r.returncode == 1
     line = one_line_error(r.stderr)

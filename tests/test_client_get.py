@@ -184,3 +184,18 @@ def test_bad_usage_is_one_line_and_exit_2(
     assert r.returncode == 2, r.stderr
     assert expected in one_line_error(r.stderr)
     assert r.stdout == ""
+
+
+@pytest.mark.interop
+def test_cert_and_key_in_one_pem(
+    seed_certs_p256: Path, seed_server: Callable[[Path], str], tmp_path: Path
+) -> None:
+    both = tmp_path / "identity.pem"
+    both.write_bytes(
+        (seed_certs_p256 / "client.crt").read_bytes()
+        + (seed_certs_p256 / "client.key").read_bytes()
+    )
+    url = seed_server(seed_certs_p256)
+    r = run_cli("get", url, "--cacert", seed_certs_p256 / "ca.crt", "--cert", both)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (HELLO + b"\n").decode()

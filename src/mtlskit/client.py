@@ -160,10 +160,13 @@ def _files(
     else:
         raise ConfigError("no CA to trust", hint="pass certs=DIR or ca=FILE")
     cert_path = Path(cert) if cert is not None else (folder / "client.crt" if folder else None)
-    # With an explicit cert, no key means the key is in the same PEM file.
     key_path = Path(key) if key is not None else None
     if key_path is None and cert is None and folder is not None:
         key_path = folder / "client.key"
+    elif key_path is None and cert is not None:
+        # The seed's layout keeps NAME.key next to NAME.crt; else the key is in the same PEM.
+        beside = Path(cert).with_suffix(".key")
+        key_path = beside if beside.is_file() else None
     checks = [(ca_path, "CA certificate", "--cacert"), (cert_path, "client certificate", "--cert")]
     checks.append((key_path, "client key", "--key"))
     for path, what, flag in checks:
