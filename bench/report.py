@@ -41,7 +41,8 @@ def markdown(data: dict[str, Any]) -> str:
     out = [
         "### mtlskit serve vs the Go seed server vs nginx",
         "",
-        f"`{data['command']}` — {data['started']}, {s['duration_s']:g} s per run, "
+        f"`{data['command']}` — {data['started']}, median of {s.get('rounds', 1)} interleaved "
+        f"rounds of {s['duration_s']:g} s, "
         f"{s['connections']} connections; server on CPU {s['server_cpus']}, "
         f"mtls-loadgen on CPU {s['load_cpus']}. Requests per second, and per second of "
         "server CPU (utime+stime from /proc); ratios are per server CPU-second.",

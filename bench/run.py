@@ -1,6 +1,6 @@
 """mtlskit's benchmark: `mtlskit serve` against the Go seed server and nginx, in one run.
 
-    python3 bench/run.py             # the full run (about 5 minutes)
+    python3 bench/run.py             # the full run (about 8 minutes)
     python3 bench/run.py --quick     # seconds: keeps the harness working (CI smoke test)
 
 For P-256 and RSA-4096 certificates it measures keep-alive GETs, full mTLS
@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,25 +167,56 @@ def throughput(
                     log(f"skip {name} ({keys}): {exc}")
                     rows.append({"server": name, "keys": keys, "error": str(exc)})
             for mode in MODES:
-                for name, server in running.items():
-                    log(f"{keys:8} {mode:10} {name}")
-                    row: dict[str, Any] = {"server": name, "keys": keys, "mode": mode}
-                    try:
-                        row.update(
-                            harness.measure(server, folder, mode, args.duration, args.connections)
-                        )
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in running}
+                errors: dict[str, str] = {}
+                # Rounds interleave the servers, so a noisy moment hits all of them.
+                for rnd in range(args.rounds):
+                    for name, server in running.items():
+                        if name in errors:
+                            continue
+                        try:
+                            r = harness.measure(
+                                server, folder, mode, args.duration, args.connections
+                            )
+                        except BenchError as exc:
+                            errors[name] = str(exc)
+                            log(f"{keys:8} {mode:10} {name:8} error: {exc}")
+                            continue
+                        runs[name].append(r)
                         log(
-                            f"    {row['rate']:9.0f} req/s  {row['per_cpu_s'] or 0:9.0f} "
-                            f"req/CPU-s  cpu {row['server_cpu_util']:.2f}  err {row['errors']}"
+                            f"{keys:8} {mode:10} {name:8} round {rnd + 1}: {r['rate']:8.0f} req/s"
+                            f" {r['per_cpu_s'] or 0:8.0f} req/CPU-s  cpu {r['server_cpu_util']:.2f}"
+                            f"  err {r['errors']}"
                         )
-                    except BenchError as exc:
-                        row["error"] = str(exc)
-                        log(f"    error: {exc}")
+                for name in running:
+                    row: dict[str, Any] = {"server": name, "keys": keys, "mode": mode}
+                    if runs[name]:
+                        row.update(combine(runs[name]))
+                    if name in errors:
+                        row["error"] = errors[name]
                     rows.append(row)
         finally:
             for server in running.values():
                 server.stop()
     return rows
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one server and workload: medians of rate and req/CPU-s, totals of counts."""
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[-1])
+    for key in ("ok", "errors", "resumed"):
+        row[key] = sum(r[key] for r in runs)
+    row["seconds"] = round(sum(r["seconds"] for r in runs), 3)
+    row["server_cpu_s"] = round(sum(r["server_cpu_s"] for r in runs), 3)
+    row["server_cpu_util"] = round(row["server_cpu_s"] / row["seconds"], 3)
+    row["rate"] = statistics.median(r["rate"] for r in runs)
+    per = [r["per_cpu_s"] for r in runs if r["per_cpu_s"]]
+    row["per_cpu_s"] = round(statistics.median(per), 1) if per else None
+    row["rounds"] = [{"rate": round(r["rate"], 1), "per_cpu_s": r["per_cpu_s"]} for r in runs]
+    row["first_error"] = next((r["first_error"] for r in runs if r["first_error"]), "")
+    return row
 
 
 def workers_scaling(
@@ -404,6 +436,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="seconds in total: a smoke run")
     p.add_argument("--duration", type=float, help="seconds per load run (default 5; quick 0.3)")
     p.add_argument("--connections", type=int, default=16, help="load generator connections")
+    p.add_argument(
+        "--rounds", type=int, help="interleaved rounds per workload (default 3; quick 1)"
+    )
     p.add_argument("--keys", default=None, help="p256,rsa4096 (quick: p256)")
     p.add_argument("--idle", type=int, help="idle connections to hold (default 10000)")
     p.add_argument("--speed-seconds", type=int, help="openssl speed -seconds (default 3)")
@@ -412,7 +447,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=HERE / "results", help="output folder")
     args = p.parse_args()
     quick = args.quick
-    args.duration = args.duration or (0.3 if quick else 5.0)
+    args.duration = args.duration or (0.3 if quick else 3.0)
+    args.rounds = args.rounds or (1 if quick else 3)
     args.idle = args.idle if args.idle is not None else (50 if quick else 10_000)
     args.warmup = 0.1 if quick else 1.0
     speed_s = args.speed_seconds or (1 if quick else 3)
@@ -438,6 +474,7 @@ def main() -> int:
         "settings": {
             "duration_s": args.duration,
             "connections": args.connections,
+            "rounds": args.rounds,
             "server_cpus": harness.SERVER_CPUS,
             "load_cpus": harness.LOAD_CPUS,
             "fd_limit": fd_limit,

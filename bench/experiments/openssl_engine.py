@@ -169,6 +169,8 @@ def context_from(
     # Resumption of sessions that carry a client certificate needs a session id context.
     sid = b"mtlskit"
     lib.SSL_CTX_set_session_id_context(ctx, sid, len(sid))
+    if os.environ.get("MTLSKIT_EXP_SESS_CACHE") == "off":
+        lib.SSL_CTX_set_session_cache_mode(ctx, lib.SSL_SESS_CACHE_OFF)
     return OpenSSLContext(ctx)
 
 
