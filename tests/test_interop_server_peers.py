@@ -23,6 +23,7 @@ from tests.test_server_support import (
     https,
     make_pki,
     start_serve,
+    stop_all,
     tls_socket,
 )
 
@@ -36,12 +37,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _serve(certs: Path, tmp: Path) -> Iterator[Served]:
     procs: list[subprocess.Popen[bytes]] = []
-    served = start_serve(procs, certs, tmp)
     try:
+        served = start_serve(procs, certs, tmp)
         yield served
+        assert served.stop() == 0
+        assert "Traceback" not in served.log()
     finally:
-        served.stop()
-    assert "Traceback" not in served.log()
+        stop_all(procs)
 
 
 @pytest.fixture(scope="module")

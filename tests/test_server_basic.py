@@ -20,6 +20,7 @@ from tests.test_server_support import (
     read_responses,
     read_until_closed,
     start_serve,
+    stop_all,
     tls_socket,
 )
 
@@ -34,10 +35,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     procs: list[subprocess.Popen[bytes]] = []
-    served = start_serve(procs, pki, tmp_path_factory.mktemp("log"))
-    yield served
-    assert served.stop() == 0
-    assert "Traceback" not in served.log()
+    try:
+        served = start_serve(procs, pki, tmp_path_factory.mktemp("log"))
+        yield served
+        assert served.stop() == 0
+        assert "Traceback" not in served.log()
+    finally:
+        stop_all(procs)
 
 
 def test_hello_world_like_the_seed(server: Served) -> None:

@@ -30,8 +30,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def server(pki: Path, tmp_path: Path) -> Iterator[Served]:
-    procs: list[subprocess.Popen[bytes]] = []
+def server(pki: Path, tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> Iterator[Served]:
     served = start_serve(procs, pki, tmp_path, "--handshake-timeout", "2")
     yield served
     assert served.stop() == 0
@@ -118,8 +117,9 @@ def test_disconnects_mid_request_and_mid_response(server: Served, pki: Path) -> 
     assert https(server.port, client_ctx(pki))[0] == 200
 
 
-def test_workers_share_the_port(pki: Path, tmp_path: Path) -> None:
-    procs: list[subprocess.Popen[bytes]] = []
+def test_workers_share_the_port(
+    pki: Path, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
     served = start_serve(procs, pki, tmp_path, "--workers", "2")
     for _ in range(20):
         assert (

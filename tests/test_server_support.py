@@ -84,6 +84,14 @@ def start_serve(
     return Served(proc, port, log_path, certs)
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """For module-scoped fixtures (the ``procs`` fixture is per test)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
 def client_ctx(
     certs: Path, name: str | None = "client", *, tls_max: ssl.TLSVersion | None = None
 ) -> ssl.SSLContext:
