@@ -273,7 +273,10 @@ def _check_port(config: ServerConfig) -> socket.socket:
     return sock
 
 
-def _worker_main(config: ServerConfig, holder: ContextHolder, app: Any) -> None:
+def _worker_main(
+    config: ServerConfig, holder: ContextHolder, app: Any, probe: socket.socket
+) -> None:
+    probe.close()  # the supervisor's port check, inherited by fork
     for sig in (*_STOP_SIGNALS, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     _install_uvloop()
@@ -290,7 +293,7 @@ def _supervise(config: ServerConfig, holder: ContextHolder, app: Any) -> None:
     # an event loop or a thread in this process yet.
     mp = multiprocessing.get_context("fork")
     workers = [
-        mp.Process(target=_worker_main, args=(config, holder, app), name=f"worker-{i}")
+        mp.Process(target=_worker_main, args=(config, holder, app, probe), name=f"worker-{i}")
         for i in range(config.workers)
     ]
     stopping = False
