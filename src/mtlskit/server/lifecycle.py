@@ -224,12 +224,12 @@ async def _serve_worker(
 ) -> None:
     server = Server(config, holder, app=app)
     await server.start(reuse_port=reuse_port)
-    if announce:
-        log.info("listen on %s", config.url)
     async with (
         watch_files(holder, config.watch_interval),
         serve_metrics(config.metrics_host, config.metrics_port, server.stats, holder),
     ):
+        if announce:
+            log.info("listen on %s", config.url)
         await server.serve()
 
 

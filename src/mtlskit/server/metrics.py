@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import multiprocessing
 import time
@@ -216,8 +217,9 @@ async def serve_metrics(
     try:
         server = await start_metrics_server(host, port, stats, holder)
     except OSError as exc:
+        why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
         raise ServerError(
-            f"cannot listen for metrics on {host}:{port}: {exc.strerror or exc}",
+            f"cannot listen for metrics on {host}:{port}: {why}",
             hint="choose another --metrics-port",
         ) from None
     log.info("metrics on http://%s:%d/metrics", host, port)
