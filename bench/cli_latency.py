@@ -30,6 +30,31 @@ BIN = ROOT / "bin"
 GOAL = 3.0
 
 
+# The least any Python client can do: import ssl, handshake, one raw HTTP/1.1
+# exchange (no click, no http.client). What no Python CLI can go below.
+_FLOOR = """
+import socket, ssl, sys
+url, certs = sys.argv[1], sys.argv[2]
+host, port = url.split("//")[1].split(":")
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(certs + "/ca.crt")
+ctx.load_cert_chain(certs + "/client.crt", certs + "/client.key")
+with ctx.wrap_socket(socket.create_connection((host.encode(), int(port))), server_hostname=host.encode()) as s:
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: " + host.encode() + b"\\r\\nConnection: close\\r\\n\\r\\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+sys.stdout.buffer.write(data.split(b"\\r\\n\\r\\n", 1)[1] + b"\\n")
+"""
+
+# mtlskit.client.get() alone: what `mtlskit get` costs without the click CLI around it.
+_API = """
+import sys
+from mtlskit.client import get
+sys.stdout.buffer.write(get(sys.argv[1], certs=sys.argv[2]).body + b"\\n")
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,6 +147,8 @@ def main() -> None:
             "mtlskit get": ([*_mtlskit(), "get", url, "--certs", str(certs)], hello),
             "mtlskit get, no pyc": ([*_mtlskit(), "get", url, "--certs", str(certs)], hello),
             "mtlskit --help": ([*_mtlskit(), "--help"], b"Usage"),
+            "get() without click": ([sys.executable, "-c", _API, url, str(certs)], hello),
+            "python ssl floor": ([sys.executable, "-c", _FLOOR, url, str(certs)], hello),
             "python -c pass": ([sys.executable, "-c", "pass"], None),
         }
         samples: dict[str, list[float]] = {name: [] for name in commands}
