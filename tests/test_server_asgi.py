@@ -315,3 +315,12 @@ def test_lifespan_startup_failure_is_one_line(pki: Path, tmp_path: Path) -> None
     )
     assert r.returncode == 1
     assert r.stderr.strip() == "error: the app's startup failed: no database: fix the app"
+
+
+def test_idle_timeout_spares_a_busy_request(
+    pki: Path, app_dir: Path, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    served = start_serve(procs, pki, tmp_path, "raw_app:app", "--idle-timeout", "0.2", cwd=app_dir)
+    status, _, body = https(served.port, client_ctx(pki), path="/slow")  # 1 s in the app
+    assert (status, body) == (200, b"slow done")
+    assert served.stop() == 0
