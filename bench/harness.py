@@ -204,14 +204,16 @@ def mtlskit_available() -> str | None:
     return None
 
 
-def start_mtlskit(certs: Path, cpus: str = SERVER_CPUS, workers: int = 1) -> Server:
+def start_mtlskit(
+    certs: Path, cpus: str = SERVER_CPUS, workers: int = 1, env: dict[str, str] | None = None
+) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "mtlskit", "serve", "--certs", str(certs)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--quiet"]
     if workers > 1:
         argv += ["--workers", str(workers)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-mtlskit-"))
-    return _spawn("mtlskit", argv, port, cpus, workdir)
+    return _spawn("mtlskit", argv, port, cpus, workdir, env=env)
 
 
 def start_go(certs: Path, cpus: str = SERVER_CPUS, procs: int = 1) -> Server:

@@ -80,6 +80,25 @@ def markdown(data: dict[str, Any]) -> str:
         f"ECDSA P-256 sign {_num(c.get('ecdsap256_sign_per_s'))}/s.",
     ]
 
+    if any(r.get("server") == "mtlskit-stdlib" for r in rows):
+        out += [
+            "",
+            "TLS engine of `mtlskit serve`, same run: the OpenSSL that cryptography bundles "
+            "(default) vs the stdlib `ssl` module (`MTLSKIT_TLS_ENGINE=stdlib`, system OpenSSL):",
+            "",
+            "| certs | workload | default req/CPU-s | stdlib ssl req/CPU-s | default/stdlib |",
+            "|---|---|--:|--:|--:|",
+        ]
+        for keys in keys_list:
+            for mode in MODE_LABEL:
+                a = _row(rows, "mtlskit", keys, mode).get("per_cpu_s")
+                b = _row(rows, "mtlskit-stdlib", keys, mode).get("per_cpu_s")
+                ratio = a / b if a and b else None
+                out.append(
+                    f"| {KEY_LABEL[keys]} | {MODE_LABEL[mode]} | {_num(a)} | {_num(b)} "
+                    f"| {_ratio(ratio)} |"
+                )
+
     if data.get("targets"):
         out += ["", "| target | measured | goal | met |", "|---|--:|--:|:-:|"]
         for t in data["targets"]:

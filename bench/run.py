@@ -139,12 +139,25 @@ def cryptography_speed(seconds: float) -> dict[str, Any]:
 Starter = Callable[[Path], Server]
 
 
-def starters() -> dict[str, Starter]:
-    return {
+def has_engine_choice() -> bool:
+    """True when the server has the OpenSSL 4 engine and MTLSKIT_TLS_ENGINE=stdlib selects ssl."""
+    import importlib.util
+
+    return importlib.util.find_spec("mtlskit.server.openssl_engine") is not None
+
+
+def starters(engines: bool = False) -> dict[str, Starter]:
+    """The servers; with ``engines``, also mtlskit on the stdlib ssl module (OpenSSL 3.0)."""
+    out: dict[str, Starter] = {
         "mtlskit": lambda c: harness.start_mtlskit(c),
         "go": lambda c: harness.start_go(c),
         "nginx": lambda c: harness.start_nginx(c),
     }
+    if engines and has_engine_choice():
+        out["mtlskit-stdlib"] = lambda c: harness.start_mtlskit(
+            c, env={"MTLSKIT_TLS_ENGINE": "stdlib"}
+        )
+    return out
 
 
 def throughput(
@@ -155,8 +168,8 @@ def throughput(
     for keys, folder in certs.items():
         running: dict[str, Server] = {}
         try:
-            for name, start in starters().items():
-                if name in skipped:
+            for name, start in starters(engines=not args.quick).items():
+                if name.split("-")[0] in skipped:
                     continue
                 try:
                     running[name] = start(folder)
