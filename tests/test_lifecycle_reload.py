@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from mtlskit.errors import PKIError
 from mtlskit.pki.ca import CA, SEED_CA_SUBJECT, cert_pem
@@ -41,6 +42,28 @@ def _holder(certs: Path) -> ContextHolder:
         crl=certs / "ca.crl",
         build=checked_build,
     )
+
+
+def _expired_ca_pem() -> bytes:
+    from mtlskit.pki import profiles
+    from mtlskit.pki.keys import generate_key
+    from mtlskit.pki.names import parse_name
+
+    key = generate_key()
+    name = parse_name("CN=Old CA")
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=10))
+    )
+    for ext, critical in profiles.ca_extensions(key.public_key(), path_length=None, issuer=None):
+        builder = builder.add_extension(ext, critical)
+    return cert_pem(builder.sign(key, hashes.SHA256()))  # type: ignore[arg-type]
 
 
 def _broken_replacements(certs: Path, tmp_path: Path) -> list[tuple[str, Path, bytes, str]]:
@@ -83,6 +106,7 @@ def _broken_replacements(certs: Path, tmp_path: Path) -> list[tuple[str, Path, b
             crl_pem(build_crl(other, [], number=1)),
             "not by the CA",
         ),
+        ("expired CA bundle", certs / "ca.crt", _expired_ca_pem(), "has expired"),
     ]
 
 
@@ -103,7 +127,7 @@ def test_broken_replacements_are_refused_and_the_old_state_kept(
         assert "\n" not in caplog.records[0].getMessage()
         write_atomic(path, original)
         assert holder.try_reload() is True, name
-    assert holder.stats.reloads_failed == 8
+    assert holder.stats.reloads_failed == 9
 
 
 def test_watcher_reloads_once_files_settle(certs: Path) -> None:

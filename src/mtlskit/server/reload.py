@@ -20,7 +20,8 @@ replacement is refused with one log line and the old state keeps serving.
 
 :func:`checked_build` also refuses what OpenSSL would load without complaint but
 then fail every handshake with: an expired or not yet valid server certificate,
-a CRL signed by another key than the CA's, or a CRL past its nextUpdate.
+a CA bundle whose certificates have all expired, a CRL signed by another key
+than the CA's, or a CRL past its nextUpdate.
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ def check_files(
             hint="check the clocks of this machine and the CA's",
         )
     cas = tuple(read_certificates(ca))
+    if all(c.not_valid_after_utc < now for c in cas):
+        raise PKIError(
+            "every CA certificate in the bundle has expired: no client could connect",
+            file=ca,
+            hint="put the current CA certificate in it",
+        )
     revocations = None
     if crl is not None:
         revocations = read_crl(crl)
