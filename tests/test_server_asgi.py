@@ -323,4 +323,10 @@ def test_idle_timeout_spares_a_busy_request(
     served = start_serve(procs, pki, tmp_path, "raw_app:app", "--idle-timeout", "0.2", cwd=app_dir)
     status, _, body = https(served.port, client_ctx(pki), path="/slow")  # 1 s in the app
     assert (status, body) == (200, b"slow done")
+    # ... but not a client that stops sending its request body.
+    with tls_socket(served.port, client_ctx(pki)) as s:
+        s.sendall(b"POST /scope HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        s.settimeout(5)
+        assert read_until_closed(s) == b""
     assert served.stop() == 0
+    assert "Traceback" not in served.log()

@@ -173,6 +173,10 @@ def test_idle_and_handshake_timeouts(
     with socket.create_connection(("127.0.0.1", served.port)) as raw:
         raw.settimeout(5)
         assert raw.recv(100) == b""  # no handshake: dropped after ~0.3 s
+    with tls_socket(served.port, client_ctx(pki)) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow")  # a stalled request head
+        s.settimeout(5)
+        assert read_until_closed(s) == b""
     assert served.stop() == 0
 
 
@@ -271,3 +275,13 @@ def test_app_import_errors(pki: Path, tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "has no attribute 'app'" in r.stderr
     assert ROOT.exists()
+
+
+def test_upgrade_requests_are_answered_then_closed(server: Served) -> None:
+    with tls_socket(server.port, client_ctx(server.certs)) as s:
+        s.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        data = read_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert data.endswith(b"Connection: close\r\n\r\nhello world \n")

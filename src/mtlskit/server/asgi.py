@@ -446,6 +446,14 @@ class ASGIProtocol(BaseProtocol):
     def responses_owed(self) -> bool:
         return bool(self.cycles)
 
+    def waiting_on_peer(self) -> bool:
+        # No request in the app, or the app waits for the body of the one it runs.
+        return not self.cycles or self.parsing is self.cycles[0]
+
+    def refuse_upgrade(self) -> None:
+        if self.cycles:
+            self.cycles[-1].keep_alive = False
+
     def http_error(self, status: int) -> None:
         if not self.cycles:
             super().http_error(status)

@@ -129,7 +129,7 @@ class Server:
                 if conn.handshaking:
                     if conn.started < hs_deadline:
                         conn.handshake_timed_out()
-                elif conn.last_active < idle_deadline and conn.idle():
+                elif conn.last_active < idle_deadline and conn.waiting_on_peer():
                     conn.close()
 
     def request_stop(self) -> None:

@@ -285,6 +285,7 @@ class BaseProtocol(asyncio.Protocol):
         """Write and flush (outside data_received, e.g. from an ASGI task)."""
         if self.closed:
             return
+        self.last_active = self.shared.now
         self._out.append(data)
         try:
             self.flush()
@@ -339,7 +340,8 @@ class BaseProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(plain)
         except httptools.HttpParserUpgrade:
-            # No protocol switching here: answer what was parsed, then close.
+            # No protocol switching (WebSocket, CONNECT): answer what was parsed, then close.
+            self.refuse_upgrade()
             self.close_after_response()
             return
         except httptools.HttpParserCallbackError:
@@ -359,6 +361,9 @@ class BaseProtocol(asyncio.Protocol):
             self.head_bytes += len(plain)
             if self.head_bytes > self.shared.max_header_bytes:
                 self.http_error(431)
+
+    def refuse_upgrade(self) -> None:
+        """The last request asked to switch protocols: its response must say close."""
 
     def http_error(self, status: int) -> None:
         """Answer a malformed (400) or oversized (431) request and close."""
@@ -441,6 +446,11 @@ class BaseProtocol(asyncio.Protocol):
         """True between requests (no request read, no response owed)."""
         return not self.in_request and not self._out and not self.responses_owed()
 
+    def waiting_on_peer(self) -> bool:
+        """True when only the peer can move this connection on: between requests, or in
+        the middle of sending one (a slow or stalled client). The idle timeout applies."""
+        return not self.responses_owed()
+
     def shutdown_if_idle(self) -> None:
         """Graceful shutdown: close idle connections now, busy ones after their response."""
         if self.closed:
@@ -459,6 +469,15 @@ class BaseProtocol(asyncio.Protocol):
 
 class HelloProtocol(BaseProtocol):
     """The seed's app: 200 ``hello world \\n`` for any path and method, from the callbacks."""
+
+    def refuse_upgrade(self) -> None:
+        if self._out:  # the response to the upgrade request is the last one queued
+            shared = self.shared
+            swap = {
+                shared.hello_keep: shared.hello_close,
+                shared.hello_head_keep: shared.hello_head_close,
+            }
+            self._out[-1] = swap.get(self._out[-1], self._out[-1])
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.count_header(name, value)
