@@ -433,8 +433,9 @@ class BaseProtocol(asyncio.Protocol):
     def log_request(self, method: bytes) -> None:
         ident = self.identity
         who = ident.describe() if ident else "-"
-        path = self.url.decode("latin-1")
-        log.info("new request %s %s from %s", method.decode("latin-1"), path[:200], who)
+        # The parser refuses control characters in the target; escape the rest.
+        path = self.url[:200].decode("ascii", "backslashreplace")
+        log.info("new request %s %s from %s", method.decode("ascii", "replace"), path, who)
 
     # -- lifecycle hooks --------------------------------------------------------------------------
 
