@@ -211,3 +211,46 @@ def test_list_expiring(certs: Path) -> None:
     assert "no certificates" in run_cli("list", "--ca-dir", certs, "--expiring", "1d").stdout
     bad = run_cli("list", "--ca-dir", certs, "--expiring", "soon")
     assert bad.returncode == 2 and bad.stderr.startswith("error: invalid duration")
+
+
+CRL_WORKER = """
+import sys
+from mtlskit.pki.ca import CA
+from mtlskit.pki.inventory import Inventory
+
+ca = CA.load(sys.argv[1])
+inv = Inventory.open(sys.argv[1], ca.certificate)
+print(" ".join(str(inv.next_crl_number()) for _ in range(25)))
+"""
+
+
+def test_crl_numbers_only_go_up_across_processes(certs: Path) -> None:
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CRL_WORKER, str(certs)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(3)
+    ]
+    numbers: list[int] = []
+    for w in workers:
+        out, err = w.communicate(timeout=60)
+        assert w.returncode == 0, err
+        mine = [int(n) for n in out.split()]
+        assert mine == sorted(mine)  # increasing within each process
+        numbers += mine
+    assert sorted(numbers) == list(range(1, 76))  # no number given twice, none skipped
+
+
+def test_inventory_of_a_newer_mtlskit_is_refused(certs: Path) -> None:
+    conn = sqlite3.connect(certs / DB_NAME)
+    try:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+        conn.commit()
+    finally:
+        conn.close()
+    r = run_cli("list", "--ca-dir", certs)
+    assert r.returncode == 1 and "made by a newer mtlskit" in r.stderr

@@ -345,6 +345,13 @@ class Inventory:
             meta = _read_meta(conn, self.path)
         if "ca_id" not in meta:
             raise _not_inventory(self.path)
+        if int(meta.get("schema", "1")) > SCHEMA:
+            raise PKIError(
+                f"inventory was made by a newer mtlskit (schema {meta['schema']}, this one "
+                f"reads {SCHEMA})",
+                file=self.path,
+                hint="upgrade mtlskit",
+            )
         if meta["ca_id"] != ca_id(self.ca_cert):
             raise PKIError(
                 f"inventory belongs to another CA ({_describe_ca(meta.get('ca_subject', ''), meta['ca_id'])}; "
