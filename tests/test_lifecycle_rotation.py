@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -172,6 +174,47 @@ def _result(proc: subprocess.Popen[str]) -> dict[str, object]:
     return result
 
 
+class LoadSlot:
+    """Continuous load: back-to-back load generator runs of BATCH seconds, in a thread."""
+
+    BATCH = 3
+
+    def __init__(self, client: Path, port: int, mode: str, conns: int = 2) -> None:
+        self.client, self.port, self.mode, self.conns = client, port, mode, conns
+        self.batches: list[dict[str, Any]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            proc = _loadgen(self.client, self.port, self.mode, self.BATCH, self.conns)
+            self.batches.append(_result(proc))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=self.BATCH + 30)
+
+    @property
+    def ok(self) -> int:
+        return sum(int(b["ok"]) for b in self.batches)
+
+    @property
+    def errors(self) -> int:
+        return sum(int(b["errors"]) for b in self.batches)
+
+    @property
+    def seconds(self) -> float:
+        return sum(float(b["seconds"]) for b in self.batches)
+
+    def summary(self) -> str:
+        p99 = max(float(b["p99_ms"]) for b in self.batches)
+        return (
+            f"{self.ok} ok, {self.errors} errors in {self.seconds:.1f} s "
+            f"({len(self.batches)} runs, {self.ok / self.seconds:.0f}/s, worst p99 {p99} ms)"
+        )
+
+
 def _serve(rig: Rig, port: int, metrics: int, *extra: str) -> subprocess.Popen[str]:
     args = [
         *("serve", "--certs", str(rig.srv), "--crl", str(rig.srv / "ca.crl")),
@@ -201,9 +244,8 @@ def test_rotation_under_load_drops_nothing(
     before = _loadgen(rig.mallory, port, "handshake", 1, 1)
     assert _result(before)["ok"], "mallory is served before being revoked"
 
-    seconds = 14
-    keepalive = _loadgen(rig.good, port, "keepalive", seconds, 2)
-    handshake = _loadgen(rig.good, port, "handshake", seconds, 2)
+    keepalive = LoadSlot(rig.good, port, "keepalive")
+    handshake = LoadSlot(rig.good, port, "handshake")
     started = time.monotonic()
     ok, failed = _reloads(metrics)
     broken = rig.broken()
@@ -231,22 +273,22 @@ def test_rotation_under_load_drops_nothing(
             ok += 1
             _wait_reloads(metrics, ok, failed)
     rotating = time.monotonic() - started
-    ka, hs = _result(keepalive), _result(handshake)
-    print(f"\n{ROUNDS} rotations in {rotating:.1f} s under load")
-    for r in (ka, hs):
-        print(
-            f"  {r['mode']}: {r['ok']} ok, {r['errors']} errors, {r['rate_per_s']:.0f}/s, "
-            f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
-        )
-    assert rotating < seconds, "the load must cover every rotation"
-    assert ka["errors"] == 0, ka
-    assert hs["errors"] == 0, hs
-    assert int(ka["ok"]) > 100 and int(hs["ok"]) > 20  # type: ignore[call-overload]
+    print(f"\n{ROUNDS} rotations (+4 broken) in {rotating:.1f} s under load")
+    for slot in (keepalive, handshake):
+        slot.stop()
+        print(f"  {slot.mode}: {slot.summary()}")
+        assert slot.errors == 0, slot.batches
+        assert slot.seconds >= rotating  # the load covered every rotation
+    assert keepalive.ok > 100 and handshake.ok > 20
 
     assert mallory_after is not None
     assert mallory_after["ok"] == 0 and int(mallory_after["errors"]) > 0  # type: ignore[call-overload]
-    assert refused_log == ["garbage certificate", "key of another certificate",
-                           "expired certificate", "CRL of another key"]  # fmt: skip
+    assert refused_log == [
+        "garbage certificate",
+        "key of another certificate",
+        "expired certificate",
+        "CRL of another key",
+    ]
 
     m = _metrics(metrics)
     assert m['mtlskit_handshakes_total{outcome="failed",reason="cert_revoked"}'] >= 1
@@ -258,11 +300,15 @@ def test_rotation_under_load_drops_nothing(
     refusals = [line for line in log.splitlines() if "reload refused" in line]
     assert len(refusals) == 4, log
     for reason, line in zip(
-        ["not a PEM or DER certificate", "private key does not match certificate",
-         "server certificate expired", "CRL is signed by another key"],
+        [
+            "not a PEM or DER certificate",
+            "private key does not match certificate",
+            "server certificate expired",
+            "CRL is signed by another key",
+        ],
         refusals,
         strict=True,
-    ):  # fmt: skip
+    ):
         assert reason in line, line
     assert "Traceback" not in log
 

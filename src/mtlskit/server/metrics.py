@@ -96,13 +96,17 @@ def render(stats: Stats, holder: ContextHolder | None = None, *, now: float | No
         ],
     )
     out.metric(
-        "mtlskit_connections_total", "counter", "Accepted connections.",
+        "mtlskit_connections_total",
+        "counter",
+        "Accepted connections.",
         [({}, snap["connections_total"])],
-    )  # fmt: skip
+    )
     out.metric(
-        "mtlskit_open_connections", "gauge", "Connections open now.",
+        "mtlskit_open_connections",
+        "gauge",
+        "Connections open now.",
         [({}, snap["open_connections"])],
-    )  # fmt: skip
+    )
     out.metric(
         "mtlskit_tls_reloads_total",
         "counter",
@@ -160,13 +164,17 @@ def _state_metrics(out: _Out, holder: ContextHolder, now: float) -> None:
             [({}, nxt)],
         )
         out.metric(
-            "mtlskit_crl_next_update_seconds", "gauge", "Seconds until the CRL's nextUpdate.",
+            "mtlskit_crl_next_update_seconds",
+            "gauge",
+            "Seconds until the CRL's nextUpdate.",
             [({}, round(nxt - now, 3))],
-        )  # fmt: skip
+        )
         out.metric(
-            "mtlskit_crl_revoked_certificates", "gauge", "Entries in the CRL in use.",
+            "mtlskit_crl_revoked_certificates",
+            "gauge",
+            "Entries in the CRL in use.",
             [({}, len(crl))],
-        )  # fmt: skip
+        )
 
 
 async def _handle(
