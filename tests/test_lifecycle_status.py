@@ -126,3 +126,11 @@ def test_parse_duration() -> None:
     assert parse_duration("12h") == dt.timedelta(hours=12)
     assert parse_duration("2w") == dt.timedelta(weeks=2)
     assert parse_duration("7") == dt.timedelta(days=7)
+
+
+def test_status_of_the_seeds_openssl_folder(seed_certs_openssl: Path) -> None:
+    r = run_cli("status", seed_certs_openssl, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    kinds = {i["file"]: i["kind"] for i in json.loads(r.stdout)["items"]}
+    # The v1 root counts as a CA; certificates without extendedKeyUsage may do anything.
+    assert kinds == {"ca.crt": "CA", "server.crt": "server-client", "client.crt": "client"}
