@@ -205,10 +205,15 @@ def mtlskit_available() -> str | None:
 
 
 def start_mtlskit(
-    certs: Path, cpus: str = SERVER_CPUS, workers: int = 1, env: dict[str, str] | None = None
+    certs: Path,
+    cpus: str = SERVER_CPUS,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    launcher: list[str] | None = None,
 ) -> Server:
+    """``mtlskit serve`` (or ``launcher serve``: an experiment that patches the server)."""
     port = free_port()
-    argv = [sys.executable, "-m", "mtlskit", "serve", "--certs", str(certs)]
+    argv = [*(launcher or [sys.executable, "-m", "mtlskit"]), "serve", "--certs", str(certs)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--quiet"]
     if workers > 1:
         argv += ["--workers", str(workers)]

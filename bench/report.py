@@ -80,19 +80,31 @@ def markdown(data: dict[str, Any]) -> str:
         f"ECDSA P-256 sign {_num(c.get('ecdsap256_sign_per_s'))}/s.",
     ]
 
-    if any(r.get("server") == "mtlskit-stdlib" for r in rows):
+    other = next(
+        (r["server"] for r in rows if r.get("server") in ("mtlskit-stdlib", "mtlskit-openssl4")),
+        None,
+    )
+    if other is not None:
+        # Always: the bundled OpenSSL (4.x) engine over the stdlib ssl (system OpenSSL) one.
+        if other == "mtlskit-stdlib":
+            fast, slow = "mtlskit", "mtlskit-stdlib"
+            note = "default; `MTLSKIT_TLS_ENGINE=stdlib` selects the stdlib `ssl` module"
+        else:
+            fast, slow = "mtlskit-openssl4", "mtlskit"
+            note = (
+                "prototype patched in by bench/experiments/serve_variant.py; stdlib is the default"
+            )
         out += [
             "",
-            "TLS engine of `mtlskit serve`, same run: the OpenSSL that cryptography bundles "
-            "(default) vs the stdlib `ssl` module (`MTLSKIT_TLS_ENGINE=stdlib`, system OpenSSL):",
+            f"TLS engine of `mtlskit serve`, same run ({note}):",
             "",
-            "| certs | workload | default req/CPU-s | stdlib ssl req/CPU-s | default/stdlib |",
+            "| certs | workload | bundled OpenSSL req/CPU-s | stdlib ssl req/CPU-s | ratio |",
             "|---|---|--:|--:|--:|",
         ]
         for keys in keys_list:
             for mode in MODE_LABEL:
-                a = _row(rows, "mtlskit", keys, mode).get("per_cpu_s")
-                b = _row(rows, "mtlskit-stdlib", keys, mode).get("per_cpu_s")
+                a = _row(rows, fast, keys, mode).get("per_cpu_s")
+                b = _row(rows, slow, keys, mode).get("per_cpu_s")
                 ratio = a / b if a and b else None
                 out.append(
                     f"| {KEY_LABEL[keys]} | {MODE_LABEL[mode]} | {_num(a)} | {_num(b)} "

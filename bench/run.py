@@ -147,7 +147,7 @@ def has_engine_choice() -> bool:
 
 
 def starters(engines: bool = False) -> dict[str, Starter]:
-    """The servers; with ``engines``, also mtlskit on the stdlib ssl module (OpenSSL 3.0)."""
+    """The servers; with ``engines``, also mtlskit on its other TLS engine (see report.py)."""
     out: dict[str, Starter] = {
         "mtlskit": lambda c: harness.start_mtlskit(c),
         "go": lambda c: harness.start_go(c),
@@ -156,6 +156,12 @@ def starters(engines: bool = False) -> dict[str, Starter]:
     if engines and has_engine_choice():
         out["mtlskit-stdlib"] = lambda c: harness.start_mtlskit(
             c, env={"MTLSKIT_TLS_ENGINE": "stdlib"}
+        )
+    elif engines:
+        # Before the engine is in the server: the prototype, patched in by an experiment.
+        launcher = [sys.executable, str(HERE / "experiments" / "serve_variant.py")]
+        out["mtlskit-openssl4"] = lambda c: harness.start_mtlskit(
+            c, launcher=[*launcher, "--engine", "openssl4"]
         )
     return out
 
