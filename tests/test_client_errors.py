@@ -314,3 +314,45 @@ def test_key_that_does_not_match(seed_certs_p256: Path, other_pki: OtherPKI) -> 
     )
     assert r.returncode == 1
     assert "private key does not match certificate" in one_line_error(r.stderr)
+
+
+def test_expired_server_certificate(
+    seed_certs_p256: Path, echo_server: Callable[..., EchoServer], tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from mtlskit.pki import profiles
+    from mtlskit.pki.ca import CA
+    from mtlskit.pki.keys import generate_key, private_key_pem
+
+    ca = CA.create("CN=Clock CA", days=30)
+    ca.save(tmp_path)
+    ca.issue("client", "CN=c", days=2).save(tmp_path, "client")
+    key = generate_key("p256")
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name.from_rfc4514_string("CN=localhost"))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=10))
+        .not_valid_after(now - dt.timedelta(days=1))
+    )
+    sans = [x509.DNSName("localhost")]
+    for ext, critical in profiles.leaf_extensions(
+        profiles.check_profile("server"), key.public_key(), sans=sans, issuer=ca.certificate
+    ):
+        builder = builder.add_extension(ext, critical)
+    cert = builder.sign(ca.private_key, hashes.SHA256())  # type: ignore[arg-type]
+    (tmp_path / "server.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+    (tmp_path / "server.key").write_bytes(private_key_pem(key))
+    srv = echo_server(tmp_path)
+    with pytest.raises(VerificationError) as err:
+        get(srv.url, certs=tmp_path)
+    expected = f"the server's certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+    assert str(err.value).startswith(expected)
