@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtlskit.client import get
 from mtlskit.errors import HandshakeError, PKIError, VerificationError
+from mtlskit.pki import profiles
+from mtlskit.pki.ca import CA
+from mtlskit.pki.keys import generate_key, private_key_pem
 from mtlskit.tls import client_context
 from tests.conftest import free_port, run_cli
 from tests.test_client_support import (  # noqa: F401 (fixtures)
@@ -93,8 +100,6 @@ def test_ip_name_mismatch(
     tmp_path: Path,
 ) -> None:
     # A server certificate without the IP we dial.
-    from mtlskit.pki.ca import CA
-
     ca = CA.create("CN=Name CA", days=2)
     ca.save(tmp_path)
     ca.issue("server", "CN=svc", sans=["DNS:svc.internal"], days=2).save(tmp_path, "server")
@@ -316,43 +321,54 @@ def test_key_that_does_not_match(seed_certs_p256: Path, other_pki: OtherPKI) -> 
     assert "private key does not match certificate" in one_line_error(r.stderr)
 
 
-def test_expired_server_certificate(
-    seed_certs_p256: Path, echo_server: Callable[..., EchoServer], tmp_path: Path
-) -> None:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from mtlskit.pki import profiles
-    from mtlskit.pki.ca import CA
-    from mtlskit.pki.keys import generate_key, private_key_pem
-
-    ca = CA.create("CN=Clock CA", days=30)
-    ca.save(tmp_path)
-    ca.issue("client", "CN=c", days=2).save(tmp_path, "client")
+def _expired_leaf(
+    ca: CA, profile: str, name: str, folder: Path, sans: list[str]
+) -> x509.Certificate:
+    """A certificate that expired yesterday (CA.issue refuses to make one), as NAME.crt/.key."""
     key = generate_key("p256")
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name.from_rfc4514_string("CN=localhost"))
+        .subject_name(x509.Name.from_rfc4514_string(f"CN={name}"))
         .issuer_name(ca.certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=10))
         .not_valid_after(now - dt.timedelta(days=1))
     )
-    sans = [x509.DNSName("localhost")]
     for ext, critical in profiles.leaf_extensions(
-        profiles.check_profile("server"), key.public_key(), sans=sans, issuer=ca.certificate
+        profiles.check_profile(profile),
+        key.public_key(),
+        sans=[x509.DNSName(s) for s in sans],
+        issuer=ca.certificate,
     ):
         builder = builder.add_extension(ext, critical)
     cert = builder.sign(ca.private_key, hashes.SHA256())  # type: ignore[arg-type]
-    (tmp_path / "server.crt").write_bytes(cert.public_bytes(Encoding.PEM))
-    (tmp_path / "server.key").write_bytes(private_key_pem(key))
+    (folder / f"{profile}.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+    (folder / f"{profile}.key").write_bytes(private_key_pem(key))
+    return cert
+
+
+def test_expired_server_certificate(echo_server: Callable[..., EchoServer], tmp_path: Path) -> None:
+    ca = CA.create("CN=Clock CA", days=30)
+    ca.save(tmp_path)
+    ca.issue("client", "CN=c", days=2).save(tmp_path, "client")
+    cert = _expired_leaf(ca, "server", "localhost", tmp_path, ["localhost"])
     srv = echo_server(tmp_path)
     with pytest.raises(VerificationError) as err:
         get(srv.url, certs=tmp_path)
     expected = f"the server's certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}"
     assert str(err.value).startswith(expected)
+
+
+@pytest.mark.interop
+def test_expired_client_certificate(seed_server: Callable[[Path], str], tmp_path: Path) -> None:
+    ca = CA.create("CN=Clock CA", days=30)
+    ca.save(tmp_path)
+    ca.issue("server", "CN=localhost", sans=["DNS:localhost"], days=2).save(tmp_path, "server")
+    cert = _expired_leaf(ca, "client", "late", tmp_path, [])
+    url = seed_server(tmp_path)
+    r = run_cli("get", url, "--certs", tmp_path)
+    line = one_line_error(r.stderr)
+    assert line.startswith("error: the server refused our client certificate (")
+    assert f"it expired on {cert.not_valid_after_utc:%Y-%m-%d}: renew it" in line
