@@ -457,7 +457,9 @@ def _why_refused(cert: Path | None) -> str | None:
     )
 
 
-def _fetch_peer_certificate(target: _Target, files: _Files | None, timeout: float) -> Any:
+def _fetch_peer_certificate(
+    target: _Target, files: _Files | None, timeout: float
+) -> x509.Certificate | None:
     """The server's leaf certificate, fetched WITHOUT verification, to explain a failure."""
     from cryptography import x509
 
@@ -495,7 +497,7 @@ def _verify_failed(
 
     code = exc.verify_code
     message = exc.verify_message or str(exc)
-    leaf: x509.Certificate | None = _fetch_peer_certificate(target, files, timeout)
+    leaf = _fetch_peer_certificate(target, files, timeout)
     ca_file = files.ca if files else None
     if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
         names = ", ".join(san_strings(leaf)) if leaf is not None else ""
