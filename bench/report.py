@@ -119,23 +119,22 @@ def markdown(data: dict[str, Any]) -> str:
             out.append(f"| {t['target']} | {val} | {t['goal']} | {met} |")
 
     if data.get("workers"):
-        one = {(r["server"], r["mode"]): r for r in rows if r.get("keys") == "p256"}
         out += [
             "",
-            "Two cores (server on CPUs 0,1, load generator sharing them), P-256:",
+            "Both cores (server and load generator share CPUs 0,1), P-256; scaling = rate with "
+            "2 workers (Go: GOMAXPROCS=2) over 1, same conditions:",
             "",
-            "| server | workload | req/s | req/CPU-s | rate vs 1 core |",
-            "|---|---|--:|--:|--:|",
+            "| server | workload | req/s | req/CPU-s | server CPU | scaling |",
+            "|---|---|--:|--:|--:|--:|",
         ]
         for r in data["workers"]:
-            if "mode" not in r:
-                out.append(f"| {r['server']} | error: {r.get('error', '?')} | | | |")
+            if "rate" not in r:
+                out.append(f"| {r['server']} | error: {r.get('error', '?')} | | | | |")
                 continue
-            base = one.get(("mtlskit" if "mtlskit" in r["server"] else "go", r["mode"]), {})
-            scale = r["rate"] / base["rate"] if r.get("rate") and base.get("rate") else None
+            scale = _ratio(r.get("scaling")) if r.get("workers") == 2 else ""
             out.append(
                 f"| {r['server']} | {MODE_LABEL[r['mode']]} | {_num(r.get('rate'))} "
-                f"| {_num(r.get('per_cpu_s'))} | {_ratio(scale)} |"
+                f"| {_num(r.get('per_cpu_s'))} | {r.get('server_cpu_util', 0):.2f} | {scale} |"
             )
 
     if data.get("idle"):

@@ -241,41 +241,70 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def workers_scaling(
     args: argparse.Namespace, folder: Path, skipped: dict[str, str]
 ) -> list[dict[str, Any]]:
-    """Two processes/cores: `mtlskit serve --workers 2` and Go with GOMAXPROCS=2.
+    """Both cores: `mtlskit serve --workers 1` vs `--workers 2`, Go GOMAXPROCS=1 vs 2.
 
-    Server and load generator then share both cores, so compare rates with the
-    one-core rows and read the per-CPU-second figures as efficiency.
+    Server and load generator share CPUs 0,1 here, so the scaling is the rate of
+    two workers over one under the same conditions (the one-core rows differ).
     """
     rows: list[dict[str, Any]] = []
     both = "0,1"
-    plans: list[tuple[str, Callable[[], Server]]] = [
-        ("mtlskit --workers 2", lambda: harness.start_mtlskit(folder, cpus=both, workers=2)),
-        ("go GOMAXPROCS=2", lambda: harness.start_go(folder, cpus=both, procs=2)),
-    ]
-    for label, start in plans:
-        if label.startswith("mtlskit") and "mtlskit" in skipped:
+    plans: list[tuple[str, str, int, Callable[[], Server]]] = []
+    for n in (1, 2):
+        plans.append(
+            (
+                f"mtlskit --workers {n}",
+                "mtlskit",
+                n,
+                lambda n=n: harness.start_mtlskit(folder, cpus=both, workers=n),
+            )
+        )
+    for n in (1, 2):
+        plans.append(
+            (
+                f"go GOMAXPROCS={n}",
+                "go",
+                n,
+                lambda n=n: harness.start_go(folder, cpus=both, procs=n),
+            )
+        )
+    for label, kind, n, start in plans:
+        if kind in skipped:
             continue
         try:
             server = start()
         except BenchError as exc:
-            rows.append({"server": label, "error": str(exc)})
+            rows.append({"server": label, "kind": kind, "workers": n, "error": str(exc)})
             continue
         try:
             if args.warmup > 0:
                 harness.loadgen(server.addr, folder, "keepalive", args.warmup, 4, both)
             for mode in ("keepalive", "handshake"):
-                log(f"workers  {mode:10} {label}")
-                row: dict[str, Any] = {"server": label, "keys": "p256", "mode": mode}
+                row: dict[str, Any] = {
+                    "server": label,
+                    "kind": kind,
+                    "workers": n,
+                    "keys": "p256",
+                    "mode": mode,
+                }
                 try:
                     row.update(
                         harness.measure(server, folder, mode, args.duration, args.connections, both)
                     )
                     row["server_processes"] = len(harness.process_tree(server.pid))
+                    log(
+                        f"workers  {mode:10} {label:20} {row['rate']:8.0f} req/s "
+                        f"cpu {row['server_cpu_util']:.2f}"
+                    )
                 except BenchError as exc:
                     row["error"] = str(exc)
                 rows.append(row)
         finally:
             server.stop()
+    one = {(r["kind"], r.get("mode")): r for r in rows if r.get("workers") == 1}
+    for r in rows:
+        base = one.get((r["kind"], r.get("mode")), {})
+        if r.get("workers") == 2 and r.get("rate") and base.get("rate"):
+            r["scaling"] = round(r["rate"] / base["rate"], 2)
     return rows
 
 
