@@ -443,6 +443,7 @@ def inspect(files: tuple[Path, ...], as_json: bool, password_file: Path | None) 
 @click.option("--purpose", type=click.Choice(["server", "client"]), help="Required use (EKU).")
 @click.option("--key", "key_file", type=_file, help="Check that this private key matches.")
 @click.option("--passphrase-file", type=_file, help="Passphrase of an encrypted --key.")
+@click.option("--crl", "crl_file", type=_file, help="Refuse the certificate if this CRL lists it.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(
     cert: Path,
@@ -452,6 +453,7 @@ def verify(
     purpose: str | None,
     key_file: Path | None,
     passphrase_file: Path | None,
+    crl_file: Path | None,
     as_json: bool,
 ) -> None:
     from mtlskit.pki.names import format_name
@@ -465,6 +467,7 @@ def verify(
         purpose=purpose,
         key_file=key_file,
         passphrase=read_passphrase(passphrase_file, prompt=False),
+        crl_file=crl_file,
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

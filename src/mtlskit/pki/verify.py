@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.x509 import verification as xv
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-from mtlskit.errors import ConfigError, VerificationError
+from mtlskit.errors import ConfigError, PKIError, VerificationError
+from mtlskit.pki.crl import check_crl, is_revoked, read_crl
 from mtlskit.pki.keys import PrivateKey, key_matches, load_private_key
 from mtlskit.pki.load import load_certificates
 from mtlskit.pki.names import format_name, format_san
@@ -516,11 +517,13 @@ def verify_files(
     key_file: str | os.PathLike[str] | None = None,
     passphrase: bytes | None = None,
     at: dt.datetime | None = None,
+    crl_file: str | os.PathLike[str] | None = None,
 ) -> VerifyResult:
     """:func:`verify_certificate` on files.
 
     ``cert_file`` may be a bundle (leaf first, then its intermediates, as servers
-    send it); ``chain_file`` adds more intermediates.
+    send it); ``chain_file`` adds more intermediates; ``crl_file`` a CRL of the
+    certificate's issuer, checked like OpenSSL's ``-crl_check`` (leaf only).
     """
     certs = load_certificates(read_file(cert_file, "certificate"), file=cert_file)
     trusted = load_certificates(read_file(ca_file, "CA certificate"), file=ca_file)
@@ -547,4 +550,40 @@ def verify_files(
         },
     )
     result.file = os.fspath(Path(cert_file))
+    if crl_file is not None:
+        _check_revocation(result, crl_file, [*trusted, *intermediates], at=at)
     return result
+
+
+def _check_revocation(
+    result: VerifyResult,
+    crl_file: str | os.PathLike[str],
+    cas: Sequence[x509.Certificate],
+    *,
+    at: dt.datetime | None,
+) -> None:
+    """Add a problem when the CRL is unusable or lists the certificate."""
+    crl = read_crl(crl_file)  # an unreadable CRL is a bad argument, not a verdict
+    try:
+        check_crl(crl, cas, file=crl_file, now=at)
+    except PKIError as exc:
+        result.problems.append(Problem("crl", exc.one_line(), exc.hint or "make a fresh CRL"))
+        return
+    entry = is_revoked(result.certificate, crl)
+    if entry is None:
+        result.notes.append(f"not revoked according to {os.fspath(crl_file)}")
+        return
+    reason = ""
+    try:
+        flag = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        reason = f" (reason: {flag.value})"
+    except x509.ExtensionNotFound:
+        pass
+    when = _date(entry.revocation_date_utc)
+    result.problems.append(
+        Problem(
+            "revoked",
+            f"{result.file} was revoked on {when}{reason}, per {os.fspath(crl_file)}",
+            "issue a new certificate: mtlskit issue client|server NAME",
+        )
+    )
