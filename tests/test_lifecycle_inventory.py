@@ -254,3 +254,16 @@ def test_inventory_of_a_newer_mtlskit_is_refused(certs: Path) -> None:
         conn.close()
     r = run_cli("list", "--ca-dir", certs)
     assert r.returncode == 1 and "made by a newer mtlskit" in r.stderr
+
+
+def test_intermediate_ca_is_recorded_and_revocable_by_its_parent(tmp_path: Path) -> None:
+    root, inter = tmp_path / "root", tmp_path / "inter"
+    assert run_cli("ca", "create", "--dir", root, "--path-length", "1").returncode == 0
+    r = run_cli("ca", "create", "--dir", inter, "--parent-dir", root, "--subject", "CN=Inter")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(run_cli("list", "--ca-dir", root, "--json").stdout)
+    assert [(row["subject"], row["profile"]) for row in rows] == [("CN=Inter", "ca")]
+    r = run_cli("revoke", inter / "ca.crt", "--ca-dir", root, "--reason", "cACompromise")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(run_cli("list", "--ca-dir", root, "--json").stdout)
+    assert rows[0]["status"] == "revoked"

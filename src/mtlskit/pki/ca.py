@@ -190,7 +190,6 @@ class CA:
                     "the parent CA has path length 0: it may sign leaves, not other CAs",
                     hint="sign the intermediate with a root made with --path-length 1 or more",
                 )
-        signer_key = parent.private_key if parent else key
         issuer = parent.certificate if parent else None
         if parent is not None:
             start, end = parent._clip(start, end)
@@ -199,7 +198,6 @@ class CA:
             .subject_name(name)
             .issuer_name(issuer.subject if issuer else name)
             .public_key(key.public_key())
-            .serial_number(random_serial())
             .not_valid_before(start)
             .not_valid_after(end)
         )
@@ -207,7 +205,10 @@ class CA:
             key.public_key(), path_length=path_length, issuer=issuer
         ):
             builder = builder.add_extension(ext, critical)
-        cert = builder.sign(signer_key, signature_hash(signer_key))  # type: ignore[arg-type]
+        if parent is not None:  # through _sign: the parent's inventory records it
+            cert = parent._sign(builder)
+        else:
+            cert = builder.serial_number(random_serial()).sign(key, signature_hash(key))  # type: ignore[arg-type]
         chain = [parent.certificate, *parent.chain] if parent else []
         return cls(cert, key, chain=chain)
 

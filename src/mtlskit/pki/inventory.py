@@ -138,6 +138,11 @@ def profile_of(cert: x509.Certificate) -> str:
     as ``client`` otherwise, so that a renewal keeps it usable as before.
     """
     try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "ca"  # an intermediate this CA signed
+    except x509.ExtensionNotFound:
+        pass
+    try:
         ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     except x509.ExtensionNotFound:
         return "server-client" if san_strings(cert) else "client"
