@@ -31,12 +31,28 @@ def patch_openssl4() -> None:
     tlsstate.TLSState.new_session = new_session  # type: ignore[method-assign]
 
 
+def patch_break_parser_cycle() -> None:
+    """Drop the httptools parser when the connection is gone (it refers to the protocol)."""
+    from mtlskit.server import protocol
+
+    original = protocol.BaseProtocol.connection_lost
+
+    def connection_lost(self: protocol.BaseProtocol, exc: Exception | None) -> None:
+        original(self, exc)
+        self.parser = None
+
+    protocol.BaseProtocol.connection_lost = connection_lost  # type: ignore[method-assign]
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--engine"]:
         engine, args = args[1], args[2:]
-        if engine == "openssl4":
-            patch_openssl4()
+        for part in engine.split("+"):
+            if part == "openssl4":
+                patch_openssl4()
+            elif part == "nocycle":
+                patch_break_parser_cycle()
     if args[:1] == ["--"]:
         args = args[1:]
     from mtlskit.cli import run
