@@ -7,6 +7,8 @@
                    (httptools), limits, access rules, the built-in hello world
     asgi.py        ASGI 3 (http + lifespan) with the TLS extension
     engine.py      the TLS engine seam (TLSSession) and its stdlib implementation
+    openssl_engine.py  the default engine: the OpenSSL that cryptography bundles
+                   (MTLSKIT_TLS_ENGINE=stdlib selects the stdlib ssl module)
     tlsstate.py    ContextHolder: the current TLSState, reload() swaps it atomically
     stats.py       Stats: counters for metrics
     config.py      ServerConfig: every setting, frozen

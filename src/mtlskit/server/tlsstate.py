@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtlskit.errors import MtlsError, PKIError
+from mtlskit.server import openssl_engine
 from mtlskit.server.engine import StdlibSession, TLSSession
 from mtlskit.server.stats import Stats
 from mtlskit.tls import server_context
@@ -43,9 +44,14 @@ class TLSState:
     ca: Path
     crl: Path | None = None
     loaded_at: float = field(default_factory=time.time)
+    # The same policy on the OpenSSL that cryptography bundles (server/openssl_engine.py);
+    # None: the stdlib ssl module serves (MTLSKIT_TLS_ENGINE=stdlib, or no bindings).
+    engine_context: openssl_engine.OpenSSLContext | None = None
 
     def new_session(self) -> TLSSession:
         """The TLS engine for one new connection (the seam for another engine)."""
+        if self.engine_context is not None:
+            return openssl_engine.OpenSSLSession(self.engine_context)
         return StdlibSession(self.context)
 
 
@@ -63,8 +69,12 @@ def build_state(
 ) -> TLSState:
     """A :class:`TLSState` from files; raises :class:`~mtlskit.errors.PKIError`."""
     ctx = server_context(cert, key, ca, crl=crl)
+    engine_context = None
+    if openssl_engine.AVAILABLE and os.environ.get("MTLSKIT_TLS_ENGINE", "") != "stdlib":
+        engine_context = openssl_engine.context_from(ctx, cert, key, ca, crl=crl)
     return TLSState(
         context=ctx,
+        engine_context=engine_context,
         server_cert_pem=_first_pem_certificate(Path(cert)),
         cert=Path(cert),
         key=Path(key),

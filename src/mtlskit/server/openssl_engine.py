@@ -1,0 +1,308 @@
+"""A TLS engine on the OpenSSL that the cryptography wheel bundles (4.x), for the server.
+
+Why: the system ``ssl`` module links OpenSSL 3.0, whose full handshakes spend
+most of their time in provider/decoder look-ups, locks and malloc (perf on
+nginx and on ``mtlskit serve``); OpenSSL 4 does the same handshake in about
+60 % of the CPU time. cryptography already ships it, with cffi bindings
+(``cryptography.hazmat.bindings``) for the SSL functions pyOpenSSL uses, so
+this needs no new dependency. Each connection runs over two memory BIOs,
+without a Python exception per WANT_READ, through one shared buffer.
+
+The policy stays in :mod:`mtlskit.tls`: :func:`context_from` copies it from the
+``ssl.SSLContext`` that :func:`mtlskit.tls.server_context` built (minimum version,
+verify mode, CRL check) and loads the same files. Where the bindings lack a
+function, :data:`AVAILABLE` is false and the server keeps the stdlib engine.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+from mtlskit.errors import PKIError
+from mtlskit.server.engine import _VERIFY_REASONS, TLSClosed, TLSFailure
+
+__all__ = ["AVAILABLE", "OpenSSLContext", "OpenSSLSession", "context_from"]
+
+_NEEDED = [
+    "SSL_CTX_new",
+    "TLS_server_method",
+    "SSL_CTX_free",
+    "SSL_CTX_use_certificate_chain_file",
+    "SSL_CTX_use_PrivateKey_file",
+    "SSL_CTX_check_private_key",
+    "SSL_CTX_load_verify_locations",
+    "SSL_CTX_set_verify",
+    "SSL_CTX_set_min_proto_version",
+    "SSL_CTX_set_options",
+    "SSL_CTX_set_cipher_list",
+    "SSL_CTX_set_session_id_context",
+    "SSL_CTX_get_cert_store",
+    "SSL_CTX_set_mode",
+    "X509_STORE_set_flags",
+    "SSL_new",
+    "SSL_free",
+    "BIO_new",
+    "BIO_s_mem",
+    "SSL_set_bio",
+    "SSL_set_accept_state",
+    "BIO_write",
+    "BIO_read",
+    "SSL_do_handshake",
+    "SSL_get_error",
+    "SSL_read",
+    "SSL_write",
+    "SSL_shutdown",
+    "ERR_clear_error",
+    "ERR_get_error",
+    "ERR_reason_error_string",
+    "SSL_get_verify_result",
+    "X509_verify_cert_error_string",
+    "SSL_get_peer_certificate",
+    "X509_free",
+    "i2d_X509_bio",
+    "BIO_get_mem_data",
+    "BIO_free",
+    "SSL_get_peer_cert_chain",
+    "sk_X509_num",
+    "sk_X509_value",
+    "SSL_get_version",
+    "SSL_get_current_cipher",
+    "SSL_CIPHER_get_name",
+]
+
+try:
+    from cryptography.hazmat.bindings.openssl.binding import Binding
+
+    _binding = Binding()
+    lib: Any = _binding.lib
+    ffi: Any = _binding.ffi
+    AVAILABLE = all(hasattr(lib, name) for name in _NEEDED)
+except ImportError:  # pragma: no cover - cryptography is a dependency
+    AVAILABLE = False
+
+_BUF_SIZE = 65536
+if AVAILABLE:
+    _BUF = ffi.new("char[]", _BUF_SIZE)  # one event loop per process: one buffer
+    _WANT_READ = lib.SSL_ERROR_WANT_READ
+    _ZERO_RETURN = lib.SSL_ERROR_ZERO_RETURN
+    _SSL_ERROR = lib.SSL_ERROR_SSL
+
+# CPython's choice for TLS 1.2 (Lib/ssl.py, 3.10+); TLS 1.3 suites are OpenSSL's defaults.
+_CIPHERS = (
+    b"@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
+)
+
+
+class OpenSSLContext:
+    """An ``SSL_CTX`` of the bundled OpenSSL, freed with this object."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: Any) -> None:
+        self.ptr = ptr
+
+
+def _check(ok: int, what: str, path: str | os.PathLike[str]) -> None:
+    if ok != 1:
+        code = lib.ERR_get_error()
+        lib.ERR_clear_error()
+        text = lib.ERR_reason_error_string(code) if code else ffi.NULL
+        reason = ffi.string(text).decode() if text != ffi.NULL else "unknown error"
+        raise PKIError(
+            f"{what}: {reason}", file=path, hint="check that the PEM files belong together"
+        )
+
+
+def context_from(
+    policy: ssl.SSLContext,
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str],
+    ca: str | os.PathLike[str],
+    *,
+    crl: str | os.PathLike[str] | None = None,
+) -> OpenSSLContext:
+    """The bundled-OpenSSL twin of ``policy`` (from :func:`mtlskit.tls.server_context`)."""
+    raw = lib.SSL_CTX_new(lib.TLS_server_method())
+    if raw == ffi.NULL:
+        raise PKIError("cannot create an OpenSSL context")
+    ctx = ffi.gc(raw, lib.SSL_CTX_free)
+    tls13 = policy.minimum_version >= ssl.TLSVersion.TLSv1_3
+    lib.SSL_CTX_set_min_proto_version(ctx, lib.TLS1_3_VERSION if tls13 else lib.TLS1_2_VERSION)
+    lib.SSL_CTX_set_options(
+        ctx,
+        lib.SSL_OP_NO_COMPRESSION
+        | lib.SSL_OP_NO_RENEGOTIATION
+        | lib.SSL_OP_CIPHER_SERVER_PREFERENCE,
+    )
+    # Idle connections hand their 16 KiB+ record buffers back to the allocator.
+    lib.SSL_CTX_set_mode(ctx, lib.SSL_MODE_RELEASE_BUFFERS)
+    lib.SSL_CTX_set_cipher_list(ctx, _CIPHERS)
+    _check(
+        lib.SSL_CTX_use_certificate_chain_file(ctx, os.fsencode(cert)),
+        "cannot load certificate",
+        cert,
+    )
+    _check(
+        lib.SSL_CTX_use_PrivateKey_file(ctx, os.fsencode(key), lib.SSL_FILETYPE_PEM),
+        "cannot load private key",
+        key,
+    )
+    _check(lib.SSL_CTX_check_private_key(ctx), "private key does not match certificate", key)
+    _check(lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(ca), ffi.NULL), "cannot load CA", ca)
+    if crl is not None:
+        # A PEM file of CRLs loads like CA certificates, as the ssl module does it.
+        _check(
+            lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(crl), ffi.NULL),
+            "cannot load CRL",
+            crl,
+        )
+    if policy.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF:
+        lib.X509_STORE_set_flags(lib.SSL_CTX_get_cert_store(ctx), lib.X509_V_FLAG_CRL_CHECK)
+    mode = lib.SSL_VERIFY_NONE
+    if policy.verify_mode == ssl.CERT_REQUIRED:
+        mode = lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+    elif policy.verify_mode == ssl.CERT_OPTIONAL:
+        mode = lib.SSL_VERIFY_PEER
+    lib.SSL_CTX_set_verify(ctx, mode, ffi.NULL)
+    # Resumption of sessions that carry a client certificate needs a session id context.
+    sid = b"mtlskit"
+    lib.SSL_CTX_set_session_id_context(ctx, sid, len(sid))
+    return OpenSSLContext(ctx)
+
+
+def _der(x509: Any) -> bytes:
+    bio = lib.BIO_new(lib.BIO_s_mem())
+    try:
+        lib.i2d_X509_bio(bio, x509)
+        ptr = ffi.new("char **")
+        n = lib.BIO_get_mem_data(bio, ptr)
+        return bytes(ffi.buffer(ptr[0], n))
+    finally:
+        lib.BIO_free(bio)
+
+
+class OpenSSLSession:
+    """:class:`~mtlskit.server.engine.TLSSession` over the bundled OpenSSL."""
+
+    __slots__ = ("_context", "_rbio", "_ssl", "_wbio")
+
+    def __init__(self, context: OpenSSLContext) -> None:
+        self._context = context  # keeps the SSL_CTX alive as long as this connection
+        raw = lib.SSL_new(context.ptr)
+        self._ssl = ffi.gc(raw, lib.SSL_free)
+        self._rbio = lib.BIO_new(lib.BIO_s_mem())
+        self._wbio = lib.BIO_new(lib.BIO_s_mem())
+        lib.SSL_set_bio(raw, self._rbio, self._wbio)  # the SSL owns and frees both
+        lib.SSL_set_accept_state(raw)
+
+    def feed(self, data: bytes) -> None:
+        lib.BIO_write(self._rbio, data, len(data))
+
+    def do_handshake(self) -> bool:
+        r = lib.SSL_do_handshake(self._ssl)
+        if r == 1:
+            return True
+        err = lib.SSL_get_error(self._ssl, r)
+        if err == _WANT_READ:
+            return False
+        raise self._failure(err)
+
+    def read(self) -> bytes:
+        s, buf = self._ssl, _BUF
+        parts: list[bytes] = []
+        while True:
+            n = lib.SSL_read(s, buf, _BUF_SIZE)
+            if n > 0:
+                parts.append(ffi.buffer(buf, n)[:])
+                continue
+            err = lib.SSL_get_error(s, n)
+            if err == _WANT_READ:
+                break
+            if err == _ZERO_RETURN:
+                if parts:
+                    break  # hand over what came before; the next read() reports the close
+                raise TLSClosed
+            raise self._failure(err)
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        if data:
+            n = lib.SSL_write(self._ssl, data, len(data))
+            if n <= 0:
+                raise self._failure(lib.SSL_get_error(self._ssl, n))
+
+    def output(self) -> bytes:
+        wbio, buf = self._wbio, _BUF
+        n = lib.BIO_read(wbio, buf, _BUF_SIZE)
+        if n <= 0:
+            return b""
+        first: bytes = ffi.buffer(buf, n)[:]
+        if n < _BUF_SIZE:
+            return first
+        parts = [first]
+        while (n := lib.BIO_read(wbio, buf, _BUF_SIZE)) > 0:
+            parts.append(ffi.buffer(buf, n)[:])
+        return b"".join(parts)
+
+    def shutdown(self) -> None:
+        lib.SSL_shutdown(self._ssl)
+        lib.ERR_clear_error()
+
+    def peer_certificate_der(self) -> bytes | None:
+        cert = lib.SSL_get_peer_certificate(self._ssl)  # a new reference
+        if cert == ffi.NULL:
+            return None
+        try:
+            return _der(cert)
+        finally:
+            lib.X509_free(cert)
+
+    def peer_chain_der(self) -> list[bytes]:
+        leaf = self.peer_certificate_der()
+        if leaf is None:
+            return []
+        chain = [leaf]
+        # On a server, OpenSSL's peer chain leaves the leaf out (SSL_get_peer_cert_chain(3)).
+        stack = lib.SSL_get_peer_cert_chain(self._ssl)
+        if stack != ffi.NULL:
+            for i in range(lib.sk_X509_num(stack)):
+                der = _der(lib.sk_X509_value(stack, i))
+                if der != leaf:
+                    chain.append(der)
+        return chain
+
+    def version(self) -> str | None:
+        v: str = ffi.string(lib.SSL_get_version(self._ssl)).decode()
+        return v if v.startswith("TLS") else None
+
+    def cipher(self) -> str | None:
+        c = lib.SSL_get_current_cipher(self._ssl)
+        if c == ffi.NULL:
+            return None
+        name: str = ffi.string(lib.SSL_CIPHER_get_name(c)).decode()
+        return name
+
+    def _failure(self, err: int) -> TLSFailure:
+        """The same stable reasons as :func:`mtlskit.server.engine.failure_reason`."""
+        code = lib.ERR_get_error() if err == _SSL_ERROR else 0
+        lib.ERR_clear_error()
+        text = lib.ERR_reason_error_string(code) if code else ffi.NULL
+        reason = ffi.string(text).decode().upper().replace(" ", "_") if text != ffi.NULL else ""
+        if reason == "CERTIFICATE_VERIFY_FAILED":
+            verify = int(lib.SSL_get_verify_result(self._ssl))
+            message = ffi.string(lib.X509_verify_cert_error_string(verify)).decode()
+            return TLSFailure(_VERIFY_REASONS.get(verify, "cert_invalid"), message)
+        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return TLSFailure("no_client_cert", "the client sent no certificate")
+        if reason in ("HTTP_REQUEST", "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL"):
+            detail = "plain HTTP sent to the TLS port" if reason == "HTTP_REQUEST" else "not TLS"
+            return TLSFailure("not_tls", detail)
+        if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
+            return TLSFailure("peer_alert", "the client refused: " + reason.lower())
+        if reason == "UNEXPECTED_EOF_WHILE_READING" or not reason:
+            return TLSFailure("eof", "connection closed during the handshake")
+        return TLSFailure("protocol", reason.lower())

@@ -1,0 +1,176 @@
+"""The server's TLS engines: the OpenSSL that cryptography bundles (default) and stdlib ssl.
+
+Both must accept and refuse the same clients with the same reasons; the real
+server must serve and resume sessions with either (MTLSKIT_TLS_ENGINE=stdlib).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import ssl
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from mtlskit.pki.seed import init_seed
+from mtlskit.server.engine import StdlibSession, TLSClosed, TLSFailure, TLSSession
+from mtlskit.server.openssl_engine import AVAILABLE, OpenSSLSession, context_from
+from mtlskit.tls import server_context
+from tests.test_server_support import client_ctx, https, make_pki, start_serve, stop_all
+
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason="cryptography lacks the SSL bindings")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pki(tmp_path_factory.mktemp("pki") / "certs")
+
+
+def engines(pki: Path, crl: Path | None = None) -> dict[str, Callable[[], TLSSession]]:
+    files = (pki / "server.crt", pki / "server.key", pki / "ca.crt")
+    policy = server_context(*files, crl=crl)
+    twin = context_from(policy, *files, crl=crl)
+    return {"stdlib": lambda: StdlibSession(policy), "openssl": lambda: OpenSSLSession(twin)}
+
+
+def talk(server: TLSSession, client: ssl.SSLContext) -> tuple[str, ...]:
+    """A handshake and one request over memory buffers; the server's view of it."""
+    into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client.wrap_bio(into, out, server_hostname="localhost")
+    for _ in range(8):
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError:
+            pass  # the server's alert; its own view is what we compare
+        server.feed(out.read())
+        try:
+            done = server.do_handshake()
+        except TLSFailure as failure:
+            return ("refused", failure.reason)
+        into.write(server.output())
+        if done:
+            break
+    tls.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    server.feed(out.read())
+    try:
+        request = server.read()
+    except TLSFailure as failure:  # TLS 1.3: a refused certificate shows after the handshake
+        return ("refused", failure.reason)
+    server.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    into.write(server.output())
+    reply = tls.read(1024).rsplit(b"\r\n", 1)[-1]
+    chain = server.peer_chain_der()
+    assert chain and chain[0] == server.peer_certificate_der()
+    return ("ok", request.split(b"\r\n")[0].decode(), reply.decode(), str(server.version()))
+
+
+CLIENTS = [
+    ("client", None, ("ok", "GET / HTTP/1.1", "ok", "TLSv1.3")),
+    ("client", ssl.TLSVersion.TLSv1_2, ("ok", "GET / HTTP/1.1", "ok", "TLSv1.2")),
+    (None, None, ("refused", "no_client_cert")),
+    (None, ssl.TLSVersion.TLSv1_2, ("refused", "no_client_cert")),
+    ("other", None, ("refused", "cert_untrusted")),
+    ("expired", None, ("refused", "cert_expired")),
+    ("server-only", None, ("refused", "cert_purpose")),
+]
+
+
+@pytest.mark.parametrize(("name", "tls_max", "expected"), CLIENTS)
+def test_engines_accept_and_refuse_alike(
+    pki: Path, name: str | None, tls_max: ssl.TLSVersion | None, expected: tuple[str, ...]
+) -> None:
+    for engine, make in engines(pki).items():
+        assert talk(make(), client_ctx(pki, name, tls_max=tls_max)) == expected, engine
+
+
+def test_close_notify_is_reported(pki: Path) -> None:
+    session = engines(pki)["openssl"]()
+    into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_ctx(pki).wrap_bio(into, out, server_hostname="localhost")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            session.feed(out.read())
+            session.do_handshake()
+            into.write(session.output())
+    session.feed(out.read())
+    assert session.do_handshake()
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.unwrap()
+    session.feed(out.read())
+    with pytest.raises(TLSClosed):
+        session.read()
+
+
+def write_crl(certs: Path, path: Path, revoke: Path | None) -> Path:
+    ca_cert = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(now + dt.timedelta(days=1))
+    )
+    if revoke is not None:
+        serial = x509.load_pem_x509_certificate(revoke.read_bytes()).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_crl_checked_by_both_engines(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    init_seed(certs)
+    revoked = write_crl(certs, tmp_path / "revoked.crl", certs / "client.crt")
+    for engine, make in engines(certs, crl=revoked).items():
+        assert talk(make(), client_ctx(certs)) == ("refused", "cert_revoked"), engine
+    empty = write_crl(certs, tmp_path / "empty.crl", None)
+    for engine, make in engines(certs, crl=empty).items():
+        assert talk(make(), client_ctx(certs))[0] == "ok", engine
+
+
+@pytest.fixture(scope="module", params=["openssl", "stdlib"])
+def served(
+    request: pytest.FixtureRequest, pki: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, int]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "MTLSKIT_TLS_ENGINE": request.param}
+    try:
+        s = start_serve(procs, pki, tmp_path_factory.mktemp("log"), "--quiet", env=env)
+        yield request.param, s.port
+        assert s.stop() == 0
+        assert "Traceback" not in s.log()
+    finally:
+        stop_all(procs)
+
+
+def test_serve_resumes_tls13_sessions(served: tuple[str, int], pki: Path) -> None:
+    _, port = served
+    ctx = client_ctx(pki)
+    assert https(port, ctx)[2] == b"hello world \n"
+    session = None
+    for attempt in range(2):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            assert data.endswith(b"hello world \n")
+            assert s.version() == "TLSv1.3"
+            assert s.session_reused == (attempt == 1)
+            session = s.session
