@@ -7,6 +7,7 @@ Lets the bench measure a TLS engine in the real server before it is merged.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def main() -> None:
         for part in engine.split("+"):
             if part == "openssl4":
                 patch_openssl4()
+            elif part == "stdlib":  # the server's stdlib ssl engine (default: bundled OpenSSL)
+                os.environ["MTLSKIT_TLS_ENGINE"] = "stdlib"
             elif part == "nocycle":
                 patch_break_parser_cycle()
     if args[:1] == ["--"]:
