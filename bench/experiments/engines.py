@@ -13,6 +13,8 @@ touching the real server:
 - transport: the event loop's own TLS transport (loop.create_server(ssl=...))
 
 Compare with: python bench/experiments/compare_engines.py
+The pyopenssl and cffi variants need pyOpenSSL (`.venv/bin/pip install pyopenssl`); it is
+not a dependency of mtlskit (the server's engine uses cryptography's bindings directly).
 """
 
 from __future__ import annotations
