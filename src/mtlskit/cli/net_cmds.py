@@ -76,6 +76,14 @@ def _setup_logging() -> None:
     metavar="S",
     help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
 )
+@click.option(
+    "--ticket-key-rotation",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    metavar="S",
+    help="Rotate the TLS session ticket keys this often (0: never).",
+)
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
@@ -94,6 +102,7 @@ def serve(
     allow_san: tuple[str, ...],
     crl: Path | None,
     watch_interval: float,
+    ticket_key_rotation: float,
     metrics_port: int | None,
     metrics_host: str,
     handshake_timeout: float,
@@ -117,6 +126,7 @@ def serve(
         idle_timeout=idle_timeout,
         crl=crl,
         watch_interval=watch_interval,
+        ticket_key_rotation=ticket_key_rotation,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )

@@ -33,6 +33,7 @@ class ServerConfig:
     max_headers: int = 100  # header fields per request (431 beyond)
     backlog: int = 4096
     watch_interval: float = 1.0  # seconds between looks at the files (0: SIGHUP only)
+    ticket_key_rotation: float = 3600.0  # seconds a TLS session ticket key lives (0: never)
     metrics_port: int | None = None  # Prometheus text on this plain-HTTP port
     metrics_host: str = "127.0.0.1"
 
@@ -41,6 +42,8 @@ class ServerConfig:
             raise ConfigError(f"--port {self.port} is out of range", hint="use 1-65535")
         if self.watch_interval < 0:
             raise ConfigError("--watch-interval must be 0 (off) or more seconds")
+        if self.ticket_key_rotation < 0:
+            raise ConfigError("--ticket-key-rotation must be 0 (off) or more seconds")
         if self.metrics_port is not None and not 0 < self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port {self.metrics_port} is out of range")
         if self.workers < 1:

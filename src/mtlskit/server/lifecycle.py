@@ -225,7 +225,7 @@ async def _serve_worker(
     server = Server(config, holder, app=app)
     await server.start(reuse_port=reuse_port)
     async with (
-        watch_files(holder, config.watch_interval),
+        watch_files(holder, config.watch_interval, rotate_every=config.ticket_key_rotation),
         serve_metrics(config.metrics_host, config.metrics_port, server.stats, holder),
     ):
         if announce:

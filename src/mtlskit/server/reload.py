@@ -150,14 +150,29 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
 
 
 class FileWatcher:
-    """Reload ``holder`` when its certificate, key, CA bundle or CRL change."""
+    """Reload ``holder`` when its certificate, key, CA bundle or CRL change.
+
+    With ``rotate_every`` it also rebuilds the state that often, which rotates the
+    TLS session ticket keys: OpenSSL gives each new context fresh random keys, and
+    the ssl module offers no other way to set them. A ticket then resumes until the
+    next rotation; after it the client makes one full handshake and gets a new one.
+    """
 
     def __init__(
-        self, holder: ContextHolder, *, interval: float = INTERVAL, settle: float = SETTLE
+        self,
+        holder: ContextHolder,
+        *,
+        interval: float = INTERVAL,
+        settle: float = SETTLE,
+        rotate_every: float = 0.0,
+        watch: bool = True,
     ) -> None:
         self.holder = holder
         self.interval = interval
         self.settle = settle
+        self.rotate_every = rotate_every
+        self.watch = watch
+        self._rotation_tried = 0.0
         self._seen = self.fingerprint()
         self._changed_at: float | None = None
         self._lock = asyncio.Lock()
@@ -183,6 +198,18 @@ class FileWatcher:
             return True
         return False
 
+    def rotation_due(self, now: float | None = None) -> bool:
+        """True when the current state (and its ticket keys) is older than rotate_every."""
+        if self.rotate_every <= 0:
+            return False
+        now = time.time() if now is None else now
+        # A failed rotation (broken files) is retried after another period, not every poll.
+        since = max(self.holder.current.loaded_at, self._rotation_tried)
+        if now - since < self.rotate_every:
+            return False
+        self._rotation_tried = now
+        return True
+
     async def reload(self, why: str) -> bool:
         """Reload off the event loop (building a context reads files and parses keys)."""
         async with self._lock:
@@ -196,8 +223,10 @@ class FileWatcher:
         while True:
             await asyncio.sleep(self.settle if self._changed_at is not None else self.interval)
             try:
-                if self.due():
+                if self.watch and self.due():
                     await self.reload("files changed")
+                elif self.rotation_due():
+                    await self.reload("session ticket key rotation")
             except MtlsError:
                 pass  # already logged by the holder as one line
             except Exception:  # never let the watcher die: the server must keep serving
@@ -205,15 +234,25 @@ class FileWatcher:
 
 
 @contextlib.asynccontextmanager
-async def watch_files(holder: ContextHolder, interval: float) -> AsyncIterator[FileWatcher | None]:
-    """Watch ``holder``'s files while the block runs (``interval`` 0: no watching).
+async def watch_files(
+    holder: ContextHolder, interval: float, *, rotate_every: float = 0.0
+) -> AsyncIterator[FileWatcher | None]:
+    """Watch ``holder``'s files while the block runs (``interval`` 0: no watching), and
+    rotate its session ticket keys every ``rotate_every`` seconds (0: never).
 
     SIGHUP reloads at once (installed by :meth:`mtlskit.server.lifecycle.Server.serve`).
     """
-    if interval <= 0:
+    if interval <= 0 and rotate_every <= 0:
         yield None
         return
-    watcher = FileWatcher(holder, interval=interval, settle=min(SETTLE, interval))
+    poll = interval if interval > 0 else min(rotate_every, INTERVAL)
+    watcher = FileWatcher(
+        holder,
+        interval=poll,
+        settle=min(SETTLE, poll),
+        rotate_every=rotate_every,
+        watch=interval > 0,
+    )
     task = asyncio.get_running_loop().create_task(watcher.run())
     try:
         yield watcher
