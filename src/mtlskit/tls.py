@@ -14,6 +14,7 @@ import ssl
 from pathlib import Path
 
 from mtlskit.errors import ConfigError, PKIError
+from mtlskit.pki.store import missing_hint
 
 __all__ = ["client_context", "server_context"]
 
@@ -23,12 +24,7 @@ PathLike = str | os.PathLike[str]
 def _check_file(path: PathLike, what: str) -> str:
     p = Path(path)
     if not p.is_file():
-        hint = (
-            "run mtlskit init"
-            if p.name in ("ca.crt", "server.crt", "client.crt")
-            else ("check the path")
-        )
-        raise PKIError(f"{what} not found", file=p, hint=hint)
+        raise PKIError(f"{what} not found", file=p, hint=missing_hint(p))
     return os.fspath(p)
 
 

@@ -44,12 +44,20 @@ class SeedLayout:
         return self.dir / f"{name}.crt"
 
 
+SEED_FILES = frozenset(("ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key"))
+
+
+def missing_hint(path: str | os.PathLike[str]) -> str:
+    """The next step for a missing file: the seed's files come from ``mtlskit init``."""
+    return "run mtlskit init" if Path(path).name in SEED_FILES else "check the path"
+
+
 def read_file(path: str | os.PathLike[str], what: str = "file") -> bytes:
     """Read a whole file, turning OS errors into one-line :class:`PKIError`."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise PKIError(f"{what} not found", file=path, hint="check the path") from None
+        raise PKIError(f"{what} not found", file=path, hint=missing_hint(path)) from None
     except IsADirectoryError:
         raise PKIError(f"{what} is a folder, not a file", file=path, hint="name a file") from None
     except PermissionError:
