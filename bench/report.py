@@ -80,20 +80,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"ECDSA P-256 sign {_num(c.get('ecdsap256_sign_per_s'))}/s.",
     ]
 
-    other = next(
-        (r["server"] for r in rows if r.get("server") in ("mtlskit-stdlib", "mtlskit-openssl4")),
-        None,
-    )
-    if other is not None:
-        # Always: the bundled OpenSSL (4.x) engine over the stdlib ssl (system OpenSSL) one.
-        if other == "mtlskit-stdlib":
-            fast, slow = "mtlskit", "mtlskit-stdlib"
-            note = "default; `MTLSKIT_TLS_ENGINE=stdlib` selects the stdlib `ssl` module"
-        else:
-            fast, slow = "mtlskit-openssl4", "mtlskit"
-            note = (
-                "prototype patched in by bench/experiments/serve_variant.py; stdlib is the default"
-            )
+    if any(r.get("server") == "mtlskit-stdlib" for r in rows):
+        # The bundled OpenSSL (4.x) engine over the stdlib ssl (system OpenSSL) one.
+        fast, slow = "mtlskit", "mtlskit-stdlib"
+        note = "default; `MTLSKIT_TLS_ENGINE=stdlib` selects the stdlib `ssl` module"
         out += [
             "",
             f"TLS engine of `mtlskit serve`, same run ({note}):",
@@ -189,17 +179,15 @@ def chart(data: dict[str, Any], path: Path) -> bool:
     colors = {
         "mtlskit": "#3572A5",
         "mtlskit-stdlib": "#9db8d6",
-        "mtlskit-openssl4": "#1f4e79",
         "go": "#00ADD8",
         "nginx": "#009639",
     }
     labels = {
         **LABEL,
         "mtlskit-stdlib": "mtlskit\n(stdlib ssl)",
-        "mtlskit-openssl4": "mtlskit\n(OpenSSL 4 proto)",
     }
     servers = [*SERVERS]
-    servers[1:1] = sorted({str(r["server"]) for r in rows} & {"mtlskit-stdlib", "mtlskit-openssl4"})
+    servers[1:1] = sorted({str(r["server"]) for r in rows} & {"mtlskit-stdlib"})
     fig, axes = plt.subplots(
         len(keys_list), 3, figsize=(3.2 * len(servers), 3.4 * len(keys_list)), squeeze=False
     )

@@ -139,13 +139,6 @@ def cryptography_speed(seconds: float) -> dict[str, Any]:
 Starter = Callable[[Path], Server]
 
 
-def has_engine_choice() -> bool:
-    """True when the server has the OpenSSL 4 engine and MTLSKIT_TLS_ENGINE=stdlib selects ssl."""
-    import importlib.util
-
-    return importlib.util.find_spec("mtlskit.server.openssl_engine") is not None
-
-
 def starters(engines: bool = False) -> dict[str, Starter]:
     """The servers; with ``engines``, also mtlskit on its other TLS engine (see report.py)."""
     out: dict[str, Starter] = {
@@ -153,15 +146,9 @@ def starters(engines: bool = False) -> dict[str, Starter]:
         "go": lambda c: harness.start_go(c),
         "nginx": lambda c: harness.start_nginx(c),
     }
-    if engines and has_engine_choice():
+    if engines:  # the same server on the stdlib ssl engine (system OpenSSL 3.0)
         out["mtlskit-stdlib"] = lambda c: harness.start_mtlskit(
             c, env={"MTLSKIT_TLS_ENGINE": "stdlib"}
-        )
-    elif engines:
-        # Before the engine is in the server: the prototype, patched in by an experiment.
-        launcher = [sys.executable, str(HERE / "experiments" / "serve_variant.py")]
-        out["mtlskit-openssl4"] = lambda c: harness.start_mtlskit(
-            c, launcher=[*launcher, "--engine", "openssl4"]
         )
     return out
 

@@ -9,27 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def patch_openssl4() -> None:
-    from openssl_engine import OpenSSLSession, context_from
-
-    from mtlskit.server import tlsstate
-
-    contexts: dict[int, object] = {}
-
-    def new_session(self: tlsstate.TLSState) -> OpenSSLSession:
-        ctx = contexts.get(id(self))
-        if ctx is None:
-            ctx = contexts[id(self)] = context_from(
-                self.context, self.cert, self.key, self.ca, crl=self.crl
-            )
-        return OpenSSLSession(ctx)  # type: ignore[arg-type]
-
-    tlsstate.TLSState.new_session = new_session  # type: ignore[method-assign]
 
 
 def patch_break_parser_cycle() -> None:
@@ -51,7 +30,7 @@ def main() -> None:
         engine, args = args[1], args[2:]
         for part in engine.split("+"):
             if part == "openssl4":
-                patch_openssl4()
+                pass  # the server's default engine since it moved to src/mtlskit/server/openssl_engine.py
             elif part == "stdlib":  # the server's stdlib ssl engine (default: bundled OpenSSL)
                 os.environ["MTLSKIT_TLS_ENGINE"] = "stdlib"
             elif part == "nocycle":
