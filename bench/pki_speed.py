@@ -24,17 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# The seed's commands, verbatim (as tests/conftest.py runs them).
-SEED_OPENSSL_SCRIPT = r"""
-set -e
-openssl genrsa -out ca.key 4096
-openssl req -new -x509 -days 3650 -key ca.key -subj "/C=TH/ST=RB/O=IT Sec/CN=CA" -out ca.crt
-openssl req -newkey rsa:4096 -nodes -keyout server.key -subj "/C=TH/ST=RB/O=Dev/CN=localhost" -out server.csr
-openssl x509 -req -extfile <(printf "subjectAltName=DNS:localhost,DNS:www.example.com,IP.1:127.0.0.1") -days 365 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt
-openssl genrsa -out client.key 4096
-openssl req -new -key client.key -out client.csr -subj "/C=TH/ST=RB/O=Dev/CN=client"
-openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -out client.crt -days 365 -sha256 -CAcreateserial
-"""
+SEED_OPENSSL = Path(__file__).resolve().parent.parent / "scripts" / "seed-openssl.sh"
 
 
 def timed(run: Callable[[Path], None]) -> tuple[float, float]:
@@ -60,7 +50,7 @@ def mtlskit(*args: str) -> Callable[[Path], None]:
 
 
 def seed_openssl(tmp: Path) -> None:
-    subprocess.run(["bash", "-c", SEED_OPENSSL_SCRIPT], cwd=tmp, check=True, capture_output=True)
+    subprocess.run(["bash", str(SEED_OPENSSL)], cwd=tmp, check=True, capture_output=True)
 
 
 def main() -> None:

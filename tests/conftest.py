@@ -100,16 +100,7 @@ def seed_certs_p256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-SEED_OPENSSL_SCRIPT = r"""
-set -e
-openssl genrsa -out ca.key 4096
-openssl req -new -x509 -days 3650 -key ca.key -subj "/C=TH/ST=RB/O=IT Sec/CN=CA" -out ca.crt
-openssl req -newkey rsa:4096 -nodes -keyout server.key -subj "/C=TH/ST=RB/O=Dev/CN=localhost" -out server.csr
-openssl x509 -req -extfile <(printf "subjectAltName=DNS:localhost,DNS:www.example.com,IP.1:127.0.0.1") -days 365 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt
-openssl genrsa -out client.key 4096
-openssl req -new -key client.key -out client.csr -subj "/C=TH/ST=RB/O=Dev/CN=client"
-openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -out client.crt -days 365 -sha256 -CAcreateserial
-"""
+SEED_OPENSSL = ROOT / "scripts" / "seed-openssl.sh"
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +108,7 @@ def seed_certs_openssl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The seed's exact openssl commands (RSA-4096, X.509 v1 client certificate)."""
     folder = tmp_path_factory.mktemp("certs-openssl") / "certs"
     folder.mkdir()
-    subprocess.run(["bash", "-c", SEED_OPENSSL_SCRIPT], cwd=folder, check=True, capture_output=True)
+    subprocess.run(["bash", str(SEED_OPENSSL)], cwd=folder, check=True, capture_output=True)
     return folder
 
 

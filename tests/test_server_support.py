@@ -218,3 +218,19 @@ def make_pki(folder: Path) -> Path:
     }
     write_files(folder, files)
     return folder
+
+
+def fetch_tls13(
+    port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None
+) -> tuple[bool, ssl.SSLSession]:
+    """One request on a new connection: was ``session`` resumed, and the session it ends with."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        assert data.endswith(b"hello world \n")
+        assert s.version() == "TLSv1.3"
+        assert s.session is not None
+        return s.session_reused, s.session

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
@@ -22,7 +21,14 @@ from mtlskit.pki.seed import init_seed
 from mtlskit.server.engine import StdlibSession, TLSClosed, TLSFailure, TLSSession
 from mtlskit.server.openssl_engine import AVAILABLE, OpenSSLSession, context_from
 from mtlskit.tls import server_context
-from tests.test_server_support import client_ctx, https, make_pki, start_serve, stop_all
+from tests.test_server_support import (
+    client_ctx,
+    fetch_tls13,
+    https,
+    make_pki,
+    start_serve,
+    stop_all,
+)
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="cryptography lacks the SSL bindings")
 
@@ -162,15 +168,7 @@ def test_serve_resumes_tls13_sessions(served: tuple[str, int], pki: Path) -> Non
     _, port = served
     ctx = client_ctx(pki)
     assert https(port, ctx)[2] == b"hello world \n"
-    session = None
-    for attempt in range(2):
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-            assert data.endswith(b"hello world \n")
-            assert s.version() == "TLSv1.3"
-            assert s.session_reused == (attempt == 1)
-            session = s.session
+    reused, session = fetch_tls13(port, ctx, None)
+    assert not reused
+    reused, _ = fetch_tls13(port, ctx, session)
+    assert reused
