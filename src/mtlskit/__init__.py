@@ -7,8 +7,6 @@ The public surface is small; everything else is internal::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from mtlskit.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -36,7 +34,12 @@ __all__ = [
     "server_context",
 ]
 
+# typing.TYPE_CHECKING without importing typing (several ms of every command's
+# start-up): mypy treats any name TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from mtlskit.pki.ca import CA, IssuedCert
     from mtlskit.tls import client_context, server_context
 

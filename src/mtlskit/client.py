@@ -25,20 +25,16 @@ Imports stay light (no cryptography unless a failure needs explaining), so
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtlskit.errors import ConfigError, HandshakeError, MtlsError, PKIError, VerificationError
+from mtlskit.connect import find_files, open_connection, request_headers, ssl_name
+from mtlskit.errors import ConfigError
 from mtlskit.tls import client_context
 
 if TYPE_CHECKING:
-    import http.client
-
-    from cryptography import x509
     from requests import Session
     from requests.adapters import HTTPAdapter
 
@@ -141,44 +137,6 @@ class Response:
 # ---------------------------------------------------------------- contexts
 
 
-@dataclass(frozen=True)
-class _Files:
-    ca: Path
-    cert: Path | None
-    key: Path | None
-
-
-def _files(
-    certs: PathLike | None, ca: PathLike | None, cert: PathLike | None, key: PathLike | None
-) -> _Files:
-    """The files to use; ``certs=None`` without ``cert`` means no client certificate."""
-    folder = Path(certs) if certs is not None else None
-    if ca is not None:
-        ca_path = Path(ca)
-    elif folder is not None:
-        ca_path = folder / "ca.crt"
-    else:
-        raise ConfigError("no CA to trust", hint="pass certs=DIR or ca=FILE")
-    cert_path = Path(cert) if cert is not None else (folder / "client.crt" if folder else None)
-    key_path = Path(key) if key is not None else None
-    if key_path is None and cert is None and folder is not None:
-        key_path = folder / "client.key"
-    elif key_path is None and cert is not None:
-        # The seed's layout keeps NAME.key next to NAME.crt; else the key is in the same PEM.
-        beside = Path(cert).with_suffix(".key")
-        key_path = beside if beside.is_file() else None
-    checks = [(ca_path, "CA certificate", "--cacert"), (cert_path, "client certificate", "--cert")]
-    checks.append((key_path, "client key", "--key"))
-    for path, what, flag in checks:
-        if path is not None and not path.is_file():
-            raise PKIError(
-                f"{what} not found",
-                file=path,
-                hint=f"run mtlskit init, or point --certs or {flag} at it",
-            )
-    return _Files(ca_path, cert_path, key_path)
-
-
 def ssl_context(
     certs: PathLike | None = DEFAULT_CERTS,
     *,
@@ -194,7 +152,7 @@ def ssl_context(
     for :func:`request`, httpx (``verify=ctx``), requests (:func:`requests_session`)
     or aiohttp (``ssl=ctx``).
     """
-    files = _files(certs, ca, cert, key)
+    files = find_files(certs, ca, cert, key)
     return client_context(files.ca, files.cert, files.key, password=password)
 
 
@@ -273,24 +231,7 @@ def requests_session(
 # ---------------------------------------------------------------- names
 
 
-_SHORT = {
-    "countryName": "C",
-    "stateOrProvinceName": "ST",
-    "localityName": "L",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "commonName": "CN",
-    "emailAddress": "emailAddress",
-    "serialNumber": "serialNumber",
-    "domainComponent": "DC",
-}
 _SAN_KIND = {"DNS": "DNS", "IP Address": "IP", "email": "email", "URI": "URI"}
-
-
-def _ssl_name(rdns: Iterable[Iterable[tuple[str, str]]]) -> str:
-    """An ``ssl`` name tuple as ``C=TH, O=Dev, CN=x`` (like mtlskit.pki.names.format_name)."""
-    parts = [f"{_SHORT.get(k, k)}={v}" for rdn in rdns for k, v in rdn]
-    return ", ".join(parts) or "(empty)"
 
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -316,317 +257,12 @@ def _peer_summary(cert: Mapping[str, Any] | None) -> PeerCertificate | None:
         for kind, value in cert.get("subjectAltName", ())
     )
     return PeerCertificate(
-        subject=_ssl_name(cert.get("subject", ())),
-        issuer=_ssl_name(cert.get("issuer", ())),
+        subject=ssl_name(cert.get("subject", ())),
+        issuer=ssl_name(cert.get("issuer", ())),
         sans=sans,
         not_before=_iso(cert["notBefore"]),
         not_after=_iso(cert["notAfter"]),
         serial=str(cert.get("serialNumber", "")),
-    )
-
-
-# ---------------------------------------------------------------- URL, errors
-
-
-@dataclass(frozen=True)
-class _Target:
-    url: str
-    host: str
-    port: int
-    path: str
-    connect_host: str
-
-    @property
-    def where(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def _ascii(host: str) -> str | bytes:
-    """An ASCII host name as bytes, which getaddrinfo() and ssl take without the idna
-    codec (encodings.idna, stringprep, unicodedata: several ms of start-up); for an
-    ASCII name the idna encoding is the name itself."""
-    return host.encode("ascii") if host.isascii() else host
-
-
-def _target(url: str, resolve: str | None) -> _Target:
-    from urllib.parse import urlsplit
-
-    if "://" not in url:
-        url = "https://" + url
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "https":
-        raise ConfigError(
-            f"unsupported URL scheme {parts.scheme!r} in {url}",
-            hint="mTLS needs https://",
-        )
-    try:
-        port = parts.port or 443
-    except ValueError as exc:
-        raise ConfigError(f"invalid port in {url}", hint="e.g. https://localhost:8443") from exc
-    if not parts.hostname:
-        raise ConfigError(f"no host in {url}", hint="e.g. https://localhost:8443")
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    if any(c <= " " or c == "\x7f" for c in path):
-        raise ConfigError(
-            f"the URL {url!r} has spaces or control characters in its path",
-            hint="percent-encode them (a space is %20)",
-        )
-    connect = parts.hostname
-    if resolve:
-        name, _, rest = resolve.partition(":")
-        rport, _, addr = rest.partition(":")
-        if not name or not rport or not addr:
-            raise ConfigError(f"invalid --resolve {resolve!r}", hint="use HOST:PORT:ADDRESS")
-        if name.lower() == parts.hostname.lower() and rport in ("*", str(port)):
-            connect = addr.strip("[]")
-    return _Target(url, parts.hostname, port, path, connect)
-
-
-# OpenSSL's names for the alerts a server sends when it will not take our certificate.
-_REFUSAL_ALERTS = {
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "",
-    "TLSV1_ALERT_UNKNOWN_CA": "",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "",
-    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "it must be a client certificate (extendedKeyUsage "
-    "clientAuth): mtlskit issue client",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "it has expired: renew it (mtlskit renew)",
-    "SSLV3_ALERT_CERTIFICATE_REVOKED": "it was revoked: issue a new one (mtlskit issue client)",
-    "TLSV1_ALERT_ACCESS_DENIED": "the server does not allow this identity",
-}
-
-
-def _alert_words(exc: ssl.SSLError) -> str:
-    reason = getattr(exc, "reason", None) or ""
-    return reason.lower().replace("_", " ") if reason else str(exc)
-
-
-def _refused(exc: ssl.SSLError, files: _Files | None) -> MtlsError | None:
-    reason = getattr(exc, "reason", None) or ""
-    if reason not in _REFUSAL_ALERTS:
-        return None
-    words = _alert_words(exc)
-    cert = files.cert if files else None
-    if files is not None and cert is None:
-        return HandshakeError(
-            f"the server requires a client certificate and we sent none ({words})",
-            hint="pass --cert and --key, or --certs DIR with client.crt and client.key",
-        )
-    hint = (
-        _REFUSAL_ALERTS[reason]
-        or _why_refused(cert)
-        or ("use a client certificate issued by the CA the server trusts (mtlskit issue client)")
-    )
-    return HandshakeError(
-        f"the server refused our client certificate ({words})", file=cert, hint=hint
-    )
-
-
-def _why_refused(cert: Path | None) -> str | None:
-    """Look at our own certificate for the likely reason a server refused it."""
-    if cert is None:
-        return None
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    from mtlskit.pki.names import format_name
-
-    try:
-        ours = x509.load_pem_x509_certificate(cert.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if ours.not_valid_after_utc < dt.datetime.now(dt.UTC):
-        return f"it expired on {ours.not_valid_after_utc:%Y-%m-%d}: renew it (mtlskit renew)"
-    try:
-        usages = ours.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        usages = None
-    if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-        return (
-            "it is not a client certificate (extendedKeyUsage has no clientAuth): "
-            "mtlskit issue client"
-        )
-    return (
-        f"the server does not trust its issuer {format_name(ours.issuer)!r}: use a client "
-        "certificate from the CA the server trusts (mtlskit issue client)"
-    )
-
-
-def _fetch_peer_certificate(
-    target: _Target, files: _Files | None, timeout: float
-) -> x509.Certificate | None:
-    """The server's leaf certificate, fetched WITHOUT verification, to explain a failure."""
-    from cryptography import x509
-
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    probe.check_hostname = False
-    probe.verify_mode = ssl.CERT_NONE
-    try:
-        # Present our certificate too: a TLS 1.2 server that requires one would
-        # otherwise end the handshake before we could look at its certificate.
-        if files is not None and files.cert is not None:
-            probe.load_cert_chain(files.cert, files.key)
-        with (
-            socket.create_connection((target.connect_host, target.port), timeout=timeout) as raw,
-            probe.wrap_socket(raw, server_hostname=target.host) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-    except (OSError, ValueError):
-        return None
-    return x509.load_der_x509_certificate(der) if der else None
-
-
-def _trusted_names(ctx: ssl.SSLContext) -> list[str]:
-    subjects: list[Any] = [c.get("subject", ()) for c in ctx.get_ca_certs()]
-    return [_ssl_name(s) for s in subjects]
-
-
-def _verify_failed(
-    exc: ssl.SSLCertVerificationError,
-    target: _Target,
-    ctx: ssl.SSLContext,
-    files: _Files | None,
-    timeout: float,
-) -> MtlsError:
-    from mtlskit.pki.names import format_name, san_strings
-
-    code = exc.verify_code
-    message = exc.verify_message or str(exc)
-    leaf = _fetch_peer_certificate(target, files, timeout)
-    ca_file = files.ca if files else None
-    if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-        names = ", ".join(san_strings(leaf)) if leaf is not None else ""
-        return VerificationError(
-            f"the server's certificate is not valid for {target.host!r}: "
-            + (f"it names {names}" if names else "it has no subject alternative names"),
-            hint="use one of its names in the URL (or --resolve NAME:PORT:ADDRESS), "
-            "or re-issue the server certificate with this name",
-        )
-    if code in (2, 18, 19, 20, 21):  # the issuer is not among the CAs we trust
-        trusted = _trusted_names(ctx)
-        if leaf is None:
-            what = f"the server's certificate is not trusted ({message})"
-        elif code == 18 or leaf.issuer == leaf.subject:
-            what = f"the server's certificate is self-signed ({format_name(leaf.subject)!r})"
-        else:
-            issuer = format_name(leaf.issuer)
-            if issuer in trusted:
-                what = (
-                    "the server's certificate is not trusted: it was issued by another CA "
-                    f"that is also named {issuer!r}"
-                )
-            else:
-                we = " or ".join(repr(n) for n in trusted) or "no CA"
-                what = (
-                    f"the server's certificate is not trusted: it was issued by {issuer!r}, "
-                    f"and we trust {we}"
-                )
-        return VerificationError(
-            what,
-            file=ca_file,
-            hint="pass --cacert with the CA that issued it, or give the server a certificate "
-            "from our CA",
-        )
-    if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
-        when = f" on {leaf.not_valid_after_utc:%Y-%m-%d}" if leaf is not None else ""
-        return VerificationError(
-            f"the server's certificate expired{when}",
-            hint="renew it on the server (mtlskit renew), then restart the server",
-        )
-    if code == 9:  # X509_V_ERR_CERT_NOT_YET_VALID
-        return VerificationError(
-            "the server's certificate is not valid yet", hint="check both machines' clocks"
-        )
-    if code == 26:  # X509_V_ERR_INVALID_PURPOSE
-        return VerificationError(
-            "the server's certificate is not for TLS servers (no extendedKeyUsage serverAuth)",
-            hint="issue it with the server profile (mtlskit issue server)",
-        )
-    return VerificationError(
-        f"the server's certificate does not verify: {message}",
-        file=ca_file,
-        hint="inspect it with mtlskit verify",
-    )
-
-
-def _handshake_failed(exc: ssl.SSLError, target: _Target, files: _Files | None) -> MtlsError:
-    refused = _refused(exc, files)
-    if refused is not None:
-        return refused
-    reason = getattr(exc, "reason", None) or ""
-    if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
-        # An OpenSSL server answers a missing client certificate this way in TLS 1.2.
-        if files is not None and files.cert is None:
-            return HandshakeError(
-                f"the server requires a client certificate and we sent none ({_alert_words(exc)})",
-                hint="pass --cert and --key, or --certs DIR with client.crt and client.key",
-            )
-        return HandshakeError(
-            f"TLS handshake with {target.where} failed ({_alert_words(exc)})",
-            hint="the server may require a client certificate we did not send, or share no "
-            "TLS version or cipher with us",
-        )
-    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
-        return HandshakeError(
-            f"{target.where} does not speak TLS ({_alert_words(exc)})",
-            hint="check the port; mtlskit get talks to https:// servers only",
-        )
-    if isinstance(exc, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING":
-        return HandshakeError(
-            f"{target.where} closed the connection during the TLS handshake",
-            hint="check that it is a TLS server and accepts TLS ≥ 1.2",
-        )
-    return HandshakeError(
-        f"TLS handshake with {target.where} failed ({_alert_words(exc)})",
-        hint="check that the server accepts TLS ≥ 1.2 and requires a certificate from our CA",
-    )
-
-
-def _server_verdict(
-    target: _Target, context: ssl.SSLContext, timeout: float
-) -> ssl.SSLError | None:
-    """Handshake again and read before writing, to catch the alert a refusal sends.
-
-    After a TLS 1.3 handshake the server checks our certificate while our request
-    is already on its way; it then closes with that request unread, the kernel
-    answers with a reset, and the alert is lost. On a fresh connection where we
-    only read, the alert arrives intact.
-    """
-    try:
-        with (
-            socket.create_connection((target.connect_host, target.port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=target.host) as tls,
-        ):
-            tls.settimeout(min(timeout, 2.0))
-            tls.recv(1)
-    except ssl.SSLError as exc:
-        return exc
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _closed_without_answer(
-    target: _Target, tls_version: str, context: ssl.SSLContext, files: _Files | None, timeout: float
-) -> MtlsError:
-    if tls_version == "TLSv1.3":
-        verdict = _server_verdict(target, context, timeout)
-        refused = _refused(verdict, files) if verdict is not None else None
-        if refused is not None:
-            return refused
-        return HandshakeError(
-            f"{target.where} closed the connection without answering",
-            file=files.cert if files else None,
-            hint="with TLS 1.3 this is how a server may refuse a client certificate: check the "
-            "server's log, and that ours is issued by the CA it trusts",
-        )
-    return HandshakeError(
-        f"{target.where} closed the connection without answering", hint="check the server's log"
     )
 
 
@@ -658,126 +294,47 @@ def request(
     """
     import http.client
 
-    from mtlskit import __version__
-
-    target = _target(url, resolve)
-    files: _Files | None = None
-    if context is None:
-        files = _files(certs, ca, cert, key)
-        context = client_context(files.ca, files.cert, files.key)
-    if timeout <= 0:
-        raise ConfigError(f"timeout must be positive, not {timeout:g}", hint="e.g. --timeout 10")
     if isinstance(data, str):
         data = data.encode()
-
-    where = target.where
-    try:
-        host = _ascii(target.connect_host)  # getaddrinfo takes bytes; typeshed says str
-        raw = socket.create_connection((host, target.port), timeout=timeout)  # type: ignore[arg-type]
-    except ConnectionRefusedError as exc:
-        raise HandshakeError(
-            f"connection refused by {where}", hint="is the server running (mtlskit serve)?"
-        ) from exc
-    except socket.gaierror as exc:
-        raise HandshakeError(
-            f"cannot resolve {target.connect_host!r}: {exc.strerror}",
-            hint="check the host name in the URL",
-        ) from exc
-    except TimeoutError as exc:
-        raise HandshakeError(
-            f"no connection to {where} within {timeout:g} s",
-            hint="check the address and port, or raise --timeout",
-        ) from exc
-    except OSError as exc:
-        raise HandshakeError(
-            f"cannot connect to {where}: {exc.strerror or exc}", hint="check the address and port"
-        ) from exc
-
-    try:
-        try:
-            tls = context.wrap_socket(raw, server_hostname=_ascii(target.host))
-        except ssl.SSLCertVerificationError as exc:
-            raise _verify_failed(exc, target, context, files, timeout) from exc
-        except ssl.SSLError as exc:
-            raise _handshake_failed(exc, target, files) from exc
-        except TimeoutError as exc:
-            raise HandshakeError(
-                f"no TLS handshake with {where} within {timeout:g} s",
-                hint="check that the port serves TLS, or raise --timeout",
-            ) from exc
-        except OSError as exc:
-            raise HandshakeError(
-                f"{where} closed the connection during the TLS handshake ({exc.strerror or exc})",
-                hint="check that it is a TLS server and accepts TLS ≥ 1.2",
-            ) from exc
-    except BaseException:
-        raw.close()
-        raise
-
-    version = tls.version() or ""
+    conn = open_connection(
+        url,
+        certs=certs,
+        ca=ca,
+        cert=cert,
+        key=key,
+        context=context,
+        timeout=timeout,
+        resolve=resolve,
+    )
+    tls, target = conn.tls, conn.target
     cipher = (tls.cipher() or ("",))[0]
     peer = _peer_summary(tls.getpeercert())
-    conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout, context=context)
-    conn.sock = tls
-    sent = {"User-Agent": f"mtlskit/{__version__}", "Accept": "*/*"}
-    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
-    for k, v in pairs:
-        # Later values win; names are case-insensitive.
-        sent = {a: b for a, b in sent.items() if a.lower() != k.lower()}
-        sent[k] = v
+    http_conn = http.client.HTTPSConnection(
+        target.host, target.port, timeout=timeout, context=conn.context
+    )
+    http_conn.sock = tls
     try:
-        resp = _exchange(conn, method.upper(), target, data, sent)
+        http_conn.request(method.upper(), target.path, body=data, headers=request_headers(headers))
+        resp = http_conn.getresponse()
         body = resp.read()
         status, reason, got = resp.status, resp.reason, tuple(resp.getheaders())
-    except ssl.SSLError as exc:
-        # With TLS 1.3 the server judges our certificate after our handshake is
-        # done: its refusal is an alert on the first read.
-        refused = _refused(exc, files)
-        if refused is not None:
-            raise refused from exc
-        if isinstance(exc, ssl.SSLEOFError):
-            raise _closed_without_answer(target, version, context, files, timeout) from exc
-        raise HandshakeError(
-            f"TLS error from {where} ({_alert_words(exc)})", hint="check the server's log"
-        ) from exc
-    except TimeoutError as exc:
-        raise HandshakeError(
-            f"no response from {where} within {timeout:g} s", hint="raise --timeout"
-        ) from exc
-    except (ConnectionError, http.client.RemoteDisconnected, http.client.IncompleteRead) as exc:
-        raise _closed_without_answer(target, version, context, files, timeout) from exc
-    except http.client.HTTPException as exc:
-        raise HandshakeError(
-            f"invalid HTTP response from {where}: {type(exc).__name__} {exc}",
-            hint="check that it is an HTTP/1.1 server",
-        ) from exc
-    except OSError as exc:
-        raise HandshakeError(
-            f"connection to {where} failed: {exc.strerror or exc}", hint="try again"
-        ) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        failure = conn.failed(exc)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
-        conn.close()
+        http_conn.close()
     return Response(
         url=target.url,
         status=status,
         reason=reason,
         headers=got,
         body=body,
-        tls_version=version,
+        tls_version=conn.tls_version,
         cipher=cipher,
         peer=peer,
     )
-
-
-def _exchange(
-    conn: http.client.HTTPSConnection,
-    method: str,
-    target: _Target,
-    data: bytes | None,
-    headers: dict[str, str],
-) -> http.client.HTTPResponse:
-    conn.request(method, target.path, body=data, headers=headers)
-    return conn.getresponse()
 
 
 def get(url: str = DEFAULT_URL, **kwargs: Any) -> Response:

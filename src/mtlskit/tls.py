@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import ssl
-from pathlib import Path
 
 from mtlskit.errors import ConfigError, PKIError
-from mtlskit.pki.store import missing_hint
 
 __all__ = ["client_context", "server_context"]
 
@@ -22,10 +20,13 @@ PathLike = str | os.PathLike[str]
 
 
 def _check_file(path: PathLike, what: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise PKIError(f"{what} not found", file=p, hint=missing_hint(p))
-    return os.fspath(p)
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        # Imported here: pki.store loads pathlib and tempfile, which `mtlskit get` never needs.
+        from mtlskit.pki.store import missing_hint
+
+        raise PKIError(f"{what} not found", file=name, hint=missing_hint(name))
+    return name
 
 
 def _harden(ctx: ssl.SSLContext, min_version: ssl.TLSVersion) -> None:

@@ -1,21 +1,24 @@
 """The command line: the ONLY place that prints or exits.
 
-Commands live in sibling modules and load lazily, so ``mtlskit --help`` does not
-import cryptography or ssl. Every :class:`~mtlskit.errors.MtlsError` becomes one
-line ``error: <what> (<file>): <next step>`` and its exit code (2 usage, 1 failure).
+``mtlskit get`` with the options it usually takes runs without click
+(:mod:`mtlskit.cli.fastget`: click and http.client were most of its start-up).
+Every other command line goes to the click group in :mod:`mtlskit.cli.group`,
+whose commands live in sibling modules and load lazily, so ``mtlskit --help``
+does not import cryptography or ssl. Every :class:`~mtlskit.errors.MtlsError`
+becomes one line ``error: <what> (<file>): <next step>`` and its exit code
+(2 usage, 1 failure), on either path.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import codecs
 import sys
-from typing import Any
 
-import click
-
-from mtlskit import __version__
 from mtlskit.errors import MtlsError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
+if TYPE_CHECKING:
+    from mtlskit.cli.group import main
 
 __all__ = ["main", "run"]
 
@@ -59,61 +62,66 @@ HELP = {
 }
 
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported only when they run."""
+def __getattr__(name: str) -> object:
+    # The click group loads click: only when asked for (`from mtlskit.cli import main`).
+    if name in ("main", "LazyGroup"):
+        from mtlskit.cli import group
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if self._available(name)]
-
-    def _available(self, name: str) -> bool:
-        module = COMMANDS[name].split(":")[0]
-        return importlib.util.find_spec(module) is not None
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None or not self._available(cmd_name):
-            return None
-        module, attr = target.split(":")
-        cmd = getattr(importlib.import_module(module), attr, None)
-        return cmd if isinstance(cmd, click.Command) else None
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        return getattr(group, name)
+    raise AttributeError(f"module 'mtlskit.cli' has no attribute {name!r}")
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="mtlskit")
-def main() -> None:
-    """mtlskit: mutual TLS for Python services, batteries included.
+def echo_error(text: str) -> None:
+    """Print a line on stderr exactly as ``click.echo(text, err=True)`` does, without
+    importing click unless the line needs it (ANSI codes to strip when stderr is not
+    a terminal, or an ASCII stderr that click replaces with UTF-8)."""
+    stream = sys.stderr
+    encoding = getattr(stream, "encoding", None)
+    try:
+        ascii_stream = encoding is None or codecs.lookup(encoding).name == "ascii"
+    except LookupError:
+        ascii_stream = False
+    if stream is None or ascii_stream or "\x1b" in text:
+        import click
 
-    Start with `mtlskit init`, then `mtlskit serve` and `mtlskit get`.
-    """
+        click.echo(text, err=True)
+        return
+    stream.write(text + "\n")
+    stream.flush()
 
 
-def _usage_line(exc: click.UsageError) -> str:
-    where = exc.ctx.command_path if exc.ctx else "mtlskit"
-    return f"error: {exc.format_message()}: see '{where} --help'"
+def _dispatch(argv: list[str] | None) -> object:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["get"]:
+        from mtlskit.cli import fastget
+
+        plan = fastget.plan(args[1:])
+        if plan is not None:
+            return fastget.get(plan)
+    from mtlskit.cli.group import run_click
+
+    return run_click(argv)
 
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every error into one line and an exit code."""
-    code: Any
+    code: object
     try:
-        code = main.main(args=argv, prog_name="mtlskit", standalone_mode=False)
+        code = _dispatch(argv)
     except MtlsError as exc:
-        click.echo(f"error: {exc.one_line()}", err=True)
+        echo_error(f"error: {exc.one_line()}")
         code = exc.exit_code
-    except click.UsageError as exc:
-        click.echo(_usage_line(exc), err=True)
-        code = 2
-    except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        code = exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        click.echo("error: interrupted", err=True)
+    except KeyboardInterrupt:
+        echo_error("error: interrupted")
         code = 130
     except BrokenPipeError:
         code = 0
+    except Exception as exc:
+        if "click" not in sys.modules:  # only the click path raises click's errors
+            raise
+        from mtlskit.cli.group import click_error
+
+        code = click_error(exc)
+        if code is None:
+            raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,7 +1,9 @@
 """Client commands: ``mtlskit get`` (the seed's Go client, grown up) and ``mtlskit demo``.
 
 Imports are lazy: ``mtlskit get`` loads ssl and http.client, nothing heavier, unless
-a failure needs explaining.
+a failure needs explaining. Its usual command lines do not even come here: they
+run in :mod:`mtlskit.cli.fastget` (no click, no http.client), which shares
+:func:`~mtlskit.cli.fastget.request_parts` and the status check with this command.
 """
 
 from __future__ import annotations
@@ -11,40 +13,19 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mtlskit.errors import ConfigError, MtlsError
+from mtlskit.cli.fastget import (
+    DEFAULT_CERTS,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    request_parts,
+    status_error,
+)
 
 if TYPE_CHECKING:
     import subprocess
     import threading
 
     from mtlskit.client import Response
-
-DEFAULT_URL = "https://localhost:8443"  # mtlskit.client.DEFAULT_URL, without importing ssl
-
-
-def _read_data(data: str) -> bytes:
-    """``-d TEXT``, ``-d @FILE`` or ``-d @-`` (stdin), as curl."""
-    if not data.startswith("@"):
-        return data.encode()
-    name = data[1:]
-    if name == "-":
-        import sys
-
-        return sys.stdin.buffer.read()
-    try:
-        return Path(name).read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read request body: {exc.strerror}", file=name, hint="check the path after @"
-        ) from exc
-
-
-def _parse_header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    name = name.strip()
-    if not sep or not name or any(c.isspace() for c in name):
-        raise ConfigError(f"invalid header {text!r}", hint="use -H 'Name: value'")
-    return name, value.strip()
 
 
 @click.command(
@@ -59,7 +40,7 @@ curl --fail-with-body.""",
 @click.option(
     "--certs",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("certs"),
+    default=Path(DEFAULT_CERTS),
     show_default=True,
     help="Folder with ca.crt, client.crt and client.key.",
 )
@@ -88,7 +69,7 @@ curl --fail-with-body.""",
 @click.option(
     "--timeout",
     type=float,
-    default=30.0,
+    default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
     help="Wait this long to connect and for each read.",
@@ -114,11 +95,7 @@ def get(
 ) -> None:
     from mtlskit.client import request
 
-    body = _read_data(data) if data is not None else None
-    sent = [_parse_header(h) for h in headers]
-    if body is not None and not any(k.lower() == "content-type" for k, _ in sent):
-        sent.append(("Content-Type", "application/x-www-form-urlencoded"))  # as curl -d
-    verb = method or ("POST" if body is not None else "GET")
+    verb, body, sent = request_parts(method, data, headers)
     resp = request(
         verb,
         url,
@@ -155,12 +132,9 @@ def get(
 
 
 def _fail_on_status(resp: Response) -> None:
-    if resp.status >= 400:
-        raise MtlsError(
-            f"the server answered {resp.status} {resp.reason}".rstrip(),
-            file=resp.url,
-            hint="see the response body",
-        )
+    failure = status_error(resp.status, resp.reason, resp.url)
+    if failure is not None:
+        raise failure
 
 
 # ---------------------------------------------------------------- demo
