@@ -2,8 +2,10 @@
 
 All three call the same Go seed server (bin/seed-server) on 127.0.0.1 in the same
 run, with the same certificates (`mtlskit init`, P-256 by default), round-robin so
-that noise from other processes spreads evenly. Also measured: `mtlskit --help`
-(start-up) and a bare `python -c pass` (the floor for any Python CLI).
+that noise from other processes spreads evenly. Also measured: the same request
+through the click command (what `mtlskit get` ran before its fast path,
+mtlskit/cli/fastget.py), `mtlskit --help` (start-up), a bare Python ssl client
+(the floor for any Python client that imports ssl) and `python -c pass`.
 
     .venv/bin/python bench/cli_latency.py [-n 40] [--key-type rsa4096]
 
@@ -45,6 +47,14 @@ with ctx.wrap_socket(socket.create_connection((host.encode(), int(port))), serve
     while chunk := s.recv(65536):
         data += chunk
 sys.stdout.buffer.write(data.split(b"\\r\\n\\r\\n", 1)[1] + b"\\n")
+"""
+
+# `mtlskit get` through the click command: the fast path switched off.
+_CLICK_GET = """
+import sys
+from mtlskit.cli import fastget, run
+fastget.plan = lambda args: None
+run(sys.argv[1:])
 """
 
 # mtlskit.client.get() alone: what `mtlskit get` costs without the click CLI around it.
@@ -146,6 +156,10 @@ def main() -> None:
             "go seed client": ([str(seed_client), "-url", url, "-certs", str(certs)], hello),
             "mtlskit get": ([*_mtlskit(), "get", url, "--certs", str(certs)], hello),
             "mtlskit get, no pyc": ([*_mtlskit(), "get", url, "--certs", str(certs)], hello),
+            "get via click": (
+                [sys.executable, "-c", _CLICK_GET, "get", url, "--certs", str(certs)],
+                hello,
+            ),
             "mtlskit --help": ([*_mtlskit(), "--help"], b"Usage"),
             "get() without click": ([sys.executable, "-c", _API, url, str(certs)], hello),
             "python ssl floor": ([sys.executable, "-c", _FLOOR, url, str(certs)], hello),
@@ -181,8 +195,10 @@ def main() -> None:
             f"{name:20s} {row['median_ms']:7.1f}ms {row['min_ms']:7.1f}ms {row['p90_ms']:7.1f}ms"
             f" {row['median_ms'] / curl_median:6.1f}x"
         )
+    floor = rows["mtlskit get"]["median_ms"] / rows["python ssl floor"]["median_ms"]
     verdict = "meets" if ratio <= GOAL else "misses"
     print(f"mtlskit get = {ratio:.2f}x curl (median): {verdict} the {GOAL:g}x goal")
+    print(f"mtlskit get = {floor:.2f}x the bare Python ssl client (median)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "runs": args.n,
@@ -192,6 +208,7 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "rows": rows,
         "mtlskit_get_vs_curl": ratio,
+        "mtlskit_get_vs_python_floor": floor,
         "goal": GOAL,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
