@@ -73,7 +73,8 @@ def markdown(data: dict[str, Any]) -> str:
     out += [
         "",
         f"Bounds, `{b.get('command', 'openssl speed')}` ({b.get('openssl', '?')}): "
-        f"RSA-4096 sign {_num(b.get('rsa4096_sign_per_s'), 1)}/s, "
+        f"RSA-4096 sign {_num(b.get('rsa4096_sign_per_s'), 1)}/s "
+        f"({_num(b.get('rsa4096_sign_per_s_cpu1_busy'), 1)}/s while CPU 1 signs too), "
         f"ECDSA P-256 sign {_num(b.get('ecdsap256_sign_per_s'))}/s. "
         f"Through the cryptography wheel ({c.get('openssl', '?')}): "
         f"RSA-4096 sign {_num(c.get('rsa4096_sign_per_s'), 1)}/s, "

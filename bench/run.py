@@ -95,6 +95,27 @@ def openssl_speed(seconds: int) -> dict[str, Any]:
     if ec:
         out["ecdsap256_sign_per_s"] = float(ec.group(1))
         out["ecdsap256_verify_per_s"] = float(ec.group(2))
+    # The handshake runs measure CPU 0 while the load generator keeps CPU 1 busy with
+    # its own RSA-4096 signatures, and these two vCPUs share a physical core's
+    # resources: with CPU 1 signing too, CPU 0 signs ~9 % slower. The same bound,
+    # under that condition:
+    on_cpu1 = ["taskset", "-c", harness.LOAD_CPUS, "openssl", "speed"]
+    neighbour = subprocess.Popen(
+        [*on_cpu1, "-seconds", str(seconds + 2), "rsa4096"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        busy = subprocess.run(
+            [*argv, "rsa4096"], capture_output=True, text=True, timeout=60 * seconds
+        )
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    rsa_busy = re.search(r"^rsa 4096 bits\s+\S+\s+\S+\s+([\d.]+)", busy.stdout, re.M)
+    if rsa_busy:
+        out["rsa4096_sign_per_s_cpu1_busy"] = float(rsa_busy.group(1))
     version = subprocess.run(["openssl", "version"], capture_output=True, text=True)
     out["openssl"] = version.stdout.strip()
     if not (rsa and ec):
@@ -417,6 +438,15 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             ">=",
             0.9,
         ),
+        (
+            "  the same, with CPU 1 signing RSA-4096 too (as the load generator does)",
+            _ratio(
+                per_cpu("mtlskit", "rsa4096", "handshake"),
+                bounds.get("rsa4096_sign_per_s_cpu1_busy"),
+            ),
+            ">=",
+            0.9,
+        ),
         ("resumed / full handshakes, P-256 (mtlskit, per CPU-s)", resumed_ok("p256"), ">=", 2.0),
         (
             "resumed / full handshakes, RSA-4096 (mtlskit, per CPU-s)",
@@ -472,7 +502,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, help="seconds per load run (default 5; quick 0.3)")
     p.add_argument("--connections", type=int, default=16, help="load generator connections")
     p.add_argument(
-        "--rounds", type=int, help="interleaved rounds per workload (default 3; quick 1)"
+        "--rounds", type=int, help="interleaved rounds per workload (default 5; quick 1)"
     )
     p.add_argument("--keys", default=None, help="p256,rsa4096 (quick: p256)")
     p.add_argument("--idle", type=int, help="idle connections to hold (default 10000)")
@@ -483,7 +513,7 @@ def main() -> int:
     args = p.parse_args()
     quick = args.quick
     args.duration = args.duration or (0.3 if quick else 3.0)
-    args.rounds = args.rounds or (1 if quick else 3)
+    args.rounds = args.rounds or (1 if quick else 5)
     args.idle = args.idle if args.idle is not None else (50 if quick else 10_000)
     args.warmup = 0.1 if quick else 1.0
     speed_s = args.speed_seconds or (1 if quick else 3)
