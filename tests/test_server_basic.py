@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -88,6 +91,42 @@ def test_keep_alive_pipelining_and_bodies(server: Served) -> None:
         rest = read_until_closed(s)
     assert rest.count(b"hello world \n") == 2
     assert rest.endswith(b"Connection: close\r\n\r\nhello world \n")
+
+
+@pytest.mark.parametrize("engine", ["openssl", "stdlib"])
+def test_many_tls_records_in_one_segment(
+    pki: Path, tmp_path: Path, procs: list[subprocess.Popen[bytes]], engine: str
+) -> None:
+    """Three requests in three TLS records, then close_notify, all in one TCP send:
+    each is answered, then the server closes (no more bytes will come to say so)."""
+    env = {k: v for k, v in os.environ.items() if k != "MTLSKIT_TLS_ENGINE"}
+    if engine == "stdlib":
+        env["MTLSKIT_TLS_ENGINE"] = "stdlib"
+    server = start_serve(procs, pki, tmp_path, "--quiet", env=env)
+    ctx = client_ctx(server.certs)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        sock.sendall(outgoing.read())
+        for i in range(3):
+            tls.write(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.unwrap()  # our close_notify; the server's comes later
+        sock.sendall(outgoing.read())
+        received = b""
+        while chunk := sock.recv(65536):
+            incoming.write(chunk)
+            with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                while data := tls.read(65536):
+                    received += data
+    assert received.count(b"hello world \n") == 3
 
 
 def test_http10_closes(server: Served) -> None:

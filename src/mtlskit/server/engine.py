@@ -74,6 +74,10 @@ def failure_reason(exc: ssl.SSLError) -> TLSFailure:
 class TLSSession(Protocol):
     """What the protocol needs from a TLS engine (all calls are non-blocking)."""
 
+    # Set by read() when the peer's close_notify came after data it returned: the
+    # data is answered, then the connection closes (no more bytes may ever arrive).
+    peer_closed: bool
+
     def feed(self, data: bytes) -> None:
         """Ciphertext received from the peer."""
 
@@ -111,9 +115,10 @@ class TLSSession(Protocol):
 class StdlibSession:
     """:class:`TLSSession` over ``ssl.SSLObject`` and two ``ssl.MemoryBIO``."""
 
-    __slots__ = ("_in", "_obj", "_out")
+    __slots__ = ("_in", "_obj", "_out", "peer_closed")
 
     def __init__(self, context: ssl.SSLContext) -> None:
+        self.peer_closed = False
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._obj = context.wrap_bio(self._in, self._out, server_side=True)
@@ -132,6 +137,8 @@ class StdlibSession:
 
     def read(self) -> bytes:
         obj = self._obj
+        if self.peer_closed:
+            raise TLSClosed
         try:
             data = obj.read(_READ_SIZE)
         except ssl.SSLWantReadError:
@@ -140,6 +147,8 @@ class StdlibSession:
             raise TLSClosed from None
         except ssl.SSLError as exc:
             raise failure_reason(exc) from None
+        if not data:  # the ssl module's answer to close_notify
+            raise TLSClosed
         if not self._in.pending:  # the usual case: one record, nothing more buffered
             return data
         parts = [data]
@@ -149,12 +158,12 @@ class StdlibSession:
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
-                if parts:
-                    break  # hand over what came before; the next read() reports the close
-                raise TLSClosed from None
+                self.peer_closed = True  # after what came before (parts is never empty)
+                break
             except ssl.SSLError as exc:
                 raise failure_reason(exc) from None
             if not chunk:
+                self.peer_closed = True
                 break
             parts.append(chunk)
         return b"".join(parts)

@@ -244,9 +244,10 @@ def _der(x509: Any) -> bytes:
 class OpenSSLSession:
     """:class:`~mtlskit.server.engine.TLSSession` over the bundled OpenSSL."""
 
-    __slots__ = ("_context", "_rbio", "_ssl", "_wbio")
+    __slots__ = ("_context", "_rbio", "_ssl", "_wbio", "peer_closed")
 
     def __init__(self, context: OpenSSLContext) -> None:
+        self.peer_closed = False
         self._context = context  # keeps the SSL_CTX alive as long as this connection
         raw = lib.SSL_new(context.ptr)
         self._ssl = ffi.gc(raw, lib.SSL_free)
@@ -268,19 +269,26 @@ class OpenSSLSession:
         raise self._failure(err)
 
     def read(self) -> bytes:
-        s, buf = self._ssl, _BUF
+        if self.peer_closed:
+            raise TLSClosed
+        s, buf, rbio = self._ssl, _BUF, self._rbio
         parts: list[bytes] = []
         while True:
             n = lib.SSL_read(s, buf, _BUF_SIZE)
             if n > 0:
-                parts.append(ffi.buffer(buf, n)[:])
-                continue
+                parts.append(ffi.unpack(buf, n))
+                # A record's plaintext (16 KiB at most) fits the buffer whole: with no
+                # ciphertext left, skip the SSL_read that would only say WANT_READ.
+                if lib.BIO_get_mem_data(rbio, ffi.NULL) > 0:
+                    continue
+                break
             err = lib.SSL_get_error(s, n)
             if err == _WANT_READ:
                 break
             if err == _ZERO_RETURN:
                 if parts:
-                    break  # hand over what came before; the next read() reports the close
+                    self.peer_closed = True  # hand over what came before, then close
+                    break
                 raise TLSClosed
             raise self._failure(err)
         if not parts:
@@ -298,12 +306,12 @@ class OpenSSLSession:
         n = lib.BIO_read(wbio, buf, _BUF_SIZE)
         if n <= 0:
             return b""
-        first: bytes = ffi.buffer(buf, n)[:]
+        first: bytes = ffi.unpack(buf, n)
         if n < _BUF_SIZE:
             return first
         parts = [first]
         while (n := lib.BIO_read(wbio, buf, _BUF_SIZE)) > 0:
-            parts.append(ffi.buffer(buf, n)[:])
+            parts.append(ffi.unpack(buf, n))
         return b"".join(parts)
 
     def shutdown(self) -> None:

@@ -181,6 +181,8 @@ class BaseProtocol(asyncio.Protocol):
                 plain = session.read()
             if plain:
                 self.received(plain)
+                if session.peer_closed:  # close_notify after the requests: answer, then close
+                    self.close_after_response()
             if self._close_after and not self.in_request and not self.responses_owed():
                 self.close()
             else:
