@@ -1,6 +1,6 @@
 """mtlskit's benchmark: `mtlskit serve` against the Go seed server and nginx, in one run.
 
-    python3 bench/run.py             # the full run (about 8 minutes)
+    python3 bench/run.py             # the full run (about 10 minutes)
     python3 bench/run.py --quick     # seconds: keeps the harness working (CI smoke test)
 
 For P-256 and RSA-4096 certificates it measures keep-alive GETs, full mTLS

@@ -82,7 +82,7 @@ def _setup_logging() -> None:
     default=3600.0,
     show_default=True,
     metavar="S",
-    help="Rotate the TLS session ticket keys this often (0: never).",
+    help="Start new TLS sessions and ticket keys this often; older tickets stop resuming (0: never).",
 )
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")

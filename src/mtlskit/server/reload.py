@@ -152,10 +152,11 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
 class FileWatcher:
     """Reload ``holder`` when its certificate, key, CA bundle or CRL change.
 
-    With ``rotate_every`` it also rebuilds the state that often, which rotates the
-    TLS session ticket keys: OpenSSL gives each new context fresh random keys, and
-    the ssl module offers no other way to set them. A ticket then resumes until the
-    next rotation; after it the client makes one full handshake and gets a new one.
+    With ``rotate_every`` it also rebuilds the state that often: each new context
+    starts an empty session cache (the default engine's stateful TLS 1.3 tickets)
+    and fresh random ticket keys (the stdlib engine; the ssl module offers no other
+    way to set them). A ticket then resumes until the next rotation; after it the
+    client makes one full handshake and gets a new one.
     """
 
     def __init__(
