@@ -50,7 +50,8 @@ def _ensure_setup() -> None:
     if not (have_tools and have_mtlskit and nginx):
         print("bench: running scripts/setup.sh", file=sys.stderr)
         subprocess.run([str(ROOT / "scripts" / "setup.sh")], check=True)
-    if not have_mtlskit and Path(sys.executable).resolve() != VENV_PYTHON.resolve():
+    # Not sys.executable: a venv's python is a symlink to the very interpreter running.
+    if not have_mtlskit and Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve():
         os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
