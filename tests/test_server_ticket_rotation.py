@@ -12,18 +12,21 @@ import pytest
 from tests.test_server_support import client_ctx, fetch_tls13, start_serve
 
 
-@pytest.mark.parametrize("engine", ["default", "stdlib"])
+@pytest.mark.parametrize("engine", ["default", "default-stateless", "stdlib"])
 def test_tickets_resume_until_the_keys_rotate(
     engine: str,
     seed_certs_p256: Path,
     tmp_path: Path,
     procs: list[subprocess.Popen[bytes]],
 ) -> None:
-    env = {**os.environ}
+    """Default engine: stateful tickets (a session cache), or stateless with
+    --session-cache 0; stdlib engine: stateless. All resume, none outlives a rotation."""
+    env = {k: v for k, v in os.environ.items() if k != "MTLSKIT_TLS_ENGINE"}
     if engine == "stdlib":
         env["MTLSKIT_TLS_ENGINE"] = "stdlib"
+    extra = ["--session-cache", "0"] if engine == "default-stateless" else []
     s = start_serve(
-        procs, seed_certs_p256, tmp_path, "--quiet", "--ticket-key-rotation", "2", env=env
+        procs, seed_certs_p256, tmp_path, "--quiet", "--ticket-key-rotation", "2", *extra, env=env
     )
     ctx = client_ctx(seed_certs_p256)
     # Right after a rotation, so that the next one is about 2 s away.
@@ -48,3 +51,11 @@ def test_ticket_key_rotation_must_not_be_negative(tmp_path: Path) -> None:
     r = run_cli("serve", "--certs", tmp_path, "--ticket-key-rotation", "-1")
     assert r.returncode == 2
     assert r.stderr.startswith("error: --ticket-key-rotation") and r.stderr.count("\n") == 1
+
+
+def test_session_cache_must_not_be_negative(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    r = run_cli("serve", "--certs", tmp_path, "--session-cache", "-1")
+    assert r.returncode == 2
+    assert "--session-cache" in r.stderr and r.stderr.count("\n") == 1

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from mtlskit.server.config import DEFAULT_SESSION_CACHE
+
 __all__ = ["serve"]
 
 
@@ -84,6 +86,14 @@ def _setup_logging() -> None:
     metavar="S",
     help="Start new TLS sessions and ticket keys this often; older tickets stop resuming (0: never).",
 )
+@click.option(
+    "--session-cache",
+    type=click.IntRange(min=0),
+    default=DEFAULT_SESSION_CACHE,
+    show_default=True,
+    metavar="N",
+    help="TLS 1.3 sessions kept for resumption, ~9 KiB each (0: stateless tickets).",
+)
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
@@ -103,6 +113,7 @@ def serve(
     crl: Path | None,
     watch_interval: float,
     ticket_key_rotation: float,
+    session_cache: int,
     metrics_port: int | None,
     metrics_host: str,
     handshake_timeout: float,
@@ -127,6 +138,7 @@ def serve(
         crl=crl,
         watch_interval=watch_interval,
         ticket_key_rotation=ticket_key_rotation,
+        session_cache=session_cache,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from mtlskit.errors import ConfigError
 
-__all__ = ["ServerConfig"]
+__all__ = ["DEFAULT_SESSION_CACHE", "ServerConfig"]
+
+
+# Sessions the default TLS engine keeps per worker for TLS 1.3 resumption (stateful
+# tickets, LRU); about 9 KiB each with a P-256 client certificate.
+DEFAULT_SESSION_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class ServerConfig:
     backlog: int = 4096
     watch_interval: float = 1.0  # seconds between looks at the files (0: SIGHUP only)
     ticket_key_rotation: float = 3600.0  # seconds a TLS session ticket key lives (0: never)
+    session_cache: int = DEFAULT_SESSION_CACHE  # TLS 1.3 sessions kept (0: stateless tickets)
     metrics_port: int | None = None  # Prometheus text on this plain-HTTP port
     metrics_host: str = "127.0.0.1"
 
@@ -42,6 +48,8 @@ class ServerConfig:
             raise ConfigError(f"--port {self.port} is out of range", hint="use 1-65535")
         if self.watch_interval < 0:
             raise ConfigError("--watch-interval must be 0 (off) or more seconds")
+        if self.session_cache < 0:
+            raise ConfigError("--session-cache must be 0 (stateless tickets) or more sessions")
         if self.ticket_key_rotation < 0:
             raise ConfigError("--ticket-key-rotation must be 0 (off) or more seconds")
         if self.metrics_port is not None and not 0 < self.metrics_port <= 65535:

@@ -209,7 +209,12 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, Any]:
     AccessPolicy(config.allow_cn, config.allow_san)  # validates the patterns
     # checked_build also refuses an expired certificate or a CRL of another key (reload.py).
     holder = ContextHolder(
-        config.cert_path, config.key_path, config.ca_path, crl=config.crl, build=checked_build
+        config.cert_path,
+        config.key_path,
+        config.ca_path,
+        crl=config.crl,
+        build=checked_build,
+        session_cache=config.session_cache,
     )
     app = None
     if config.app is not None:

@@ -24,6 +24,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from mtlskit.errors import PKIError
+from mtlskit.server import openssl_extras
+from mtlskit.server.config import DEFAULT_SESSION_CACHE
 from mtlskit.server.engine import _VERIFY_REASONS, TLSClosed, TLSFailure
 
 __all__ = ["AVAILABLE", "OpenSSLContext", "OpenSSLSession", "context_from"]
@@ -136,8 +138,12 @@ def context_from(
     ca: str | os.PathLike[str],
     *,
     crl: str | os.PathLike[str] | None = None,
+    session_cache: int = DEFAULT_SESSION_CACHE,
 ) -> OpenSSLContext:
-    """The bundled-OpenSSL twin of ``policy`` (from :func:`mtlskit.tls.server_context`)."""
+    """The bundled-OpenSSL twin of ``policy`` (from :func:`mtlskit.tls.server_context`).
+
+    ``session_cache``: TLS 1.3 sessions kept for stateful tickets; 0 = stateless tickets.
+    """
     raw = lib.SSL_CTX_new(lib.TLS_server_method())
     if raw == ffi.NULL:
         raise PKIError("cannot create an OpenSSL context")
@@ -157,10 +163,15 @@ def context_from(
     lib.SSL_CTX_set_mode(ctx, lib.SSL_MODE_RELEASE_BUFFERS | _MODE_NO_AUTO_CHAIN)
     # TLS 1.3 tickets name a session kept in this context's cache (stateful) instead of
     # carrying it encrypted (stateless): a full handshake then skips encoding and
-    # encrypting the session twice, a resumption skips decrypting and decoding it (with
-    # the client certificate), +13 % and +32 % (bench). There are no ticket keys to
-    # steal; a reload or rotation makes a new context, so old sessions stop resuming.
-    lib.SSL_CTX_set_options(ctx, lib.SSL_OP_NO_TICKET)
+    # encrypting the session, a resumption skips decrypting and decoding it (with the
+    # client certificate), +13 % and +32 % (bench). There are no ticket keys to steal;
+    # a reload or rotation makes a new context, so old sessions stop resuming. Only
+    # with a bounded cache (~9 KiB a session): else stateless tickets, as OpenSSL's.
+    extras = openssl_extras.find() if session_cache > 0 else None
+    if extras is not None:
+        lib.SSL_CTX_set_options(ctx, lib.SSL_OP_NO_TICKET)
+        extras.set_session_cache_size(ctx, session_cache)
+        extras.set_num_tickets(ctx, 1)  # OpenSSL sends two; one session per handshake
     lib.SSL_CTX_set_cipher_list(ctx, _CIPHERS)
     lib.SSL_CTX_set_ciphersuites(ctx, _TLS13_SUITES)
     _check(

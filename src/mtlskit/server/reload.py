@@ -123,11 +123,11 @@ def check_files(
 
 
 def checked_build(
-    cert: PathLike, key: PathLike, ca: PathLike, *, crl: PathLike | None = None
+    cert: PathLike, key: PathLike, ca: PathLike, *, crl: PathLike | None = None, **options: int
 ) -> TLSState:
     """:func:`~mtlskit.server.tlsstate.build_state` after :func:`check_files`."""
     facts = check_files(cert, key, ca, crl)
-    state = build_state(cert, key, ca, crl=crl)
+    state = build_state(cert, key, ca, crl=crl, **options)
     _FACTS[state] = facts
     return state
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mtlskit.errors import MtlsError, PKIError
 from mtlskit.server import openssl_engine
+from mtlskit.server.config import DEFAULT_SESSION_CACHE
 from mtlskit.server.engine import StdlibSession, TLSSession
 from mtlskit.server.stats import Stats
 from mtlskit.tls import server_context
@@ -65,13 +66,20 @@ def _first_pem_certificate(path: Path) -> str:
 
 
 def build_state(
-    cert: PathLike, key: PathLike, ca: PathLike, *, crl: PathLike | None = None
+    cert: PathLike,
+    key: PathLike,
+    ca: PathLike,
+    *,
+    crl: PathLike | None = None,
+    session_cache: int = DEFAULT_SESSION_CACHE,
 ) -> TLSState:
     """A :class:`TLSState` from files; raises :class:`~mtlskit.errors.PKIError`."""
     ctx = server_context(cert, key, ca, crl=crl)
     engine_context = None
     if openssl_engine.AVAILABLE and os.environ.get("MTLSKIT_TLS_ENGINE", "") != "stdlib":
-        engine_context = openssl_engine.context_from(ctx, cert, key, ca, crl=crl)
+        engine_context = openssl_engine.context_from(
+            ctx, cert, key, ca, crl=crl, session_cache=session_cache
+        )
     return TLSState(
         context=ctx,
         engine_context=engine_context,
@@ -95,13 +103,20 @@ class ContextHolder:
         crl: PathLike | None = None,
         stats: Stats | None = None,
         build: Callable[..., TLSState] = build_state,
+        session_cache: int = DEFAULT_SESSION_CACHE,
     ) -> None:
         self.cert, self.key, self.ca = Path(cert), Path(key), Path(ca)
         self.crl = Path(crl) if crl is not None else None
         self.stats = stats if stats is not None else Stats()
         self._build = build
+        self.session_cache = session_cache
         self.last_error: MtlsError | None = None
-        self.current: TLSState = self._build(self.cert, self.key, self.ca, crl=self.crl)
+        self.current: TLSState = self._new_state()
+
+    def _new_state(self) -> TLSState:
+        return self._build(
+            self.cert, self.key, self.ca, crl=self.crl, session_cache=self.session_cache
+        )
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -114,7 +129,7 @@ class ContextHolder:
         after logging it as one line.
         """
         try:
-            state = self._build(self.cert, self.key, self.ca, crl=self.crl)
+            state = self._new_state()
         except MtlsError as exc:
             self.last_error = exc
             self.stats.reloads_failed += 1
