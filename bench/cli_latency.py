@@ -19,13 +19,14 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import harness  # bench/harness.py: this script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
@@ -63,25 +64,6 @@ import sys
 from mtlskit.client import get
 sys.stdout.buffer.write(get(sys.argv[1], certs=sys.argv[2]).body + b"\\n")
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"seed-server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.01)
-    raise SystemExit(f"seed-server does not listen on {port}")
 
 
 def _mtlskit() -> list[str]:
@@ -123,13 +105,16 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        port = _free_port()
+        port = harness.free_port()
         server = subprocess.Popen(
             [str(seed_server), "-addr", f"127.0.0.1:{port}", "-certs", str(certs), "-quiet"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_for_port(port, server)
+        try:
+            harness.wait_for_port(port, server)
+        except harness.BenchError as exc:
+            raise SystemExit(f"seed-server: {exc}") from exc
         url = f"https://localhost:{port}"
         hello = b"hello world"
         # As installed, modules run from .pyc; this environment may set

@@ -14,7 +14,14 @@ import contextlib
 import ssl
 from typing import Protocol
 
-__all__ = ["StdlibSession", "TLSClosed", "TLSFailure", "TLSSession", "failure_reason"]
+__all__ = [
+    "StdlibSession",
+    "TLSClosed",
+    "TLSFailure",
+    "TLSSession",
+    "failure_reason",
+    "reason_failure",
+]
 
 # Larger than one TLS record (16 KiB), so one read() takes a whole record.
 _READ_SIZE = 65536
@@ -58,7 +65,12 @@ def failure_reason(exc: ssl.SSLError) -> TLSFailure:
         return TLSFailure(_VERIFY_REASONS.get(code, "cert_invalid"), message)
     if isinstance(exc, ssl.SSLEOFError):
         return TLSFailure("eof", "connection closed during the handshake")
-    reason = str(getattr(exc, "reason", "") or "")
+    return reason_failure(str(getattr(exc, "reason", "") or ""), otherwise=str(exc))
+
+
+def reason_failure(reason: str, *, otherwise: str) -> TLSFailure:
+    """The :class:`TLSFailure` for an OpenSSL reason such as ``HTTP_REQUEST`` (both
+    engines); ``otherwise`` describes a failure that has no reason string."""
     if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
         return TLSFailure("no_client_cert", "the client sent no certificate")
     if reason in ("HTTP_REQUEST", "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL"):
@@ -68,7 +80,7 @@ def failure_reason(exc: ssl.SSLError) -> TLSFailure:
         return TLSFailure("peer_alert", "the client refused: " + reason.lower())
     if reason == "UNEXPECTED_EOF_WHILE_READING":
         return TLSFailure("eof", "connection closed during the handshake")
-    return TLSFailure("protocol", (reason or str(exc)).lower())
+    return TLSFailure("protocol", (reason or otherwise).lower())
 
 
 class TLSSession(Protocol):

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from mtlskit.errors import PKIError
 from mtlskit.server import openssl_extras
 from mtlskit.server.config import DEFAULT_SESSION_CACHE
-from mtlskit.server.engine import _VERIFY_REASONS, TLSClosed, TLSFailure
+from mtlskit.server.engine import _VERIFY_REASONS, TLSClosed, TLSFailure, reason_failure
 
 __all__ = ["AVAILABLE", "OpenSSLContext", "OpenSSLSession", "context_from"]
 
@@ -373,13 +373,6 @@ class OpenSSLSession:
             verify = int(lib.SSL_get_verify_result(self._ssl))
             message = ffi.string(lib.X509_verify_cert_error_string(verify)).decode()
             return TLSFailure(_VERIFY_REASONS.get(verify, "cert_invalid"), message)
-        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
-            return TLSFailure("no_client_cert", "the client sent no certificate")
-        if reason in ("HTTP_REQUEST", "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL"):
-            detail = "plain HTTP sent to the TLS port" if reason == "HTTP_REQUEST" else "not TLS"
-            return TLSFailure("not_tls", detail)
-        if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
-            return TLSFailure("peer_alert", "the client refused: " + reason.lower())
-        if reason == "UNEXPECTED_EOF_WHILE_READING" or not reason:
+        if not reason:  # no error queued: the peer went away mid-handshake
             return TLSFailure("eof", "connection closed during the handshake")
-        return TLSFailure("protocol", reason.lower())
+        return reason_failure(reason, otherwise=reason)
