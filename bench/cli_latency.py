@@ -91,10 +91,10 @@ def main() -> None:
     seed_client = BIN / "seed-client"
     for path in (seed_server, seed_client):
         if not path.exists():
-            raise SystemExit(f"{path} is missing: run scripts/setup.sh")
+            raise SystemExit(f"{path} is missing: run scripts/setup.sh --test")
     curl = shutil.which("curl")
     if curl is None:
-        raise SystemExit("curl is not installed: run scripts/setup.sh")
+        raise SystemExit("curl is not installed: run scripts/setup.sh --test")
 
     tmp = Path(tempfile.mkdtemp(prefix="mtlskit-cli-bench-"))
     server: subprocess.Popen[bytes] | None = None

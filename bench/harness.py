@@ -1,6 +1,6 @@
 """The processes under measurement: pinned servers, the load generator, /proc readings.
 
-Benchmark hygiene (../shared/README.md): the server runs on CPU 0, the load
+Benchmark hygiene (bench/README.md): the server runs on CPU 0, the load
 generator on CPU 1, Go gets GOMAXPROCS=1, and what counts is requests per
 *server CPU-second*, read from /proc before and after each run, with every
 peer measured in the same run.
@@ -223,7 +223,7 @@ def start_mtlskit(
 
 def start_go(certs: Path, cpus: str = SERVER_CPUS, procs: int = 1) -> Server:
     if not SEED_SERVER.exists():
-        raise BenchError(f"{SEED_SERVER} is missing: run scripts/setup.sh")
+        raise BenchError(f"{SEED_SERVER} is missing: run scripts/setup.sh --test")
     port = free_port()
     argv = [str(SEED_SERVER), "-addr", f"127.0.0.1:{port}", "-certs", str(certs), "-quiet"]
     workdir = Path(tempfile.mkdtemp(prefix="bench-go-"))
@@ -273,7 +273,7 @@ http {{
 def start_nginx(certs: Path, cpus: str = SERVER_CPUS) -> Server:
     exe = nginx_binary()
     if exe is None:
-        raise BenchError("nginx is not installed: run scripts/setup.sh")
+        raise BenchError("nginx is not installed: run scripts/setup.sh --test")
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
     user = ""
@@ -308,7 +308,7 @@ def loadgen(
     cpus: str = LOAD_CPUS,
 ) -> dict[str, Any]:
     if not LOADGEN.exists():
-        raise BenchError(f"{LOADGEN} is missing: run scripts/setup.sh")
+        raise BenchError(f"{LOADGEN} is missing: run scripts/setup.sh --test")
     argv = ["taskset", "-c", cpus, str(LOADGEN), "-addr", addr, "-certs", str(certs)]
     argv += ["-mode", mode, "-d", f"{duration:g}s", "-c", str(connections)]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)

@@ -4,7 +4,7 @@
 
 Wall time of whole processes, as a user sees them: `python -m mtlskit init` with
 the default key type (ECDSA P-256; target < 0.5 s) and with `--key-type rsa4096`,
-and the seed's seven openssl commands (RSA-4096, from ../shared/seed/README.md).
+and the seed's seven openssl commands (RSA-4096, from interop/README.md).
 Also `mtlskit --help` (lazy imports keep it fast). RSA key generation time varies
 a lot from run to run (it searches for primes), so medians over several runs are
 printed with min and max. A benchmark, not a test: nothing here asserts.

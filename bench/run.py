@@ -11,7 +11,7 @@ the same run: `openssl speed rsa4096 ecdsap256` on CPU 0 (the per-handshake
 signing bounds), `--workers 2` scaling, and memory per idle mTLS connection.
 
 Writes bench/results/latest.json, latest.md and latest.png (or --out DIR).
-On a fresh machine it runs scripts/setup.sh first (Debian packages, .venv, Go peers).
+On a fresh machine it runs scripts/setup.sh --test first (Debian packages, .venv, Go peers).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def _ensure_setup() -> None:
         have_mtlskit = False
     nginx = any(Path(p).exists() for p in ("/usr/sbin/nginx", "/usr/bin/nginx"))
     if not (have_tools and have_mtlskit and nginx):
-        print("bench: running scripts/setup.sh", file=sys.stderr)
-        subprocess.run([str(ROOT / "scripts" / "setup.sh")], check=True)
+        print("bench: running scripts/setup.sh --test", file=sys.stderr)
+        subprocess.run([str(ROOT / "scripts" / "setup.sh"), "--test"], check=True)
     # Not sys.executable: a venv's python is a symlink to the very interpreter running.
     if not have_mtlskit and Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve():
         os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's openssl commands, verbatim (../shared/seed/README.md), run in the current
+# The seed's openssl commands, verbatim (interop/README.md), run in the current
 # folder: RSA-4096 CA, server and client (an X.509 v1 certificate with no extensions).
 # Used by the interop tests (tests/conftest.py) and bench/pki_speed.py.
 set -e

@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for mtlskit: Debian tools, a virtualenv, the Go peers.
+# Set up what the main job needs: a virtualenv with mtlskit. Python only.
 # Idempotent and quiet when everything is already there.
+#   scripts/setup.sh          .venv with mtlskit (the demo)
+#   scripts/setup.sh --test   also the test tools: Debian packages, the Go peers,
+#                             the test extras (what scripts/test.sh needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v go >/dev/null || need_apt+=(golang-go)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
-command -v curl >/dev/null || need_apt+=(curl)
-command -v openssl >/dev/null || need_apt+=(openssl)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: installing ${need_apt[*]} (apt)" >&2
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1 \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null; }
+mode=${1:-}
+
+if [ "$mode" = --test ]; then
+  need_apt=()
+  command -v go >/dev/null || need_apt+=(golang-go)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+  command -v curl >/dev/null || need_apt+=(curl)
+  command -v openssl >/dev/null || need_apt+=(openssl)
+  if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]} (apt)" >&2
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${need_apt[@]}" >/dev/null; }
+  fi
 fi
 
 PY=${PYTHON:-python3}
@@ -22,17 +29,23 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   "$PY" -m venv .venv
 fi
-stamp=.venv/.mtlskit-installed
+if [ "$mode" = --test ]; then
+  extras='.[test,bench]'; stamp=.venv/.mtlskit-test-installed
+else
+  extras='.'; stamp=.venv/.mtlskit-installed
+fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing mtlskit and test tools into .venv" >&2
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1 | grep -v "is ignored" >&2 || true
+  echo "setup: installing $extras into .venv" >&2
+  .venv/bin/pip install -q --disable-pip-version-check -e "$extras" 2>&1 | grep -v "is ignored" >&2 || true
   .venv/bin/python -c "import mtlskit, httptools, cryptography, click" && touch "$stamp"
 fi
 
-# The Go peers: the seed's server and client, and the load generator.
-mkdir -p bin
-export GOCACHE="$PWD/.gocache" GOFLAGS=-mod=mod GOTOOLCHAIN=local
-SHARED=$(cd ../shared && pwd)
-[ -x bin/seed-server ] || (cd "$SHARED/peers/go-seed" && go build -o "$OLDPWD/bin/seed-server" ./server)
-[ -x bin/seed-client ] || (cd "$SHARED/peers/go-seed" && go build -o "$OLDPWD/bin/seed-client" ./client)
-[ -x bin/mtls-loadgen ] || (cd "$SHARED/bench/loadgen" && go build -o "$OLDPWD/bin/mtls-loadgen" .)
+if [ "$mode" = --test ]; then
+  # The Go peers (this repository's own copies): the seed's server and client,
+  # and the load generator.
+  mkdir -p bin
+  export GOCACHE="$PWD/.gocache" GOFLAGS=-mod=mod GOTOOLCHAIN=local
+  [ -x bin/seed-server ] || (cd interop/go-seed && go build -o ../../bin/seed-server ./server)
+  [ -x bin/seed-client ] || (cd interop/go-seed && go build -o ../../bin/seed-client ./client)
+  [ -x bin/mtls-loadgen ] || (cd bench/loadgen && go build -o ../../bin/mtls-loadgen .)
+fi

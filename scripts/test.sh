@@ -2,7 +2,7 @@
 # Set up and run every test: ruff, mypy --strict, pytest (Python 3.11, then 3.13).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --test
 .venv/bin/ruff check
 .venv/bin/ruff format --check -q
 .venv/bin/mypy

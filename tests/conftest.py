@@ -16,7 +16,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
-SHARED = (ROOT / ".." / "shared").resolve()
 
 
 @dataclass
@@ -78,11 +77,11 @@ def go_binary(name: str) -> Path:
     path = BIN / name
     if not path.exists():
         if shutil.which("go") is None:
-            pytest.fail("go is not installed: run scripts/setup.sh")
+            pytest.fail("go is not installed: run scripts/setup.sh --test")
         src = {
-            "seed-server": (SHARED / "peers/go-seed", "./server"),
-            "seed-client": (SHARED / "peers/go-seed", "./client"),
-            "mtls-loadgen": (SHARED / "bench/loadgen", "."),
+            "seed-server": (ROOT / "interop/go-seed", "./server"),
+            "seed-client": (ROOT / "interop/go-seed", "./client"),
+            "mtls-loadgen": (ROOT / "bench/loadgen", "."),
         }[name]
         BIN.mkdir(exist_ok=True)
         env = {**os.environ, "GOCACHE": str(ROOT / ".gocache"), "GOTOOLCHAIN": "local"}
