@@ -8,7 +8,8 @@
     │   └── AlreadyExistsError a file would be overwritten without force
     ├── VerificationError      a certificate does not verify (exit 1)
     ├── HandshakeError         a TLS handshake with a peer failed (exit 1)
-    └── ServerError            the server could not start or serve (exit 1)
+    ├── ServerError            the server could not start or serve (exit 1)
+    └── StorageError           the CA's database failed or cannot be reached (exit 1)
 
 Every error carries ``what`` (the message), an optional ``file`` it is about and
 an optional ``hint`` (the next step). The CLI prints them as one line::
@@ -27,6 +28,7 @@ __all__ = [
     "MtlsError",
     "PKIError",
     "ServerError",
+    "StorageError",
     "VerificationError",
 ]
 
@@ -96,3 +98,19 @@ class HandshakeError(MtlsError):
 
 class ServerError(MtlsError):
     """The server could not start or serve."""
+
+
+class StorageError(MtlsError):
+    """The CA's database (SQLite or PostgreSQL) failed; ``unavailable`` when unreachable,
+    which a service answers with 503 and recovers from once the database is back."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        file: str | os.PathLike[str] | None = None,
+        hint: str | None = None,
+        unavailable: bool = False,
+    ) -> None:
+        super().__init__(what, file=file, hint=hint)
+        self.unavailable = unavailable
