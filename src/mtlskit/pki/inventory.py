@@ -90,6 +90,12 @@ CREATE INDEX IF NOT EXISTS certs_not_after ON certs (not_after);
 # -- small helpers ---------------------------------------------------------------------------
 
 
+def _known_schema() -> int:
+    from mtlskit.database import SCHEMA_VERSION
+
+    return max(SCHEMA, SCHEMA_VERSION)
+
+
 def serial_hex(serial: int) -> str:
     """A serial as the inventory stores it: lowercase hex, no colons."""
     return format(serial, "x")
@@ -350,7 +356,9 @@ class Inventory:
             meta = _read_meta(conn, self.path)
         if "ca_id" not in meta:
             raise _not_inventory(self.path)
-        if int(meta.get("schema", "1")) > SCHEMA:
+        # The CA service migrates ca.db further (mtlskit.database): a schema this build
+        # knows is fine, its certs table is the same.
+        if int(meta.get("schema", "1")) > _known_schema():
             raise PKIError(
                 f"inventory was made by a newer mtlskit (schema {meta['schema']}, this one "
                 f"reads {SCHEMA})",
