@@ -244,8 +244,10 @@ class CA:
         sans: Sequence[str | x509.GeneralName] = (),
         days: int | None = None,
         not_after: dt.datetime | None = None,
+        crl_url: str | None = None,
     ) -> x509.Certificate:
-        """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``."""
+        """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``
+        (and a CRL distribution point when ``crl_url`` is given)."""
         prof = profiles.check_profile(profile)
         names = [s for s in sans if isinstance(s, x509.GeneralName)]
         names += [n for n in parse_sans([s for s in sans if isinstance(s, str)]) if n not in names]
@@ -262,7 +264,7 @@ class CA:
             .not_valid_after(end)
         )
         for ext, critical in profiles.leaf_extensions(
-            prof, public_key, sans=names, issuer=self.certificate
+            prof, public_key, sans=names, issuer=self.certificate, crl_url=crl_url
         ):
             builder = builder.add_extension(ext, critical)
         return self._sign(builder)
