@@ -225,3 +225,133 @@ def bootstrap(
                 hint="pass --force to replace it, or use another --dir",
             )
     return write_atomic(path, pem, CERT_MODE)
+
+
+# -- enrollment and renewal ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate the service issued: the chain PEM (leaf first) and what it is."""
+
+    chain_pem: bytes
+    ca_pem: bytes
+    serial: str
+    profile: str
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.chain_pem)
+
+
+def _issued(resp: Response, what: str) -> Issued:
+    raise_for_status(resp, what)
+    data = resp.json()
+    try:
+        chain = str(data["certificate"]).encode("ascii")
+        ca = str(data["ca"]).encode("ascii")
+        x509.load_pem_x509_certificates(chain)
+        return Issued(chain, ca, str(data["serial"]), str(data["profile"]))
+    except (KeyError, ValueError, UnicodeEncodeError):
+        raise RefusedError(
+            f"{what}: the CA service answered without a usable certificate", status=resp.status
+        ) from None
+
+
+def token_info(url: str, token: str, context: ssl.SSLContext) -> dict[str, object]:
+    """What ``token`` allows (name, sans, profile, expires_at), without spending it."""
+    resp = request(url, "/enroll/info", context, method="POST", body={"token": token})
+    raise_for_status(resp, "enrollment")
+    return resp.json()
+
+
+def enroll_csr(url: str, token: str, csr_pem: bytes, context: ssl.SSLContext) -> Issued:
+    """Spend ``token`` on a certificate for the CSR's key."""
+    body = {"token": token, "csr": csr_pem.decode("ascii")}
+    return _issued(request(url, "/enroll", context, method="POST", body=body), "enrollment")
+
+
+def renew_csr(url: str, csr_pem: bytes, context: ssl.SSLContext) -> Issued:
+    """A certificate with the identity of ``context``'s client certificate, for the CSR's
+    (new) key; ``context`` must present the current certificate and key."""
+    body = {"csr": csr_pem.decode("ascii")}
+    return _issued(request(url, "/renew", context, method="POST", body=body), "renewal")
+
+
+def trust_for(url: str, folder: PathLike, fingerprint: str | None) -> Path:
+    """``FOLDER/ca.crt`` to verify the service with: bootstrapped first with
+    ``fingerprint`` when given (and checked against an existing ca.crt), else the one
+    that is there. No ca.crt and no fingerprint: refused (never trust on first use)."""
+    path = Path(folder) / "ca.crt"
+    if fingerprint is not None:
+        return bootstrap(url, fingerprint, folder)
+    if not path.exists():
+        raise ConfigError(
+            f"no {path} to verify the CA service with",
+            hint="pass --fingerprint (from mtlskit ca fingerprint on the CA), or run "
+            "mtlskit ca bootstrap URL --fingerprint FP first",
+        )
+    return path
+
+
+def seed_name(profile: str) -> str:
+    """The seed's file name for a profile: client.crt, or server.crt for servers."""
+    return "client" if profile == "client" else "server"
+
+
+def enroll(
+    url: str,
+    token: str,
+    folder: PathLike,
+    *,
+    key_type: str = "p256",
+    name: str | None = None,
+    fingerprint: str | None = None,
+    force: bool = False,
+) -> tuple[list[Path], Issued]:
+    """Enroll with a one-time token: make the key here, send a CSR, write NAME.key (0600),
+    NAME.crt (the chain) and ca.crt in ``folder``; the written paths and what was issued.
+
+    NAME defaults to the seed's name for the token's profile (client, or server), so
+    ``mtlskit serve``/``mtlskit get`` use the result as it is. Existing files are
+    refused before the token is spent, unless ``force``.
+    """
+    from mtlskit.pki.ca import create_csr, csr_pem
+    from mtlskit.pki.keys import generate_key, private_key_pem
+    from mtlskit.pki.store import CERT_MODE, KEY_MODE, SeedLayout, write_many
+
+    ca_file = trust_for(url, folder, fingerprint)
+    context = client_context(ca_file)
+    info = token_info(url, token, context)
+    profile = str(info.get("profile", "client"))
+    base = name or seed_name(profile)
+    layout = SeedLayout(Path(folder))
+    if not force:
+        for path in (layout.key(base), layout.cert(base)):
+            if path.exists():
+                from mtlskit.errors import AlreadyExistsError
+
+                raise AlreadyExistsError(
+                    "file exists; the token was not used",
+                    file=path,
+                    hint="pass --force to replace it, or --name for other files",
+                )
+    key = generate_key(key_type)
+    # Ask for exactly what the token allows (the service would fill in the same).
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, str(info.get("name", "")))])
+    sans = info.get("sans")
+    csr = create_csr(key, subject, [str(s) for s in sans] if isinstance(sans, list) else [])
+    issued = enroll_csr(url, token, csr_pem(csr), context)
+    leaf = issued.certificate
+    from mtlskit.pki.keys import key_matches
+
+    if not key_matches(key, leaf.public_key()):
+        raise PKIError("the CA service returned a certificate for another key")
+    paths = write_many(
+        [
+            (layout.key(base), private_key_pem(key), KEY_MODE),
+            (layout.cert(base), issued.chain_pem, CERT_MODE),
+        ],
+        force=True,
+    )
+    return paths, issued

@@ -148,3 +148,90 @@ def ca_bootstrap(url: str, fp: str, folder: Path, force: bool) -> None:
 
     path = bootstrap(url, fp, folder, force=force)
     click.echo(f"wrote {path} (root SHA-256 {fp.lower().replace(':', '')})")
+
+
+# -- ca token / enroll ---------------------------------------------------------------------
+
+
+@click.command(
+    "token",
+    help="Print a one-time enrollment token for NAME (the certificate's CN). It is stored "
+    "only as a hash and spent by the first mtlskit enroll.",
+)
+@click.argument("name")
+@click.option(
+    "--profile",
+    type=click.Choice(["client", "server", "server-client"]),
+    default="client",
+    show_default=True,
+)
+@click.option("--san", "sans", multiple=True, help="Allowed SAN (repeatable); a server: NAME.")
+@click.option("--ttl", default="10m", show_default=True, help="How long the token is valid.")
+@ca_dir_option
+@click.option("--db", metavar="URL", help="postgresql://… [CA_DIR/ca.db].")
+def ca_token(
+    name: str, profile: str, sans: tuple[str, ...], ttl: str, ca_dir: Path, db: str | None
+) -> None:
+    from mtlskit.service.config import parse_duration
+    from mtlskit.service.state import open_service_database
+    from mtlskit.service.tokens import create_token
+
+    duration = parse_duration(ttl, flag="--ttl")
+    database = open_service_database(ca_dir, db)
+    try:
+        token, record = create_token(database, name, profile=profile, sans=sans, ttl=duration)
+    finally:
+        database.close()
+    click.echo(token)
+    allowed = ", ".join(record.sans) or "no SANs"
+    click.echo(
+        f"one-time token for CN={record.name} ({record.profile}; {allowed}), valid until "
+        f"{record.expires_at:%Y-%m-%d %H:%M:%S} UTC",
+        err=True,
+    )
+
+
+@click.command(
+    help="Get a certificate from a CA service with a one-time token: the key is made here "
+    "(0600) and never leaves; writes NAME.key, NAME.crt (chain) and ca.crt in --dir."
+)
+@click.argument("url")
+@click.option("--token", required=True, help="From mtlskit ca token on the CA.")
+@click.option(
+    "--dir", "folder", type=_folder, default=Path("certs"), show_default=True, help="Output."
+)
+@click.option(
+    "--key-type",
+    type=click.Choice(["p256", "p384", "ed25519", "rsa2048", "rsa3072", "rsa4096"]),
+    default="p256",
+    show_default=True,
+)
+@click.option("--name", help="File names NAME.key/NAME.crt [client, or server for servers].")
+@click.option(
+    "--fingerprint",
+    "fp",
+    metavar="SHA256",
+    help="The root's SHA-256 (bootstraps DIR/ca.crt); else DIR/ca.crt must exist.",
+)
+@click.option("--force", is_flag=True, help="Replace existing NAME.key/NAME.crt.")
+def enroll(
+    url: str,
+    token: str,
+    folder: Path,
+    key_type: str,
+    name: str | None,
+    fp: str | None,
+    force: bool,
+) -> None:
+    from mtlskit.caclient import enroll as do_enroll
+
+    paths, issued = do_enroll(
+        url, token, folder, key_type=key_type, name=name, fingerprint=fp, force=force
+    )
+    for path in paths:
+        click.echo(f"wrote {path} ({path.stat().st_mode & 0o777:04o})")
+    leaf = issued.certificate
+    click.echo(
+        f"enrolled {leaf.subject.rfc4514_string()} ({issued.profile}, serial {issued.serial}), "
+        f"valid until {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    )

@@ -52,6 +52,10 @@ class ServerConfig:
     # then sees an empty client_cert_chain); one that sends a certificate is verified.
     # For services with anonymous routes (mtlskit ca serve), never a CLI flag of serve.
     client_cert: Literal["required", "optional"] = "required"
+    # Accept a client certificate without clientAuth in its extendedKeyUsage (the chain is
+    # still verified): the CA service renews server-only certificates over mTLS. The
+    # default TLS engine only; the stdlib engine keeps OpenSSL's purpose check.
+    client_cert_any_purpose: bool = False
     # More Prometheus text for the metrics port (the CA service's own metrics).
     extra_metrics: Callable[[], str] | None = field(default=None, compare=False)
 

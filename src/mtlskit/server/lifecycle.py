@@ -216,6 +216,7 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, Any]:
         build=checked_build,
         session_cache=config.session_cache,
         require_client_cert=config.client_cert == "required",
+        any_client_purpose=config.client_cert_any_purpose,
     )
     app = config.app
     if isinstance(app, str):

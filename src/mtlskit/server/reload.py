@@ -131,6 +131,7 @@ def checked_build(
     crl: PathLike | None = None,
     session_cache: int = DEFAULT_SESSION_CACHE,
     require_client_cert: bool = True,
+    any_client_purpose: bool = False,
 ) -> TLSState:
     """:func:`~mtlskit.server.tlsstate.build_state` after :func:`check_files`."""
     facts = check_files(cert, key, ca, crl)
@@ -141,6 +142,7 @@ def checked_build(
         crl=crl,
         session_cache=session_cache,
         require_client_cert=require_client_cert,
+        any_client_purpose=any_client_purpose,
     )
     _FACTS[state] = facts
     return state

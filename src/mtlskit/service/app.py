@@ -6,6 +6,7 @@
     GET  /roots.pem    the root CA certificate (bootstrap pins its SHA-256)
     GET  /crl          the CRL, DER (fresh: re-made before nextUpdate)
     POST /enroll       one-time token + CSR -> certificate chain      (anonymous)
+    POST /enroll/info  what a token allows, without spending it      (anonymous)
     POST /renew        CSR for a new key, current certificate as the TLS client
                        certificate -> certificate with the same identity
     /acme/...          RFC 8555 (mtlskit.service.acme, when present)
@@ -168,6 +169,7 @@ async def _maintain(state: ServiceState) -> None:
 
 def create_app(state: ServiceState) -> Starlette:
     """The ASGI app of the CA service on ``state``."""
+    from mtlskit.service import enrollment
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -185,6 +187,7 @@ def create_app(state: ServiceState) -> Starlette:
     app = Starlette(
         routes=[
             *_anonymous_routes(state),
+            *enrollment.routes(state),
             *_acme_mount(state),
         ],
         exception_handlers=handlers,

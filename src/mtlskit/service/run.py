@@ -32,6 +32,7 @@ def server_config(
         port=config.port,
         app=app,
         client_cert="optional",
+        client_cert_any_purpose=True,
         metrics_port=config.metrics_port,
         extra_metrics=extra_metrics,
     )

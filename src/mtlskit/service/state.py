@@ -43,6 +43,7 @@ __all__ = [
     "SERVICE_CERT_LIFETIME",
     "ServiceState",
     "fingerprint",
+    "open_service_database",
     "root_of",
 ]
 
@@ -64,6 +65,22 @@ def root_of(ca: CA) -> x509.Certificate:
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 over the DER certificate, lower-case hex (what ``ca fingerprint`` prints)."""
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def open_service_database(ca_dir: Path, db: str | None = None) -> Database:
+    """The CA's database (``db`` or CA_DIR/ca.db), with the inventory made when a CA folder
+    has none yet, migrated to the schema this build knows."""
+    if db is not None:
+        raise ConfigError(
+            "--db needs the inventory on mtlskit.database (not in this build yet)",
+            hint="leave out --db to use CA_DIR/ca.db",
+        )
+    if not (ca_dir / "ca.db").exists():
+        ca_cert = read_certificates(ca_dir / "ca.crt")[0]
+        create_inventory(ca_dir, ca_cert)
+    database = open_database(str(ca_dir / "ca.db"))
+    database.migrate()
+    return database
 
 
 def _audit_value(value: object) -> str:
@@ -103,16 +120,8 @@ class ServiceState:
     @classmethod
     def open(cls, config: ServiceConfig, *, passphrase: bytes | None = None) -> ServiceState:
         """Unlock the CA, open and migrate its database; every failure is one MtlsError."""
-        if config.db is not None:
-            raise ConfigError(
-                "--db needs the inventory on mtlskit.database (not in this build yet)",
-                hint="leave out --db to use CA_DIR/ca.db",
-            )
         ca = CA.load(config.ca_dir, passphrase=passphrase)
-        if not (config.ca_dir / "ca.db").exists():
-            create_inventory(config.ca_dir, ca.certificate)
-        db = open_database(config.db_location)
-        db.migrate()
+        db = open_service_database(config.ca_dir, config.db)
         return cls(config, ca, db)
 
     def close(self) -> None:
