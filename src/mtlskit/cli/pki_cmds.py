@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
@@ -145,7 +145,30 @@ def init(
 # -- ca create ----------------------------------------------------------------------------
 
 
-@click.group(help="Certificate authorities.")
+class _CAGroup(click.Group):
+    """``ca create`` lives here; the CA service's subcommands (``ca serve``, ``ca token``
+    …) in :mod:`mtlskit.cli.service_cmds`, imported only when one of them runs."""
+
+    LAZY: ClassVar[dict[str, str]] = {
+        "serve": "ca_serve",
+        "fingerprint": "ca_fingerprint",
+        "bootstrap": "ca_bootstrap",
+        "token": "ca_token",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            from mtlskit.cli import service_cmds
+
+            cmd = getattr(service_cmds, self.LAZY[cmd_name], None)
+            return cmd if isinstance(cmd, click.Command) else None
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_CAGroup, help="Certificate authorities, and the CA as a service.")
 def ca() -> None:
     pass
 

@@ -249,8 +249,10 @@ class CA:
         days: int | None = None,
         not_after: dt.datetime | None = None,
         renewed_from: str | None = None,
+        crl_url: str | None = None,
     ) -> x509.Certificate:
-        """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``.
+        """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``
+        (and a CRL distribution point when ``crl_url`` is given).
 
         ``renewed_from`` (a serial in hex) is recorded with it: it renews that one.
         """
@@ -270,7 +272,7 @@ class CA:
             .not_valid_after(end)
         )
         for ext, critical in profiles.leaf_extensions(
-            prof, public_key, sans=names, issuer=self.certificate
+            prof, public_key, sans=names, issuer=self.certificate, crl_url=crl_url
         ):
             builder = builder.add_extension(ext, critical)
         return self._sign(builder, renewed_from=renewed_from)
