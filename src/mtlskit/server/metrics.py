@@ -27,14 +27,11 @@ import logging
 import multiprocessing
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING
 
 from mtlskit.errors import ServerError
 from mtlskit.server.reload import facts_of
 from mtlskit.server.stats import Stats
-
-if TYPE_CHECKING:
-    from mtlskit.server.tlsstate import ContextHolder
+from mtlskit.server.tlsstate import ContextHolder
 
 __all__ = ["CONTENT_TYPE", "render", "serve_metrics", "start_metrics_server"]
 
