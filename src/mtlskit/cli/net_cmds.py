@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from mtlskit.server import ServerConfig, run
 from mtlskit.server.config import DEFAULT_SESSION_CACHE
 
 __all__ = ["serve"]
@@ -119,8 +120,6 @@ def serve(
     handshake_timeout: float,
     idle_timeout: float,
 ) -> None:
-    from mtlskit.server import ServerConfig, run
-
     config = ServerConfig(
         certs=certs,
         ca=ca,
