@@ -18,7 +18,6 @@ import os
 import ssl
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -26,6 +25,7 @@ from urllib.parse import unquote
 import httptools
 
 from mtlskit.errors import ConfigError, ServerError
+from mtlskit.server.asgi_types import ASGIApp, Message, Scope
 from mtlskit.server.protocol import RESPONSE_400, RESPONSE_431, BaseProtocol, StopParsing
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.tlsstate import TLSState, cipher_suite_id, tls_version_id
@@ -41,12 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("mtlskit.server")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 

@@ -32,7 +32,8 @@ from typing import Any
 
 from mtlskit.errors import ServerError
 from mtlskit.identity import AccessPolicy
-from mtlskit.server.asgi import ASGIApp, ASGIProtocol, HostedApp, Lifespan, load_app
+from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
+from mtlskit.server.asgi_types import ASGIApp
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.metrics import serve_metrics
 from mtlskit.server.protocol import BaseProtocol, HelloProtocol, HelloResponses
