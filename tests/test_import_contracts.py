@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+# The one beside this Python (the venv running the tests), else the one on PATH.
+_BESIDE = Path(sys.executable).with_name("lint-imports")
+LINT_IMPORTS = str(_BESIDE) if _BESIDE.exists() else shutil.which("lint-imports") or "lint-imports"
 
 
 def lint_imports(cwd: Path, *contracts: str) -> subprocess.CompletedProcess[str]:
     """Run lint-imports in ``cwd`` (its pyproject.toml; its ``mtlskit`` comes first)."""
-    args = [str(LINT_IMPORTS), "--no-logo", "--no-cache"]
+    args = [LINT_IMPORTS, "--no-logo", "--no-cache"]
     for contract in contracts:
         args += ["--contract", contract]
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
