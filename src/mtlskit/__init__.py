@@ -3,6 +3,9 @@
 The public surface is small; everything else is internal::
 
     from mtlskit import CA, server_context, client_context
+
+``CA`` and the context factories are imported on first use (cryptography, ssl), so
+``import mtlskit`` and ``mtlskit --help`` stay fast.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ if TYPE_CHECKING:
     from mtlskit.pki.ca import CA, IssuedCert
     from mtlskit.tls import client_context, server_context
 
-# Heavy modules (cryptography, ssl) load on first use, so `mtlskit --help` stays fast.
 _LAZY = {
     "CA": "mtlskit.pki.ca",
     "IssuedCert": "mtlskit.pki.ca",

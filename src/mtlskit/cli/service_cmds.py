@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from mtlskit.cli.common import ca_dir_option, read_passphrase
-from mtlskit.cli.net_cmds import _setup_logging
+from mtlskit.cli.common import ca_dir_option, read_passphrase, setup_logging
 
 __all__ = ["ca_bootstrap", "ca_fingerprint", "ca_serve"]
 
@@ -112,7 +111,7 @@ def ca_serve(
         metrics_port=metrics_port,
     )
     passphrase = read_passphrase(passphrase_file, prompt=False)
-    _setup_logging()
+    setup_logging()
     run_service(config, passphrase=passphrase)
 
 
