@@ -98,6 +98,7 @@ def test_name_mismatch_lists_the_sans(
     line = one_line_error(r.stderr)
     assert "not valid for 'wrong.example'" in line
     assert "DNS:localhost, DNS:www.example.com, IP:127.0.0.1" in line
+    assert "use one of its names in the URL (or --resolve NAME:PORT:ADDRESS)" in line
 
     # The same --resolve with a name the certificate has works.
     ok = run_cli(

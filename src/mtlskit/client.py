@@ -19,8 +19,8 @@ The same context works in httpx, requests/urllib3 and aiohttp (real handshakes i
     async with aiohttp.ClientSession() as s:
         await s.get(url, ssl=ctx)
 
-requests is imported inside :func:`requests_session` and ``MtlsAdapter``, on first
-use: importing this module (as ``mtlskit get`` does) does not load it.
+requests (and json) are imported inside the functions that use them, on first use:
+importing this module, as ``mtlskit get`` does, does not load them.
 """
 
 from __future__ import annotations

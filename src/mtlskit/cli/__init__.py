@@ -2,7 +2,9 @@
 
 :func:`run` hands the command line to the click group in :mod:`mtlskit.cli.group`,
 whose commands live in sibling modules (:data:`COMMANDS`) and are imported only
-when they run, so ``mtlskit --help`` does not import cryptography or ssl. Every
+when they run, so ``mtlskit --help`` does not import cryptography or ssl. The
+group itself (and click) is imported inside :func:`run`: it reads COMMANDS from
+this module, which therefore imports nothing at the top. Every
 :class:`~mtlskit.errors.MtlsError` becomes one line ``error: <what> (<file>): <next
 step>``, each setting it names spelled as the command's option, and its exit code
 (2 usage, 1 failure).
