@@ -20,7 +20,9 @@
     ├── ProtocolError              the peer's answer is not valid HTTP, or there is none
     ├── HTTPStatusError            the peer answered 400 or more; ``.response`` is the answer
     ├── ServerError                the server could not start or serve
-    └── StorageError               the CA's database failed or cannot be reached
+    ├── StorageError               the CA's database failed or cannot be reached
+    └── RefusedError               the CA service refused a request (``status``: 400,
+                                   401, 403, 413, 429 …)
 
     (*) one class under both: a refused server certificate is a failed handshake
         (``except HandshakeError`` catches both refusals) and a certificate that does
@@ -90,6 +92,7 @@ __all__ = [
     "PeerVerificationError",
     "ProtocolError",
     "ReadTimeout",
+    "RefusedError",
     "ServerError",
     "Setting",
     "StorageError",
@@ -263,3 +266,22 @@ class StorageError(MtlsError):
     ) -> None:
         super().__init__(what, file=file, hint=hint)
         self.unavailable = unavailable
+
+
+class RefusedError(MtlsError):
+    """The CA service refused a request: a bad token, CSR or client certificate, a body
+    too large, too many requests. ``status`` is the HTTP status the service answers with
+    (and the client saw); ``retry_after`` the seconds to wait, for 429 and 503."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        status: int = 400,
+        file: str | os.PathLike[str] | None = None,
+        hint: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(what, file=file, hint=hint)
+        self.status = status
+        self.retry_after = retry_after
