@@ -136,10 +136,9 @@ def issue_from_csr(
             sans=sans,
             not_after=now + (lifetime or state.config.lifetime),
             crl_url=state.config.crl_url,
+            renewed_from=renewed_from,
         )
         serial = serial_hex(cert.serial_number)
-        if renewed_from is not None:
-            state.inventory().mark_renewal(serial, renewed_from)
     except BaseException as exc:
         state.metrics.count_issuance(route, _outcome(exc))
         raise
