@@ -248,8 +248,8 @@ class CA:
         sans: Sequence[str | x509.GeneralName] = (),
         days: int | None = None,
         not_after: dt.datetime | None = None,
-        crl_url: str | None = None,
         renewed_from: str | None = None,
+        crl_url: str | None = None,
     ) -> x509.Certificate:
         """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``
         (and a CRL distribution point when ``crl_url`` is given).
