@@ -3,6 +3,7 @@ fails (503 with Retry-After, nothing half-written) and the recovery once it is b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -121,4 +122,61 @@ def test_sqlite_unwritable_gives_503_then_recovers(
     resp = service.post("/enroll", {"token": tok, "csr": csr()})
     assert resp.status == 201, resp.body
     assert Inventory.open(ca_dir, ca_cert).count() == count + 1
+    assert "Traceback" not in service.log()
+
+
+POSTGRES_SH = Path(__file__).resolve().parent.parent / "scripts" / "postgres.sh"
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[tuple[str, Path]]:
+    """A PostgreSQL cluster of this test alone (it is stopped and started again)."""
+    import tempfile
+
+    if not POSTGRES_SH.exists():
+        pytest.skip("scripts/postgres.sh (the throwaway PostgreSQL) is not in this tree")
+    folder = Path(tempfile.mkdtemp(prefix="mtlskit-svc-pg-"))
+    r = subprocess.run(
+        ["bash", str(POSTGRES_SH), "start", str(folder)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.fail(f"cannot start PostgreSQL ({r.stderr.strip()}): run scripts/setup.sh --test")
+    try:
+        yield r.stdout.strip(), folder
+    finally:
+        subprocess.run(["bash", str(POSTGRES_SH), "stop", str(folder)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_postgresql_down_gives_503_then_recovers(
+    ca_dir: Path, procs: list[subprocess.Popen[bytes]], own_postgres: tuple[str, Path]
+) -> None:
+    import time
+
+    url, folder = own_postgres
+    service = start_service(procs, ca_dir, "--db", url)
+    first = token(ca_dir, "pg1", "--db", url)
+    assert service.post("/enroll", {"token": first, "csr": csr()}).status == 201
+    later = token(ca_dir, "pg2", "--db", url)
+
+    subprocess.run(["bash", str(POSTGRES_SH), "stop", str(folder)], check=True, capture_output=True)
+    health = service.get("/healthz")
+    assert health.status == 503 and health.headers["retry-after"].isdigit()
+    resp = service.post("/enroll", {"token": later, "csr": csr()})
+    assert resp.status == 503 and "nothing was issued" in error_of(resp)
+
+    subprocess.run(
+        ["bash", str(POSTGRES_SH), "start", str(folder)], check=True, capture_output=True
+    )
+    deadline = time.monotonic() + 30
+    while service.get("/healthz").status != 200:  # polling the service's recovery
+        assert time.monotonic() < deadline, service.log()
+        time.sleep(0.1)
+    resp = service.post("/enroll", {"token": later, "csr": csr()})
+    assert resp.status == 201, resp.body  # the token was never spent
+    res = run_cli("list", "--ca-dir", ca_dir, "--db", url, "--json")
+    assert res.returncode == 0, res.stderr
+    subjects = [r["subject"] for r in json.loads(res.stdout)]
+    assert subjects.count("CN=pg1") == 1 and subjects.count("CN=pg2") == 1
     assert "Traceback" not in service.log()
