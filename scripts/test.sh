@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up and run every test: ruff, mypy --strict, pytest (Python 3.11, then 3.13).
+# Set up and run every test: ruff, mypy --strict, pytest (Python 3.11, then 3.13), and the
+# TLS-engine, server and verify tests once more on the oldest dependencies we admit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -22,4 +23,18 @@ if [ -n "${PY313:-}" ] && [ "${MTLSKIT_SKIP_313:-}" != 1 ]; then
   fi
   echo "== pytest on $(.venv313/bin/python --version)"
   .venv313/bin/pytest -q "$@"
+fi
+
+# The oldest dependency versions pyproject.toml admits (scripts/lowest-deps.txt): the
+# TLS engine, server and verify tests, so a user on them gets a working server.
+if [ "${MTLSKIT_SKIP_LOWEST:-}" != 1 ]; then
+  if [ ! -f .venv-lowest/.ok ] || [ scripts/lowest-deps.txt -nt .venv-lowest/.ok ] || [ pyproject.toml -nt .venv-lowest/.ok ]; then
+    rm -rf .venv-lowest
+    "${PYTHON:-python3}" -m venv .venv-lowest
+    .venv-lowest/bin/pip install -q --disable-pip-version-check -c scripts/lowest-deps.txt -e '.[test]' 2>&1 | grep -v "is ignored" >&2 || true
+    touch .venv-lowest/.ok
+  fi
+  echo "== pytest on the lowest dependencies: $(.venv-lowest/bin/python -c 'import cryptography, click, httptools; print("cryptography", cryptography.__version__, "click", click.__version__, "httptools", httptools.__version__)')"
+  .venv-lowest/bin/pytest -q -p no:cacheprovider tests/test_server_tls_engine.py tests/test_server_basic.py \
+    tests/test_server_chain.py tests/test_pki_verify.py tests/test_pki_verify_crl.py
 fi

@@ -9,7 +9,9 @@
     ├── VerificationError      a certificate does not verify (exit 1)
     ├── HandshakeError         a TLS handshake with a peer failed (exit 1)
     ├── ServerError            the server could not start or serve (exit 1)
-    └── StorageError           the CA's database failed or cannot be reached (exit 1)
+    ├── StorageError           the CA's database failed or cannot be reached (exit 1)
+    └── RefusedError           the CA service refused a request (``status``: 400, 401,
+                               403, 413, 429 …; exit 1)
 
 Every error carries ``what`` (the message), an optional ``file`` it is about and
 an optional ``hint`` (the next step). The CLI prints them as one line::
@@ -27,6 +29,7 @@ __all__ = [
     "HandshakeError",
     "MtlsError",
     "PKIError",
+    "RefusedError",
     "ServerError",
     "StorageError",
     "VerificationError",
@@ -114,3 +117,22 @@ class StorageError(MtlsError):
     ) -> None:
         super().__init__(what, file=file, hint=hint)
         self.unavailable = unavailable
+
+
+class RefusedError(MtlsError):
+    """The CA service refused a request: a bad token, CSR or client certificate, a body
+    too large, too many requests. ``status`` is the HTTP status the service answers with
+    (and the client saw); ``retry_after`` the seconds to wait, for 429 and 503."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        status: int = 400,
+        file: str | os.PathLike[str] | None = None,
+        hint: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(what, file=file, hint=hint)
+        self.status = status
+        self.retry_after = retry_after

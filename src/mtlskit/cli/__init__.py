@@ -40,6 +40,8 @@ COMMANDS: dict[str, str] = {
     "crl": "mtlskit.cli.life_cmds:crl",
     "renew": "mtlskit.cli.life_cmds:renew",
     "status": "mtlskit.cli.life_cmds:status",
+    "enroll": "mtlskit.cli.service_cmds:enroll",
+    "agent": "mtlskit.cli.service_cmds:agent",
 }
 
 HELP = {
@@ -59,6 +61,8 @@ HELP = {
     "crl": "Write a signed certificate revocation list.",
     "renew": "Renew a certificate the CA issued.",
     "status": "Show certificates and the days they have left.",
+    "enroll": "Get a certificate from a CA service with a one-time token.",
+    "agent": "Keep a certificate fresh: renew it from a CA service over mTLS.",
 }
 
 

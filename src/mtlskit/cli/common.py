@@ -8,7 +8,7 @@ import click
 
 from mtlskit.errors import ConfigError
 
-__all__ = ["ca_dir_option", "read_passphrase"]
+__all__ = ["ca_dir_option", "db_option", "read_passphrase"]
 
 ca_dir_option = click.option(
     "--ca-dir",
@@ -16,6 +16,12 @@ ca_dir_option = click.option(
     default=Path("certs"),
     show_default=True,
     help="Folder with ca.crt and ca.key.",
+)
+
+db_option = click.option(
+    "--db",
+    metavar="URL",
+    help="The CA's database: postgresql://USER@HOST/DB or a SQLite file [default: CA_DIR/ca.db].",
 )
 
 

@@ -215,12 +215,14 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, Any]:
         crl=config.crl,
         build=checked_build,
         session_cache=config.session_cache,
+        require_client_cert=config.client_cert == "required",
+        any_client_purpose=config.client_cert_any_purpose,
     )
-    app = None
-    if config.app is not None:
+    app = config.app
+    if isinstance(app, str):
         from mtlskit.server.asgi import load_app
 
-        app = load_app(config.app)
+        app = load_app(app)
     return holder, app
 
 
@@ -231,7 +233,13 @@ async def _serve_worker(
     await server.start(reuse_port=reuse_port)
     async with (
         watch_files(holder, config.watch_interval, rotate_every=config.ticket_key_rotation),
-        serve_metrics(config.metrics_host, config.metrics_port, server.stats, holder),
+        serve_metrics(
+            config.metrics_host,
+            config.metrics_port,
+            server.stats,
+            holder,
+            extra=config.extra_metrics,
+        ),
     ):
         if announce:
             log.info("listen on %s", config.url)

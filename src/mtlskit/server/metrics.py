@@ -26,7 +26,7 @@ import errno
 import logging
 import multiprocessing
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from mtlskit.errors import ServerError
@@ -182,6 +182,7 @@ async def _handle(
     writer: asyncio.StreamWriter,
     stats: Stats,
     holder: ContextHolder | None,
+    extra: Callable[[], str] | None = None,
 ) -> None:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _TIMEOUT)
@@ -190,7 +191,8 @@ async def _handle(
         if method not in (b"GET", b"HEAD"):
             status, body, ctype = "405 Method Not Allowed", b"use GET /metrics\n", "text/plain"
         elif path.split(b"?")[0] == b"/metrics":
-            status, body, ctype = "200 OK", render(stats, holder).encode(), CONTENT_TYPE
+            text = render(stats, holder) + (extra() if extra is not None else "")
+            status, body, ctype = "200 OK", text.encode(), CONTENT_TYPE
         else:
             status, body, ctype = "404 Not Found", b"metrics are at /metrics\n", "text/plain"
         writer.write(
@@ -209,9 +211,15 @@ async def _handle(
 
 @contextlib.asynccontextmanager
 async def serve_metrics(
-    host: str, port: int | None, stats: Stats, holder: ContextHolder | None = None
+    host: str,
+    port: int | None,
+    stats: Stats,
+    holder: ContextHolder | None = None,
+    *,
+    extra: Callable[[], str] | None = None,
 ) -> AsyncIterator[asyncio.Server | None]:
-    """Serve metrics while the block runs (``port`` None: no metrics).
+    """Serve metrics while the block runs (``port`` None: no metrics); ``extra`` adds
+    more Prometheus text after the server's own (the CA service's metrics).
 
     With ``--workers N`` every worker counts its own connections, so worker *i*
     serves its numbers on ``port + i`` (scrape them all; sum in PromQL).
@@ -223,7 +231,7 @@ async def serve_metrics(
     if name.startswith("worker-") and name[7:].isdigit():
         port += int(name[7:])
     try:
-        server = await start_metrics_server(host, port, stats, holder)
+        server = await start_metrics_server(host, port, stats, holder, extra=extra)
     except OSError as exc:
         why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
         raise ServerError(
@@ -239,9 +247,14 @@ async def serve_metrics(
 
 
 async def start_metrics_server(
-    host: str, port: int, stats: Stats, holder: ContextHolder | None = None
+    host: str,
+    port: int,
+    stats: Stats,
+    holder: ContextHolder | None = None,
+    *,
+    extra: Callable[[], str] | None = None,
 ) -> asyncio.Server:
     """Serve ``GET /metrics`` on ``host:port`` until the returned server is closed."""
     return await asyncio.start_server(
-        lambda r, w: _handle(r, w, stats, holder), host, port, limit=_MAX_REQUEST
+        lambda r, w: _handle(r, w, stats, holder, extra), host, port, limit=_MAX_REQUEST
     )

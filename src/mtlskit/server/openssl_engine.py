@@ -79,6 +79,7 @@ _NEEDED = [
     "SSL_CTX_set_ciphersuites",
     "BIO_new_mem_buf",
     "d2i_X509_bio",
+    "X509_STORE_set_purpose",
 ]
 
 try:
@@ -139,10 +140,14 @@ def context_from(
     *,
     crl: str | os.PathLike[str] | None = None,
     session_cache: int = DEFAULT_SESSION_CACHE,
+    any_client_purpose: bool = False,
 ) -> OpenSSLContext:
     """The bundled-OpenSSL twin of ``policy`` (from :func:`mtlskit.tls.server_context`).
 
     ``session_cache``: TLS 1.3 sessions kept for stateful tickets; 0 = stateless tickets.
+    ``any_client_purpose``: verify client chains without OpenSSL's "ssl_client" purpose
+    check (extendedKeyUsage clientAuth), for the CA service's renewal of server-only
+    certificates; signatures, validity, CA flags and the CRL are checked as always.
     """
     raw = lib.SSL_CTX_new(lib.TLS_server_method())
     if raw == ffi.NULL:
@@ -202,6 +207,14 @@ def context_from(
         )
     if policy.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF:
         lib.X509_STORE_set_flags(lib.SSL_CTX_get_cert_store(ctx), lib.X509_V_FLAG_CRL_CHECK)
+    if any_client_purpose:
+        # The store's purpose is inherited by each verification before the SSL layer's
+        # "ssl_client" default, which only fills what is unset (X509_VERIFY_PARAM_inherit).
+        _check(
+            lib.X509_STORE_set_purpose(lib.SSL_CTX_get_cert_store(ctx), lib.X509_PURPOSE_ANY),
+            "cannot relax the client certificate purpose",
+            ca,
+        )
     mode = lib.SSL_VERIFY_NONE
     if policy.verify_mode == ssl.CERT_REQUIRED:
         mode = lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
