@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import josepy as jose
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
+from josepy.json_util import encode_b64jose
+from josepy.jwa import JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA, JWKOct
 
 from mtlskit.service.acme.jws import JWKOKP, AcmeJWS
 
@@ -50,11 +52,11 @@ class AcmeError(Exception):
         super().__init__(f"{response.status_code} {self.type}: {self.problem.get('detail')}")
 
 
-def jwk_of(key: Any) -> jose.JWK:
+def jwk_of(key: Any) -> JWK:
     if isinstance(key, rsa.RSAPrivateKey):
-        return jose.JWKRSA(key=key)
+        return JWKRSA(key=key)
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return jose.JWKEC(key=key)
+        return JWKEC(key=key)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return JWKOKP(key=key)
     raise TypeError(type(key))
@@ -77,7 +79,7 @@ def sign(
     kid: str | None,
     alg: str | None = None,
     hmac_key: bytes | None = None,
-    embed_jwk: jose.JWK | None = None,
+    embed_jwk: JWK | None = None,
 ) -> dict[str, Any]:
     """A flattened JWS as ACME wants it: everything in the protected header."""
     fields: dict[str, Any] = {"url": url}
@@ -86,12 +88,12 @@ def sign(
     if kid is not None:
         fields["kid"] = kid
     if hmac_key is not None:
-        jwk: jose.JWK = jose.JWKOct(key=hmac_key)
-        algorithm = jose.JWASignature.from_json(alg or "HS256")
+        jwk: JWK = JWKOct(key=hmac_key)
+        algorithm = JWASignature.from_json(alg or "HS256")
         include = False
     else:
         jwk = jwk_of(key)
-        algorithm = jose.JWASignature.from_json(alg or alg_of(key))
+        algorithm = JWASignature.from_json(alg or alg_of(key))
         include = kid is None
     if embed_jwk is not None:
         fields["jwk"] = embed_jwk
@@ -258,7 +260,7 @@ class AcmeClient:
             delay = min(delay * 2, 0.5)
 
     def key_authorization(self, token: str) -> str:
-        return f"{token}.{jose.encode_b64jose(jwk_of(self.key).thumbprint())}"
+        return f"{token}.{encode_b64jose(jwk_of(self.key).thumbprint())}"
 
     def obtain(
         self,
@@ -283,7 +285,7 @@ class AcmeClient:
         order = self.poll(order_url, until=("ready", "valid"))
         key = cert_key or ec.generate_private_key(ec.SECP256R1())
         csr = make_csr(key, names)
-        order = self.post(order["finalize"], {"csr": jose.encode_b64jose(csr)}).json()
+        order = self.post(order["finalize"], {"csr": encode_b64jose(csr)}).json()
         if order["status"] != "valid":
             order = self.poll(order_url, until=("valid",))
         chain = self.post(order["certificate"], None).text
@@ -294,7 +296,7 @@ class AcmeClient:
     ) -> httpx.Response:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
         payload: dict[str, Any] = {
-            "certificate": jose.encode_b64jose(cert.public_bytes(serialization.Encoding.DER))
+            "certificate": encode_b64jose(cert.public_bytes(serialization.Encoding.DER))
         }
         if reason is not None:
             payload["reason"] = reason

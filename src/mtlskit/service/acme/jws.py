@@ -21,10 +21,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import josepy as jose
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from josepy.errors import DeserializationError
+from josepy.errors import Error as JoseError
+from josepy.json_util import decode_b64jose, encode_b64jose
+from josepy.json_util import field as jose_field
+from josepy.jwa import JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA, JWKOct
+from josepy.jws import JWS as JoseJWS
+from josepy.jws import Header as JoseHeader
+from josepy.jws import Signature as JoseSignature
+from josepy.util import ComparableKey
 
 from mtlskit.service.acme.problems import AcmeProblem
 
@@ -53,33 +62,33 @@ _CURVE_OF_ALG = {"ES256": "secp256r1", "ES384": "secp384r1"}
 # -- RFC 8037: Ed25519 keys and EdDSA, plugged into josepy ---------------------------------
 
 
-@jose.JWK.register
-class JWKOKP(jose.JWK):
+@JWK.register
+class JWKOKP(JWK):
     """An Octet Key Pair JWK (RFC 8037), Ed25519 only."""
 
     typ = "OKP"
     __slots__ = ("key",)
     cryptography_key_types = (ed25519.Ed25519PublicKey, ed25519.Ed25519PrivateKey)
-    required = ("crv", jose.JWK.type_field_name, "x")
+    required = ("crv", JWK.type_field_name, "x")
     key: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if "key" in kwargs and not isinstance(kwargs["key"], jose.ComparableKey):
-            kwargs["key"] = jose.ComparableKey(kwargs["key"])
+        if "key" in kwargs and not isinstance(kwargs["key"], ComparableKey):
+            kwargs["key"] = ComparableKey(kwargs["key"])
         super().__init__(*args, **kwargs)
 
     def fields_to_partial_json(self) -> dict[str, Any]:
         public = self.key.public_key() if hasattr(self.key, "private_bytes") else self.key
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return {"crv": "Ed25519", "x": jose.encode_b64jose(raw)}
+        return {"crv": "Ed25519", "x": encode_b64jose(raw)}
 
     @classmethod
     def fields_from_json(cls, jobj: Mapping[str, Any]) -> JWKOKP:
         if jobj.get("crv") != "Ed25519":
-            raise jose.DeserializationError("only the Ed25519 curve is supported")
+            raise DeserializationError("only the Ed25519 curve is supported")
         if "d" in jobj:
-            raise jose.DeserializationError("a private OKP key is not accepted here")
-        raw = jose.decode_b64jose(jobj["x"], size=32)
+            raise DeserializationError("a private OKP key is not accepted here")
+        raw = decode_b64jose(jobj["x"], size=32)
         return cls(key=ed25519.Ed25519PublicKey.from_public_bytes(raw))
 
     def public_key(self) -> JWKOKP:
@@ -87,7 +96,7 @@ class JWKOKP(jose.JWK):
         return type(self)(key=key)
 
 
-class _EdDSA(jose.JWASignature):
+class _EdDSA(JWASignature):
     kty = JWKOKP
 
     def sign(self, key: Any, msg: bytes) -> bytes:
@@ -101,29 +110,29 @@ class _EdDSA(jose.JWASignature):
         return True
 
 
-EdDSA = jose.JWASignature.register(_EdDSA("EdDSA"))
+EdDSA = JWASignature.register(_EdDSA("EdDSA"))
 
 
 # -- ACME's header fields ------------------------------------------------------------------
 
 
-class AcmeHeader(jose.Header):
+class AcmeHeader(JoseHeader):
     """The JOSE header with ACME's ``nonce`` and ``url`` (``kid`` is josepy's)."""
 
-    nonce: str | None = jose.field("nonce", omitempty=True)
-    url: str | None = jose.field("url", omitempty=True)
+    nonce: str | None = jose_field("nonce", omitempty=True)
+    url: str | None = jose_field("url", omitempty=True)
 
 
-class AcmeSignature(jose.Signature):
-    __slots__ = jose.Signature._orig_slots
+class AcmeSignature(JoseSignature):
+    __slots__ = JoseSignature._orig_slots
     header_cls = AcmeHeader
-    header: AcmeHeader = jose.field(
+    header: AcmeHeader = jose_field(
         "header", omitempty=True, default=AcmeHeader(), decoder=AcmeHeader.from_json
     )
 
 
-class AcmeJWS(jose.JWS):
-    __slots__ = jose.JWS._orig_slots
+class AcmeJWS(JoseJWS):
+    __slots__ = JoseJWS._orig_slots
     signature_cls = AcmeSignature
 
 
@@ -139,7 +148,7 @@ class SignedRequest:
     nonce: str | None
     url: str | None
     kid: str | None
-    jwk: jose.JWK | None
+    jwk: JWK | None
     payload: bytes
 
     @property
@@ -192,8 +201,8 @@ def parse_jws(
         raise AcmeProblem("malformed", "the JWS members must be base64url strings")
     # The algorithm first, so that an unsupported one is named as such.
     try:
-        protected = json.loads(jose.decode_b64jose(obj["protected"]))
-    except (jose.DeserializationError, ValueError, UnicodeDecodeError):
+        protected = json.loads(decode_b64jose(obj["protected"]))
+    except (DeserializationError, ValueError, UnicodeDecodeError):
         raise AcmeProblem("malformed", "the JWS protected header is not base64url JSON") from None
     if not isinstance(protected, dict):
         raise AcmeProblem("malformed", "the JWS protected header must be a JSON object")
@@ -206,9 +215,10 @@ def parse_jws(
         )
     try:
         jws = AcmeJWS.from_json(obj)
-    except (jose.DeserializationError, KeyError, TypeError, ValueError) as exc:
+    except (DeserializationError, KeyError, TypeError, ValueError) as exc:
         raise AcmeProblem("malformed", f"the JWS cannot be parsed: {exc}") from None
     header = jws.signature.combined
+    assert isinstance(jws, AcmeJWS) and isinstance(header, AcmeHeader)
     if header.jwk is not None and header.kid is not None:
         raise AcmeProblem("malformed", "the JWS header has both jwk and kid: send exactly one")
     for name in ("nonce", "url", "kid"):
@@ -226,10 +236,10 @@ def parse_jws(
     )
 
 
-def check_key(jwk: jose.JWK, alg: str) -> None:
+def check_key(jwk: JWK, alg: str) -> None:
     """Refuse a key too weak for us, or one that does not go with ``alg``."""
     key = jwk.key
-    if isinstance(jwk, jose.JWKRSA):
+    if isinstance(jwk, JWKRSA):
         if alg != "RS256":
             raise AcmeProblem("badSignatureAlgorithm", f"an RSA key cannot sign with {alg}")
         if key.key_size < MIN_RSA_BITS:
@@ -237,7 +247,7 @@ def check_key(jwk: jose.JWK, alg: str) -> None:
                 "badPublicKey",
                 f"RSA account keys must have at least {MIN_RSA_BITS} bits, not {key.key_size}",
             )
-    elif isinstance(jwk, jose.JWKEC):
+    elif isinstance(jwk, JWKEC):
         curve = key.curve.name
         if _CURVE_OF_ALG.get(alg) != curve:
             raise AcmeProblem(
@@ -252,12 +262,12 @@ def check_key(jwk: jose.JWK, alg: str) -> None:
         raise AcmeProblem("badPublicKey", f"account keys of type {jwk.typ} are not accepted")
 
 
-def verify(request: SignedRequest, jwk: jose.JWK) -> None:
+def verify(request: SignedRequest, jwk: JWK) -> None:
     """Check the signature of ``request`` with ``jwk`` (the account's, or the one it carries)."""
     check_key(jwk, request.alg)
     try:
         good = request.jws.verify(jwk)
-    except (jose.Error, ValueError, TypeError) as exc:
+    except (JoseError, ValueError, TypeError) as exc:
         raise AcmeProblem("malformed", f"the JWS signature cannot be checked: {exc}") from None
     if not good:
         raise AcmeProblem("malformed", "the JWS signature does not verify")
@@ -266,27 +276,30 @@ def verify(request: SignedRequest, jwk: jose.JWK) -> None:
 def verify_mac(request: SignedRequest, key: bytes) -> bool:
     """Check an HMAC-signed JWS (External Account Binding) with ``key``."""
     try:
-        return bool(request.jws.verify(jose.JWKOct(key=key)))
-    except (jose.Error, ValueError, TypeError):
+        return bool(request.jws.verify(JWKOct(key=key)))
+    except (JoseError, ValueError, TypeError):
         return False
 
 
-def jwk_json(jwk: jose.JWK) -> str:
+def jwk_json(jwk: JWK) -> str:
     """The public key as stored: its canonical JSON (RFC 7638 member order)."""
     return json.dumps(jwk.public_key().to_partial_json(), sort_keys=True, separators=(",", ":"))
 
 
-def jwk_from_json(text: str | Mapping[str, Any]) -> jose.JWK:
+def jwk_from_json(text: str | Mapping[str, Any]) -> JWK:
     try:
         obj = json.loads(text) if isinstance(text, str) else text
-        return jose.JWK.from_json(obj)
-    except (jose.Error, ValueError, KeyError, TypeError, binascii.Error) as exc:
+        key = JWK.from_json(obj)
+    except (JoseError, ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise AcmeProblem("malformed", f"not a usable JWK: {exc}") from None
+    if not isinstance(key, JWK):
+        raise AcmeProblem("malformed", "not a usable JWK")
+    return key
 
 
-def thumbprint(jwk: jose.JWK) -> str:
+def thumbprint(jwk: JWK) -> str:
     """The RFC 7638 SHA-256 thumbprint, base64url without padding."""
-    return jose.encode_b64jose(jwk.thumbprint())
+    return encode_b64jose(jwk.thumbprint())
 
 
 def key_authorization(token: str, account_thumbprint: str) -> str:
@@ -294,11 +307,11 @@ def key_authorization(token: str, account_thumbprint: str) -> str:
     return f"{token}.{account_thumbprint}"
 
 
-def same_key(a: jose.JWK, b: jose.JWK) -> bool:
+def same_key(a: JWK, b: JWK) -> bool:
     return hmac.compare_digest(a.thumbprint(), b.thumbprint())
 
 
-def public_key_der(jwk: jose.JWK) -> bytes:
+def public_key_der(jwk: JWK) -> bytes:
     """The SubjectPublicKeyInfo DER of ``jwk``, to compare with a CSR's or certificate's key."""
     return bytes(
         jwk.public_key().key.public_bytes(
@@ -308,4 +321,4 @@ def public_key_der(jwk: jose.JWK) -> bytes:
 
 
 def digest_b64(data: bytes) -> str:
-    return jose.encode_b64jose(hashlib.sha256(data).digest())
+    return encode_b64jose(hashlib.sha256(data).digest())

@@ -19,13 +19,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import josepy as jose
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from josepy.errors import DeserializationError
+from josepy.json_util import decode_b64jose
+from josepy.jwk import JWK
 
 from mtlskit.database import IntegrityError, Transaction
 from mtlskit.errors import ConfigError, MtlsError, PKIError, RefusedError
@@ -51,9 +52,8 @@ from mtlskit.service.acme.store import (
     parse_time,
 )
 from mtlskit.service.acme.validation import CHALLENGE_TYPES, validate
-
-if TYPE_CHECKING:
-    from mtlskit.service.state import ServiceState
+from mtlskit.service.issuance import check_csr, issue_from_csr
+from mtlskit.service.state import ServiceState
 
 __all__ = ["Acme", "Reply"]
 
@@ -103,7 +103,7 @@ class Incoming:
 @dataclass
 class Auth:
     request: J.SignedRequest
-    jwk: jose.JWK
+    jwk: JWK
     account: Account | None
     nonce: str  # for the reply
 
@@ -117,8 +117,8 @@ def _b64decode(value: object, what: str) -> bytes:
     if not isinstance(value, str):
         raise AcmeProblem("malformed", f"{what} must be a base64url string")
     try:
-        return jose.decode_b64jose(value)
-    except (jose.DeserializationError, binascii.Error, ValueError):
+        return decode_b64jose(value)
+    except (DeserializationError, binascii.Error, ValueError):
         raise AcmeProblem("malformed", f"{what} is not base64url") from None
 
 
@@ -675,7 +675,7 @@ class Acme:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
 
-    def _start_validation(self, challenge: Challenge, authz: Authz, jwk: jose.JWK) -> None:
+    def _start_validation(self, challenge: Challenge, authz: Authz, jwk: JWK) -> None:
         ident = Identifier(authz.identifier_type, authz.identifier_value)
         key_auth = J.key_authorization(challenge.token, J.thumbprint(jwk))
         try:
@@ -772,7 +772,7 @@ class Acme:
         if not claimed:
             raise AcmeProblem("orderNotReady", "the order is being finalized by another request")
         try:
-            chain_pem, serial = self._issue(csr, order)
+            chain_pem, serial = self._issue(csr, order, incoming)
         except BaseException:
             with self.transaction() as tx:
                 order.body.pop("processing_since", None)
@@ -795,19 +795,11 @@ class Acme:
             csr = x509.load_der_x509_csr(der)
         except ValueError as exc:
             raise AcmeProblem("badCSR", f"the CSR cannot be parsed: {exc}") from None
-        if not csr.is_signature_valid:
-            raise AcmeProblem("badCSR", "the CSR's signature does not match its key")
+        try:
+            check_csr(csr)  # the service's checks: signature, key type and size, not a CA
+        except RefusedError as exc:
+            raise AcmeProblem("badCSR", exc.what) from None
         key = csr.public_key()
-        if isinstance(key, rsa.RSAPublicKey):
-            if key.key_size < J.MIN_RSA_BITS:
-                raise AcmeProblem(
-                    "badCSR", f"RSA keys need at least {J.MIN_RSA_BITS} bits, not {key.key_size}"
-                )
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            if key.curve.name not in ("secp256r1", "secp384r1"):
-                raise AcmeProblem("badCSR", f"EC keys on {key.curve.name} are not accepted")
-        elif not isinstance(key, ed25519.Ed25519PublicKey):
-            raise AcmeProblem("badCSR", f"{type(key).__name__} keys are not accepted")
         spki = key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -828,29 +820,30 @@ class Acme:
             raise AcmeProblem("badCSR", f"the CSR's names must be the order's ({'; '.join(parts)})")
         return csr
 
-    def _issue(self, csr: x509.CertificateSigningRequest, order: Order) -> tuple[str, str]:
+    def _issue(
+        self, csr: x509.CertificateSigningRequest, order: Order, incoming: Incoming
+    ) -> tuple[str, str]:
         """The one issuance path of the service: profile ``server``, the service's lifetime."""
-        from mtlskit.service.issuance import issue_from_csr
-
-        names = [parse_identifier(i).general_name for i in order.body["identifiers"]]
+        idents = [parse_identifier(i) for i in order.body["identifiers"]]
+        names = [f"{'IP' if i.type == 'ip' else 'DNS'}:{i.value}" for i in idents]
         try:
             chain, serial = issue_from_csr(
                 self.state,
                 csr,
                 names=names,
                 profile="server",
-                lifetime=self.state.config.lifetime,
                 route="acme",
+                requester=f"account:{order.account_id}",
+                address=incoming.client or None,
             )
         except (ConfigError, RefusedError) as exc:  # the request, not the CA, is at fault
             raise AcmeProblem("badCSR", exc.what) from None
-        chain_text = chain.decode() if isinstance(chain, bytes) else str(chain)
+        chain_text = chain.decode()
         if chain_text.count("-----BEGIN CERTIFICATE-----") == 1:
             # Issued by a root: the ACME chain still names its issuer, because clients
             # split it into cert + chain and certbot refuses a chain of one.
             chain_text += cert_pem(self.state.ca.certificate).decode()
-        serial_text = serial_hex(serial) if isinstance(serial, int) else str(serial)
-        return chain_text, serial_text
+        return chain_text, serial
 
     def certificate(self, incoming: Incoming) -> Reply:
         auth = self.authenticate(incoming)
