@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Literal, cast
 
 import click
 
 from mtlskit.cli.common import setup_logging
+from mtlskit.errors import ConfigError
 from mtlskit.server import ServerConfig, run
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
 
 __all__ = ["serve"]
 
@@ -77,12 +79,18 @@ __all__ = ["serve"]
     help="Start new TLS sessions and ticket keys this often; older tickets stop resuming (0: never).",
 )
 @click.option(
+    "--session-tickets",
+    type=click.Choice(["stateful", "stateless"]),
+    default=None,
+    help="TLS 1.3 resumption: sessions kept in the worker (faster, up to 20480) or carried "
+    "encrypted by the client (no server memory)  [default: stateful]",
+)
+@click.option(
     "--session-cache",
     type=click.IntRange(min=0),
-    default=DEFAULT_SESSION_CACHE,
-    show_default=True,
-    metavar="N",
-    help="TLS 1.3 sessions kept for resumption, ~9 KiB each (0: stateless tickets).",
+    default=None,
+    hidden=True,
+    help="Deprecated: 0 is --session-tickets stateless; the size is OpenSSL's own.",
 )
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
@@ -103,12 +111,14 @@ def serve(
     crl: Path | None,
     watch_interval: float,
     ticket_key_rotation: float,
-    session_cache: int,
+    session_tickets: str | None,
+    session_cache: int | None,
     metrics_port: int | None,
     metrics_host: str,
     handshake_timeout: float,
     idle_timeout: float,
 ) -> None:
+    tickets = _session_tickets(session_tickets, session_cache)
     config = ServerConfig(
         certs=certs,
         ca=ca,
@@ -126,9 +136,28 @@ def serve(
         crl=crl,
         watch_interval=watch_interval,
         ticket_key_rotation=ticket_key_rotation,
-        session_cache=session_cache,
+        session_tickets=tickets,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
     setup_logging()
+    if session_cache is not None:
+        logging.getLogger("mtlskit").warning(
+            "--session-cache is deprecated: use --session-tickets %s (the number of sessions "
+            "kept is OpenSSL's own, 20480)",
+            tickets,
+        )
     run(config)
+
+
+def _session_tickets(tickets: str | None, cache: int | None) -> Literal["stateful", "stateless"]:
+    """--session-tickets, or what the deprecated --session-cache N meant (0: stateless)."""
+    if cache is not None:
+        implied = "stateless" if cache == 0 else "stateful"
+        if tickets is not None and tickets != implied:
+            raise ConfigError(
+                f"--session-cache {cache} contradicts --session-tickets {tickets}",
+                hint="use --session-tickets alone (--session-cache is deprecated)",
+            )
+        tickets = implied
+    return cast(Literal["stateful", "stateless"], tickets or "stateful")

@@ -40,7 +40,7 @@ from mtlskit.server.protocol import BaseProtocol, HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
-from mtlskit.server.tlsstate import ContextHolder
+from mtlskit.server.tlsstate import ContextHolder, engine_description
 
 if sys.platform != "win32":
     import resource
@@ -229,7 +229,7 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, ASGIApp | None]:
         config.ca_path,
         crl=config.crl,
         build=checked_build,
-        session_cache=config.session_cache,
+        stateful_tickets=config.session_tickets == "stateful",
         require_client_cert=config.client_cert == "required",
         any_client_purpose=config.client_cert_any_purpose,
     )
@@ -277,6 +277,7 @@ def _raise_open_files_limit() -> None:
 def run(config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does."""
     holder, app = prepare(config)
+    log.info("%s", engine_description())
     _raise_open_files_limit()
     _install_uvloop()
     if config.workers == 1:

@@ -22,7 +22,13 @@ from typing import Any, cast
 import httptools
 
 from mtlskit.identity import PeerIdentity
-from mtlskit.server.engine import TLSClosed, TLSFailure, TLSSession
+from mtlskit.server.engine import (
+    HELLO_PREFIX,
+    TLSClosed,
+    TLSFailure,
+    TLSSession,
+    check_client_hello,
+)
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.tlsstate import TLSState
 
@@ -89,6 +95,8 @@ class BaseProtocol(asyncio.Protocol):
     closed = False
     _identity: PeerIdentity | None = None
     _close_after = False
+    _hello = b""  # the first bytes of the connection, until they show a ClientHello
+    _hello_ok = False
     in_request = False  # between the first byte of a request and its response
     head_bytes = 0
     head_began = False
@@ -113,9 +121,15 @@ class BaseProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self.session = self.tls.new_session()
         server_state = self.server_state
         server_state.connection_opened(self)
+        try:
+            self.session = self.tls.new_session()
+        except TLSFailure as failure:  # the engine could not allocate the connection
+            log.error("cannot accept a connection from %s: %s", self._peer_text(), failure)
+            self.server_state.stats.handshake_failed(failure.reason)
+            self.abort()
+            return
         if server_state.draining:
             self.close()
 
@@ -126,6 +140,8 @@ class BaseProtocol(asyncio.Protocol):
         session = self.session
         assert session is not None
         try:
+            if self.handshaking and not self._hello_ok:
+                self._check_hello(data)
             session.feed(data)
             if self.handshaking:
                 if not session.do_handshake():
@@ -205,6 +221,18 @@ class BaseProtocol(asyncio.Protocol):
         self.server_state.stats.handshakes_ok += 1
         self.parser = httptools.HttpRequestParser(self)
 
+    def _check_hello(self, data: bytes) -> None:
+        """Refuse at once what cannot begin a TLS 1.2+ ClientHello (engine.check_client_hello)."""
+        head = self._hello + data[: HELLO_PREFIX - len(self._hello)]
+        failure = check_client_hello(head)
+        if failure is not None:
+            raise failure
+        if len(head) >= HELLO_PREFIX:
+            self._hello_ok = True
+            self._hello = b""
+        else:
+            self._hello = head
+
     def _handshake_failed(self, failure: TLSFailure) -> None:
         self.server_state.stats.handshake_failed(failure.reason)
         if failure.reason not in ("eof", "timeout"):
@@ -215,9 +243,12 @@ class BaseProtocol(asyncio.Protocol):
                 failure.reason,
             )
         self.closed = True
+        if self.transport is None:
+            return
         self._send_output()  # the alert tells the client why
-        if self.transport is not None:
-            self.transport.close()
+        if failure.alert:  # refused before the engine saw anything: our own alert
+            self.transport.write(failure.alert)
+        self.transport.close()
 
     def handshake_timed_out(self) -> None:
         if self.handshaking and not self.closed:

@@ -18,14 +18,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtlskit.errors import MtlsError, PKIError
+from mtlskit.errors import ConfigError, MtlsError, PKIError
 from mtlskit.server import openssl_engine
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
 from mtlskit.server.engine import StdlibSession, TLSSession
 from mtlskit.server.stats import Stats
 from mtlskit.tls import server_context
 
-__all__ = ["ContextHolder", "TLSState", "cipher_suite_id", "tls_version_id"]
+__all__ = [
+    "ContextHolder",
+    "TLSState",
+    "cipher_suite_id",
+    "engine_description",
+    "tls_version_id",
+    "uses_openssl_engine",
+]
 
 log = logging.getLogger("mtlskit.server")
 
@@ -56,6 +62,37 @@ class TLSState:
         return StdlibSession(self.context)
 
 
+def uses_openssl_engine() -> bool:
+    """Whether new TLS states run on the bundled OpenSSL (the default engine).
+
+    ``MTLSKIT_TLS_ENGINE=stdlib`` selects the stdlib ``ssl`` module; ``openssl`` (or
+    unset) the default, which falls back to stdlib when the bindings lack a function.
+    """
+    choice = os.environ.get("MTLSKIT_TLS_ENGINE", "")
+    if choice not in ("", "openssl", "stdlib"):
+        raise ConfigError(
+            f"MTLSKIT_TLS_ENGINE={choice!r} is not a TLS engine", hint="use openssl or stdlib"
+        )
+    return choice != "stdlib" and openssl_engine.AVAILABLE
+
+
+def engine_description() -> str:
+    """One line for the start-up log: which TLS engine, on which OpenSSL, and why."""
+    if uses_openssl_engine():
+        import cryptography
+
+        return (
+            f"TLS engine: {openssl_engine.openssl_version()} "
+            f"(bundled with cryptography {cryptography.__version__})"
+        )
+    why = (
+        "MTLSKIT_TLS_ENGINE=stdlib"
+        if os.environ.get("MTLSKIT_TLS_ENGINE") == "stdlib"
+        else f"fallback: {openssl_engine.UNAVAILABLE_REASON}"
+    )
+    return f"TLS engine: Python's ssl module, {ssl.OPENSSL_VERSION} ({why})"
+
+
 def _first_pem_certificate(path: Path) -> str:
     try:
         data = path.read_bytes()
@@ -71,7 +108,7 @@ def build_state(
     ca: PathLike,
     *,
     crl: PathLike | None = None,
-    session_cache: int = DEFAULT_SESSION_CACHE,
+    stateful_tickets: bool = True,
     require_client_cert: bool = True,
     any_client_purpose: bool = False,
 ) -> TLSState:
@@ -84,14 +121,14 @@ def build_state(
     """
     ctx = server_context(cert, key, ca, crl=crl, require_client_cert=require_client_cert)
     engine_context = None
-    if openssl_engine.AVAILABLE and os.environ.get("MTLSKIT_TLS_ENGINE", "") != "stdlib":
+    if uses_openssl_engine():
         engine_context = openssl_engine.context_from(
             ctx,
             cert,
             key,
             ca,
             crl=crl,
-            session_cache=session_cache,
+            stateful_tickets=stateful_tickets,
             any_client_purpose=any_client_purpose,
         )
     return TLSState(
@@ -117,7 +154,7 @@ class ContextHolder:
         crl: PathLike | None = None,
         stats: Stats | None = None,
         build: Callable[..., TLSState] = build_state,
-        session_cache: int = DEFAULT_SESSION_CACHE,
+        stateful_tickets: bool = True,
         require_client_cert: bool = True,
         any_client_purpose: bool = False,
     ) -> None:
@@ -127,22 +164,20 @@ class ContextHolder:
         self.crl = Path(crl) if crl is not None else None
         self.stats = stats if stats is not None else Stats()
         self._build = build
-        self.session_cache = session_cache
+        self.stateful_tickets = stateful_tickets
         self.last_error: MtlsError | None = None
         self.current: TLSState = self._new_state()
 
     def _new_state(self) -> TLSState:
-        if self.require_client_cert and not self.any_client_purpose:
+        if self.require_client_cert and not self.any_client_purpose and self.stateful_tickets:
             # a custom build (tests) need not know the options
-            return self._build(
-                self.cert, self.key, self.ca, crl=self.crl, session_cache=self.session_cache
-            )
+            return self._build(self.cert, self.key, self.ca, crl=self.crl)
         return self._build(
             self.cert,
             self.key,
             self.ca,
             crl=self.crl,
-            session_cache=self.session_cache,
+            stateful_tickets=self.stateful_tickets,
             require_client_cert=self.require_client_cert,
             any_client_purpose=self.any_client_purpose,
         )
