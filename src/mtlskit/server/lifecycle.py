@@ -258,6 +258,7 @@ async def _serve_worker(
         ),
     ):
         if announce:
+            log.info("%s", engine_description())
             log.info("listen on %s", config.url)
         await server.serve()
 
@@ -277,7 +278,6 @@ def _raise_open_files_limit() -> None:
 def run(config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does."""
     holder, app = prepare(config)
-    log.info("%s", engine_description())
     _raise_open_files_limit()
     _install_uvloop()
     if config.workers == 1:
@@ -342,6 +342,7 @@ def _supervise(config: ServerConfig, holder: ContextHolder, app: ASGIApp | None)
         for w in workers:
             w.start()
         probe.close()
+        log.info("%s", engine_description())
         log.info("listen on %s (%d workers)", config.url, config.workers)
         failed = 0
         while any(w.exitcode is None for w in workers):

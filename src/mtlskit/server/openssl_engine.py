@@ -132,7 +132,6 @@ if AVAILABLE:
     _SSL_ERROR = lib.SSL_ERROR_SSL
 
 
-
 class _ThreadBuffer(threading.local):
     """One I/O buffer per thread, looked up in each call: filled and emptied within that
     call (cffi lets go of the GIL inside OpenSSL, so a buffer shared between threads, e.g.
