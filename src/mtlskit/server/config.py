@@ -39,6 +39,14 @@ class ServerConfig:
     allow_san: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0  # keep-alive connections with no request in flight
+    # From the first byte of a request to the end of its head (nginx's client_header_timeout).
+    head_timeout: float = 10.0
+    # Between two reads of a request body the server waits for (nginx's client_body_timeout).
+    body_timeout: float = 60.0
+    # A response the client does not read: no progress in writing it (nginx's send_timeout).
+    write_timeout: float = 60.0
+    # Request bodies larger than this are refused with 413 (0: no limit); nginx's default.
+    max_body_size: int = 1024 * 1024
     shutdown_timeout: float = 10.0  # how long in-flight requests may run after SIGTERM
     max_header_bytes: int = 32 * 1024  # request line + headers (431 beyond)
     max_headers: int = 100  # header fields per request (431 beyond)
@@ -81,7 +89,16 @@ class ServerConfig:
             )
         if self.workers < 1:
             raise ConfigError("--workers must be 1 or more")
-        for name in ("handshake_timeout", "idle_timeout", "shutdown_timeout"):
+        if self.max_body_size < 0:
+            raise ConfigError("--max-body-size must be 0 (no limit) or more bytes")
+        for name in (
+            "handshake_timeout",
+            "idle_timeout",
+            "head_timeout",
+            "body_timeout",
+            "write_timeout",
+            "shutdown_timeout",
+        ):
             if getattr(self, name) <= 0:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be more than 0 seconds")

@@ -128,9 +128,12 @@ class Server:
         return lambda: HelloProtocol(state, rules, holder.current, hello)
 
     async def _sweep(self) -> None:
-        """Every interval: the coarse clock, the Date header, handshake and idle timeouts."""
+        """Every interval: the coarse clock, the Date header, handshake timeouts, and each
+        connection's own (idle, request head, request body, write: check_timeouts)."""
         cfg = self.config
-        interval = max(0.05, min(1.0, cfg.handshake_timeout / 4, cfg.idle_timeout / 4))
+        timeouts = [cfg.handshake_timeout, cfg.idle_timeout, cfg.head_timeout]
+        timeouts += [cfg.body_timeout, cfg.write_timeout]
+        interval = max(0.05, min(1.0, *(t / 4 for t in timeouts)))
         state = self.state
         while True:
             await asyncio.sleep(interval)
@@ -139,15 +142,14 @@ class Server:
                 self.hello.refresh(state.date)
             now = state.now
             hs_deadline = now - cfg.handshake_timeout
-            idle_deadline = now - cfg.idle_timeout
             for conn in list(state.connections):
                 if conn.closed:
                     continue
                 if conn.handshaking:
                     if conn.started < hs_deadline:
                         conn.handshake_timed_out()
-                elif conn.last_active < idle_deadline and conn.waiting_on_peer():
-                    conn.close()
+                else:
+                    conn.check_timeouts(now)
 
     def request_stop(self) -> None:
         if self._stop is not None:
