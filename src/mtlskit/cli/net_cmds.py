@@ -10,10 +10,10 @@ import click
 
 from mtlskit.server.config import DEFAULT_SESSION_CACHE
 
-__all__ = ["serve"]
+__all__ = ["serve", "setup_logging"]
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     """Log lines like Go's log package: ``2021/12/05 23:36:03 listen on …`` on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y/%m/%d %H:%M:%S"))
@@ -142,5 +142,5 @@ def serve(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
-    _setup_logging()
+    setup_logging()
     run(config)

@@ -41,6 +41,10 @@ log = logging.getLogger("mtlskit.server")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# Makes the protocol of each accepted connection; the default serves HTTP (hello world or
+# the app), the proxy passes its own (mtlskit.proxy).
+ProtocolFactory = Callable[[Shared], BaseProtocol]
+
 
 def _install_uvloop() -> None:
     try:
@@ -60,8 +64,10 @@ class Server:
         *,
         app: Any = None,
         stats: Stats | None = None,
+        protocol: ProtocolFactory | None = None,
     ) -> None:
         self.config = config
+        self.protocol = protocol
         self.holder = holder
         self.stats = stats if stats is not None else holder.stats
         self.app = app
@@ -86,8 +92,10 @@ class Server:
             await self._lifespan.startup()
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        protocol_class: Callable[[Shared], BaseProtocol]
-        if self.app is None:
+        protocol_class: ProtocolFactory
+        if self.protocol is not None:
+            protocol_class = self.protocol
+        elif self.app is None:
             protocol_class = HelloProtocol
         else:
             from mtlskit.server.asgi import ASGIProtocol
@@ -225,16 +233,22 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, Any]:
 
 
 async def _serve_worker(
-    config: ServerConfig, holder: ContextHolder, app: Any, *, reuse_port: bool, announce: bool
+    config: ServerConfig,
+    holder: ContextHolder,
+    app: Any,
+    *,
+    reuse_port: bool,
+    announce: str | None,
+    protocol: ProtocolFactory | None = None,
 ) -> None:
-    server = Server(config, holder, app=app)
+    server = Server(config, holder, app=app, protocol=protocol)
     await server.start(reuse_port=reuse_port)
     async with (
         watch_files(holder, config.watch_interval, rotate_every=config.ticket_key_rotation),
         serve_metrics(config.metrics_host, config.metrics_port, server.stats, holder),
     ):
         if announce:
-            log.info("listen on %s", config.url)
+            log.info("%s", announce)
         await server.serve()
 
 
@@ -250,15 +264,26 @@ def _raise_open_files_limit() -> None:
         pass
 
 
-def run(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does."""
+def run(
+    config: ServerConfig, *, protocol: ProtocolFactory | None = None, banner: str | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does.
+
+    ``protocol`` replaces the HTTP protocol of each connection (the proxy's); ``banner``
+    the ``listen on …`` line logged once listening.
+    """
     holder, app = prepare(config)
     _raise_open_files_limit()
     _install_uvloop()
     if config.workers == 1:
-        asyncio.run(_serve_worker(config, holder, app, reuse_port=False, announce=True))
+        announce = banner or f"listen on {config.url}"
+        asyncio.run(
+            _serve_worker(
+                config, holder, app, reuse_port=False, announce=announce, protocol=protocol
+            )
+        )
         return
-    _supervise(config, holder, app)
+    _supervise(config, holder, app, protocol=protocol, banner=banner)
 
 
 def _check_port(config: ServerConfig) -> socket.socket:
@@ -279,26 +304,41 @@ def _check_port(config: ServerConfig) -> socket.socket:
 
 
 def _worker_main(
-    config: ServerConfig, holder: ContextHolder, app: Any, probe: socket.socket
+    config: ServerConfig,
+    holder: ContextHolder,
+    app: Any,
+    probe: socket.socket,
+    protocol: ProtocolFactory | None = None,
 ) -> None:
     probe.close()  # the supervisor's port check, inherited by fork
     for sig in (*_STOP_SIGNALS, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     _install_uvloop()
     try:
-        asyncio.run(_serve_worker(config, holder, app, reuse_port=True, announce=False))
+        asyncio.run(
+            _serve_worker(config, holder, app, reuse_port=True, announce=None, protocol=protocol)
+        )
     except ServerError as exc:
         log.error("error: %s", exc.one_line())
         sys.exit(1)
 
 
-def _supervise(config: ServerConfig, holder: ContextHolder, app: Any) -> None:
+def _supervise(
+    config: ServerConfig,
+    holder: ContextHolder,
+    app: Any,
+    *,
+    protocol: ProtocolFactory | None = None,
+    banner: str | None = None,
+) -> None:
     probe = _check_port(config)
     # Fork (not spawn): the workers inherit the loaded app and contexts. Nothing runs
     # an event loop or a thread in this process yet.
     mp = multiprocessing.get_context("fork")
     workers = [
-        mp.Process(target=_worker_main, args=(config, holder, app, probe), name=f"worker-{i}")
+        mp.Process(
+            target=_worker_main, args=(config, holder, app, probe, protocol), name=f"worker-{i}"
+        )
         for i in range(config.workers)
     ]
     stopping = False
@@ -317,7 +357,7 @@ def _supervise(config: ServerConfig, holder: ContextHolder, app: Any) -> None:
         for w in workers:
             w.start()
         probe.close()
-        log.info("listen on %s (%d workers)", config.url, config.workers)
+        log.info("%s (%d workers)", banner or f"listen on {config.url}", config.workers)
         failed = 0
         while any(w.exitcode is None for w in workers):
             wait_for_sentinels([w.sentinel for w in workers if w.exitcode is None], timeout=1.0)
