@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -212,6 +212,9 @@ class BackendConnection(PlainStream):
         self.write(exchange.head + body)
         if proxy.write_paused:
             self.pause_reading()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a request is sent first
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:
@@ -414,6 +417,9 @@ class BackendConnection(PlainStream):
 
 class _NoOwner:
     """The owner of a backend connection before it becomes a tunnel (never called)."""
+
+    def plain_connected(self, stream: PlainStream) -> None:
+        raise AssertionError("not a tunnel")
 
     def plain_data(self, data: bytes) -> None:
         raise AssertionError("not a tunnel")

@@ -100,20 +100,21 @@ class StreamProxy(BaseProtocol):
     async def _connect(self) -> None:
         context = self.context
         try:
-            target = await context.upstream.open(lambda: PlainStream(self))
+            await context.upstream.open(lambda: PlainStream(self))  # see plain_connected
         except (OSError, TimeoutError) as exc:
             if not self.closed:
                 context.target_failed(self, exc)
                 self.close()
-            return
         finally:
             self._connecting = None
+
+    def plain_connected(self, target: PlainStream) -> None:
         self.shared.stats.upstream_ok += 1
         if self.closed:  # the client left meanwhile
             target.close()
             return
         self.target = target
-        if context.proxy_protocol:
+        if self.context.proxy_protocol:
             target.write(self._proxy_header())
         if self.pending:
             target.write(b"".join(self.pending))

@@ -23,6 +23,8 @@ P = TypeVar("P", bound=asyncio.Protocol)
 class PlainOwner(Protocol):
     """What a :class:`PlainStream` reports to."""
 
+    def plain_connected(self, stream: PlainStream) -> None: ...
+
     def plain_data(self, data: bytes) -> None: ...
 
     def plain_eof(self) -> None: ...
@@ -44,6 +46,9 @@ class PlainStream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        # Now, not when the task that connected resumes: the peer may already have
+        # sent (and closed) by then, and what it sent must find its way.
+        self.owner.plain_connected(self)
 
     def data_received(self, data: bytes) -> None:
         self.owner.plain_data(data)
