@@ -16,11 +16,18 @@ and ``UNIQUE`` constraints where two writers could race.
         row = tx.one("SELECT value FROM meta WHERE key = ?", ("ca_id",))
 
 Each thread gets its own connection (ASGI endpoints that are plain functions run
-in a thread pool). A connection that fails is dropped and the next transaction
-opens a new one, so a service whose database comes back recovers by itself. Any
-driver error becomes :class:`~mtlskit.errors.StorageError` (``unavailable`` when
-the database cannot be reached) or, for a violated ``UNIQUE`` constraint,
-:class:`IntegrityError`, so callers never see a driver's exception types.
+in a thread pool), closed by :meth:`Database.close` or when the object goes away.
+A connection that fails is dropped and the next transaction opens a new one (a
+transaction that cannot even begin on a kept connection retries once on a new
+one), so a service whose database comes back recovers by itself. Any driver
+error becomes :class:`~mtlskit.errors.StorageError` (``unavailable`` when the
+database cannot be reached), :class:`IntegrityError` for a violated ``UNIQUE``
+or ``CHECK`` constraint, or :class:`UnusableDatabaseError` for a file that is
+not an SQLite database, so callers never see a driver's exception types.
+
+Opening never creates or changes anything; the first transaction on a SQLite
+path that does not exist creates the file, so callers that must not create one
+check first (:mod:`mtlskit.pki.inventory` does).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +49,7 @@ __all__ = [
     "IntegrityError",
     "Row",
     "Transaction",
+    "UnusableDatabaseError",
     "is_postgresql_url",
     "open_database",
 ]
@@ -158,6 +166,16 @@ class IntegrityError(StorageError):
     """A ``UNIQUE`` or ``CHECK`` constraint refused a write (e.g. a serial already used)."""
 
 
+class UnusableDatabaseError(StorageError):
+    """The file is not an SQLite database (or a damaged one)."""
+
+
+# SQLSTATE classes of a server that cannot be reached or is going away: connection
+# exceptions (08), operator intervention such as a shutdown (57), insufficient
+# resources such as too many connections (53). PostgreSQL docs, appendix A.
+_UNAVAILABLE_SQLSTATES = ("08", "57", "53")
+
+
 def is_postgresql_url(location: str | os.PathLike[str]) -> bool:
     text = os.fspath(location)
     return text.startswith(("postgresql://", "postgres://"))
@@ -168,9 +186,10 @@ def _describe(location: str) -> str:
     if not is_postgresql_url(location):
         return location
     scheme, _, rest = location.partition("://")
+    rest = rest.split("?", 1)[0]  # query parameters may carry a password too
     creds, at, host = rest.rpartition("@")
     if not at:
-        return location
+        return f"{scheme}://{rest}"
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
 
@@ -259,17 +278,19 @@ class Database:
             connect_timeout=CONNECT_TIMEOUT_S,
         )
 
-    def _connection(self) -> Any:
+    def _connection(self) -> tuple[Any, bool]:
+        """This thread's connection, and whether it was just opened."""
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = self._connect()
-            except Exception as exc:
-                raise self.translate(exc) from exc
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+        if conn is not None:
+            return conn, False
+        try:
+            conn = self._connect()
+        except Exception as exc:
+            raise self.translate(exc) from exc
+        self._local.conn = conn
+        with self._lock:
+            self._all.append(conn)
+        return conn, True
 
     def _drop(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -289,6 +310,12 @@ class Database:
                 conn.close()
         self._local = threading.local()
 
+    def __del__(self) -> None:
+        # Drivers warn about connections left open (ResourceWarning: psycopg, and
+        # sqlite3 since Python 3.13); an object that goes away closes its own.
+        with contextlib.suppress(Exception):
+            self.close()
+
     # -- transactions ------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -299,13 +326,19 @@ class Database:
         COMMITTED; races are settled by ``UNIQUE`` constraints and conditional
         ``UPDATE … WHERE status = ?`` statements whose row count tells who won.
         """
-        conn = self._connection()
         begin = "BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN"
-        try:
-            conn.execute(begin)
-        except Exception as exc:
-            self._drop()
-            raise self.translate(exc) from exc
+        while True:
+            conn, fresh = self._connection()
+            try:
+                conn.execute(begin)
+                break
+            except Exception as exc:
+                error = self.translate(exc)
+                self._drop()
+                # A kept connection may have died with a server restart since its last
+                # use: nothing ran yet, so try once more on a new connection.
+                if fresh or not error.unavailable:
+                    raise error from exc
         try:
             yield Transaction(self, conn)
         except BaseException:
@@ -327,13 +360,17 @@ class Database:
         if isinstance(exc, sqlite3.IntegrityError):
             return IntegrityError(f"constraint failed: {exc}", file=self.name)
         if isinstance(exc, sqlite3.OperationalError):
+            # A connection opened while the file could not be written stays read-only
+            # ("attempt to write a readonly database") after the file is writable again:
+            # drop it, the next transaction opens a new one (and the service recovers).
+            self._drop()
             return StorageError(
                 f"database error: {exc}",
                 file=self.name,
                 hint="check the file's permissions and free space",
             )
         if isinstance(exc, sqlite3.DatabaseError):
-            return StorageError(
+            return UnusableDatabaseError(
                 f"not a usable database: {exc}", file=self.name, hint="move it away"
             )
         if self.dialect == "postgresql":
@@ -341,7 +378,11 @@ class Database:
 
             if isinstance(exc, psycopg.errors.IntegrityError):
                 return IntegrityError(f"constraint failed: {exc}", file=self.name)
-            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            state = getattr(exc, "sqlstate", None)
+            if isinstance(exc, psycopg.InterfaceError) or (
+                isinstance(exc, psycopg.OperationalError)
+                and (state is None or state.startswith(_UNAVAILABLE_SQLSTATES))
+            ):
                 self._drop()
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
                 return StorageError(
@@ -356,10 +397,13 @@ class Database:
 
     # -- schema ------------------------------------------------------------------------
 
-    def schema_version(self) -> int:
-        """The schema version the database has; 0 when it is empty."""
-        with self.transaction() as tx:
-            return self._version(tx)
+    def schema_version(self, tx: Transaction | None = None) -> int:
+        """The schema version the database has (0 when it has none), read in ``tx``
+        or in a transaction of its own."""
+        if tx is None:
+            with self.transaction() as own:
+                return self._version(own)
+        return self._version(tx)
 
     def _version(self, tx: Transaction) -> int:
         if self.dialect == "sqlite":
@@ -372,11 +416,13 @@ class Database:
         row = tx.one("SELECT value FROM meta WHERE key = 'schema'")
         return int(row["value"]) if row else 1
 
-    def migrate(self) -> int:
+    def migrate(self, then: Callable[[Transaction], None] | None = None) -> int:
         """Bring the schema up to :data:`SCHEMA_VERSION`; the version it had before.
 
         Safe when several replicas start at once: SQLite holds the write lock, and
-        PostgreSQL an advisory lock, for the whole migration.
+        PostgreSQL an advisory lock, for the whole migration. ``then(tx)`` runs in
+        the same transaction, under the same lock, after the migrations (the
+        inventory claims a new database for its CA there).
         """
         with self.transaction() as tx:
             if self.dialect == "postgresql":
@@ -399,6 +445,8 @@ class Database:
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
+            if then is not None:
+                then(tx)
         return before
 
 

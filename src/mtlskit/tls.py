@@ -5,6 +5,9 @@ aiohttp and asyncio accept as is::
 
     ctx = client_context("certs/ca.crt", "certs/client.crt", "certs/client.key")
     httpx.get("https://localhost:8443", verify=ctx)
+
+:mod:`mtlskit.pki.store` (pathlib, tempfile) is imported only to word a missing-file
+error: ``mtlskit get`` loads this module and needs neither.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import ssl
 
 from mtlskit.errors import ConfigError, PKIError
 
-__all__ = ["client_context", "server_context"]
+__all__ = ["client_context", "pinning_context", "server_context"]
 
 PathLike = str | os.PathLike[str]
 
@@ -22,7 +25,6 @@ PathLike = str | os.PathLike[str]
 def _check_file(path: PathLike, what: str) -> str:
     name = os.fspath(path)
     if not os.path.isfile(name):
-        # Imported here: pki.store loads pathlib and tempfile, which `mtlskit get` never needs.
         from mtlskit.pki.store import missing_hint
 
         raise PKIError(f"{what} not found", file=name, hint=missing_hint(name))
@@ -113,7 +115,7 @@ def server_context(
 
 
 def client_context(
-    ca: PathLike,
+    ca: PathLike | bytes,
     cert: PathLike | None = None,
     key: PathLike | None = None,
     *,
@@ -121,12 +123,30 @@ def client_context(
     min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
     password: bytes | None = None,
 ) -> ssl.SSLContext:
-    """A client context that trusts ``ca`` and presents ``cert``/``key`` when given."""
+    """A client context that trusts ``ca`` (a file, or PEM bytes) and presents
+    ``cert``/``key`` when given."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     _harden(ctx, min_version)
     ctx.check_hostname = check_hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
-    _load_ca(ctx, ca, None)
+    if isinstance(ca, bytes):
+        try:
+            ctx.load_verify_locations(cadata=ca.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+            raise PKIError("cannot load CA certificates from PEM data") from exc
+    else:
+        _load_ca(ctx, ca, None)
     if cert is not None:
         _load_chain(ctx, cert, key, password)
+    return ctx
+
+
+def pinning_context(min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2) -> ssl.SSLContext:
+    """A client context that does NOT verify the server: only for fetching a root CA
+    certificate that the caller then accepts by its SHA-256 fingerprint alone
+    (``mtlskit ca bootstrap``, like ``step ca bootstrap``). Never send secrets over it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(ctx, min_version)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
     return ctx

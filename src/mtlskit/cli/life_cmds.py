@@ -1,7 +1,13 @@
 """Day-two commands: list, revoke, crl, renew, status.
 
-Exit codes: 0 done; 1 failure; 2 usage; ``renew`` 3 = not due yet (cron-friendly);
-``status`` 1 = something expires within ``--warn`` (or has expired, or a file is bad).
+Each reads the CA's inventory: ``CA_DIR/ca.db``, or the database ``--db`` names
+(a ``postgresql://`` URL or a SQLite file). Exit codes: 0 done; 1 failure (a
+database that cannot be reached included); 2 usage; ``renew`` 3 = not due yet
+(cron-friendly); ``status`` 1 = something expires within ``--warn`` (or has
+expired, or a file is bad).
+
+The :mod:`mtlskit.pki` modules (cryptography, sqlite3) are imported inside the
+commands, so ``mtlskit <command> --help`` and a usage error answer without loading them.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mtlskit.cli.common import ca_dir_option, read_passphrase
+from mtlskit.cli.common import ca_dir_option, db_option, read_passphrase
+from mtlskit.errors import PKIError
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -35,7 +42,6 @@ _COLOURS = {"ok": "green", "expiring": "yellow", "expired": "red", "revoked": "r
 
 def _ca_certificate(ca_dir: Path) -> x509.Certificate:
     """The CA certificate of ``ca_dir`` (its key is not needed to read the inventory)."""
-    from mtlskit.errors import PKIError
     from mtlskit.pki.ca import check_is_ca
     from mtlskit.pki.load import load_certificates
     from mtlskit.pki.store import SeedLayout, read_file
@@ -86,18 +92,18 @@ def _table(headers: list[str], rows: list[list[str]], states: list[str] | None =
     help="Create the inventory if missing, recording the certificates in the CA "
     "folder that the CA signed and the revocations of its ca.crl.",
 )
+@db_option
 @json_option
-def list_(ca_dir: Path, expiring: str | None, adopt: bool, as_json: bool) -> None:
-    from mtlskit.pki.inventory import DB_NAME, Inventory, create_inventory
+def list_(ca_dir: Path, expiring: str | None, adopt: bool, db: str | None, as_json: bool) -> None:
+    from mtlskit.pki.inventory import Inventory, create_inventory
     from mtlskit.pki.status import parse_duration
 
     window = parse_duration(expiring) if expiring is not None else None
     ca_cert = _ca_certificate(ca_dir)
-    if adopt and not (ca_dir / DB_NAME).exists():
-        inv = create_inventory(ca_dir, ca_cert)
-        click.echo(f"created {inv.path} with {inv.count()} certificates", err=True)
-    else:
-        inv = Inventory.open(ca_dir, ca_cert)
+    inv = Inventory.at(ca_dir, ca_cert, db=db)
+    if adopt and not inv.exists():
+        inv = create_inventory(ca_dir, ca_cert, db=db)
+        click.echo(f"created {inv.location} with {inv.count()} certificates", err=True)
     records = inv.records(expiring_within=window)
     now = dt.datetime.now(dt.UTC)
     if as_json:
@@ -147,9 +153,9 @@ def _list_row(r: Record, now: dt.datetime) -> list[str]:
     help="RFC 5280 reason: keyCompromise, cACompromise, affiliationChanged, superseded, "
     "cessationOfOperation, certificateHold, privilegeWithdrawn, aACompromise, unspecified.",
 )
+@db_option
 @json_option
-def revoke(target: str, ca_dir: Path, reason: str, as_json: bool) -> None:
-    from mtlskit.errors import PKIError
+def revoke(target: str, ca_dir: Path, reason: str, db: str | None, as_json: bool) -> None:
     from mtlskit.pki.crl import parse_reason
     from mtlskit.pki.inventory import Inventory, issued_by, parse_serial, serial_hex
     from mtlskit.pki.load import read_certificates
@@ -169,13 +175,14 @@ def revoke(target: str, ca_dir: Path, reason: str, as_json: bool) -> None:
         serial = serial_hex(cert.serial_number)
     else:
         serial = parse_serial(target)
-    inv = Inventory.open(ca_dir, ca_cert)
+    inv = Inventory.open(ca_dir, ca_cert, db=db)
     rec = inv.revoke(serial, flag.value)
     if as_json:
         click.echo(json.dumps(rec.as_json(), indent=2))
         return
     click.echo(f"revoked {rec.serial} ({rec.subject or 'subject unknown'}): {flag.value}")
-    click.echo(f"next: mtlskit crl --ca-dir {ca_dir}   (then reload the servers using it)")
+    more = f" --db {inv.location}" if db is not None else ""
+    click.echo(f"next: mtlskit crl --ca-dir {ca_dir}{more}   (then reload the servers using it)")
 
 
 # -- crl -----------------------------------------------------------------------------------
@@ -196,13 +203,16 @@ def revoke(target: str, ca_dir: Path, reason: str, as_json: bool) -> None:
     help="Days until nextUpdate; re-make it before then [default: 30].",
 )
 @passphrase_option
-def crl(ca_dir: Path, out: Path | None, days: int | None, passphrase_file: Path | None) -> None:
+@db_option
+def crl(
+    ca_dir: Path, out: Path | None, days: int | None, passphrase_file: Path | None, db: str | None
+) -> None:
     from cryptography import x509
 
     from mtlskit.pki.ca import CA
     from mtlskit.pki.crl import CRL_NAME, DEFAULT_CRL_DAYS, make_crl, write_crl
 
-    ca = CA.load(ca_dir, passphrase=read_passphrase(passphrase_file, prompt=False))
+    ca = CA.load(ca_dir, passphrase=read_passphrase(passphrase_file, prompt=False), db=db)
     crl_ = make_crl(ca, days=DEFAULT_CRL_DAYS if days is None else days)
     path = write_crl(crl_, out or ca_dir / CRL_NAME)
     number = crl_.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
@@ -232,6 +242,7 @@ def crl(ca_dir: Path, out: Path | None, days: int | None, passphrase_file: Path 
 )
 @click.option("--force", is_flag=True, help="Renew even when not due yet.")
 @passphrase_option
+@db_option
 @json_option
 def renew(
     cert: Path,
@@ -240,13 +251,14 @@ def renew(
     key_file: Path | None,
     force: bool,
     passphrase_file: Path | None,
+    db: str | None,
     as_json: bool,
 ) -> int:
     from mtlskit.pki.ca import CA
     from mtlskit.pki.inventory import format_time, serial_hex
     from mtlskit.pki.renew import renew_file
 
-    ca = CA.load(ca_dir, passphrase=read_passphrase(passphrase_file, prompt=False))
+    ca = CA.load(ca_dir, passphrase=read_passphrase(passphrase_file, prompt=False), db=db)
     result = renew_file(ca, cert, new_key=new_key, key_file=key_file, force=force)
     old = result.old
     if as_json:
@@ -287,6 +299,8 @@ def renew(
 
 @click.command(
     help="Show the certificates and CRLs in DIR with the days they have left. "
+    "When DIR is a CA folder with an inventory (DIR/ca.db, or --db), a certificate "
+    "revoked there but not yet in a CRL shows as revoked. "
     "Exit 1 when something expires within --warn (or has, or cannot be read)."
 )
 @click.argument(
@@ -296,11 +310,22 @@ def renew(
     required=False,
 )
 @click.option("--warn", default="30d", show_default=True, metavar="DURATION", help="e.g. 30d, 12h.")
+@click.option(
+    "--db",
+    metavar="URL",
+    help="The inventory of the CA whose ca.crt is in DIR: postgresql://… or a SQLite "
+    "file [default: DIR/ca.db when there is one].",
+)
 @json_option
-def status(folder: Path, warn: str, as_json: bool) -> int:
+def status(folder: Path, warn: str, db: str | None, as_json: bool) -> int:
+    from mtlskit.pki.inventory import DB_NAME, Inventory
     from mtlskit.pki.status import folder_status, needs_attention, parse_duration
 
-    rows = folder_status(folder, warn=parse_duration(warn))
+    window = parse_duration(warn)
+    inventory = None
+    if db is not None or (folder / DB_NAME).is_file():
+        inventory = Inventory.open(folder, _ca_certificate(folder), db=db)
+    rows = folder_status(folder, warn=window, inventory=inventory)
     attention = needs_attention(rows)
     if as_json:
         click.echo(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mtlskit.cli.net_cmds import setup_logging
+from mtlskit.cli.common import setup_logging
 from mtlskit.server.config import DEFAULT_SESSION_CACHE
 
 __all__ = ["proxy"]

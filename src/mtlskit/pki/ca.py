@@ -5,13 +5,17 @@
     ca = CA.create()                          # self-signed root, ECDSA P-256
     leaf = ca.issue("server", "localhost", sans=["localhost", "127.0.0.1"])
     ca.save("certs"); leaf.save("certs", "server")
+    ca = CA.load("certs", db="postgresql://ca@db/ca")   # default: certs/ca.db
+
+A CA loaded from (or saved to) a folder records every certificate it signs in
+its inventory (``ca.inventory``, :mod:`mtlskit.pki.inventory`), which also keeps
+serials unique across processes and replicas; a CA in memory records nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +23,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from mtlskit.database import is_postgresql_url
 from mtlskit.errors import ConfigError, PKIError
 from mtlskit.pki import profiles
+from mtlskit.pki.inventory import Inventory, check_inventory_free, create_inventory
 from mtlskit.pki.keys import (
     DEFAULT_KEY_TYPE,
     PrivateKey,
@@ -42,16 +48,10 @@ __all__ = [
     "cert_pem",
     "create_csr",
     "csr_pem",
-    "random_serial",
 ]
 
 SEED_CA_SUBJECT = "/C=TH/ST=RB/O=IT Sec/CN=CA"
 BACKDATE = dt.timedelta(minutes=1)
-
-
-def random_serial() -> int:
-    """A random positive 128-bit serial (RFC 5280 allows up to 20 octets)."""
-    return secrets.randbits(127) | (1 << 126)
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -145,7 +145,8 @@ class IssuedCert:
 
 
 class CA:
-    """A certificate authority: its certificate, its key, and (optionally) its chain."""
+    """A certificate authority: its certificate, its key, (optionally) its chain, and
+    the inventory that records what it signs (None for a CA in memory)."""
 
     def __init__(
         self,
@@ -154,11 +155,13 @@ class CA:
         *,
         chain: Sequence[x509.Certificate] = (),
         dir: str | os.PathLike[str] | None = None,
+        inventory: Inventory | None = None,
     ) -> None:
         self.certificate = certificate
         self.private_key = private_key
         self.chain = list(chain)  # issuers above this CA, nearest first
         self.dir = Path(dir) if dir is not None else None
+        self.inventory = inventory
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -208,7 +211,8 @@ class CA:
         if parent is not None:  # through _sign: the parent's inventory records it
             cert = parent._sign(builder)
         else:
-            cert = builder.serial_number(random_serial()).sign(key, signature_hash(key))  # type: ignore[arg-type]
+            serial = x509.random_serial_number()
+            cert = builder.serial_number(serial).sign(key, signature_hash(key))  # type: ignore[arg-type]
         chain = [parent.certificate, *parent.chain] if parent else []
         return cls(cert, key, chain=chain)
 
@@ -218,22 +222,22 @@ class CA:
 
     # -- signing ----------------------------------------------------------------------------
 
-    def _sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+    def _sign(
+        self, builder: x509.CertificateBuilder, *, renewed_from: str | None = None
+    ) -> x509.Certificate:
         """Sign ``builder`` (which has no serial yet: this picks it).
 
-        A CA with a folder records every certificate in its inventory (ca.db), which
-        also keeps serials unique across processes (mtlskit.pki.inventory).
+        With an inventory, the serial is one it has never seen and the certificate
+        is returned only once its record is committed.
         """
 
         def sign(serial: int) -> x509.Certificate:
             b = builder.serial_number(serial)
             return b.sign(self.private_key, signature_hash(self.private_key))  # type: ignore[arg-type]
 
-        if self.dir is None:
-            return sign(random_serial())
-        from mtlskit.pki.inventory import record_issuance
-
-        return record_issuance(self.dir, self.certificate, sign)
+        if self.inventory is None:
+            return sign(x509.random_serial_number())
+        return self.inventory.sign_and_record(sign, renewed_from=renewed_from)
 
     def sign_public_key(
         self,
@@ -244,8 +248,14 @@ class CA:
         sans: Sequence[str | x509.GeneralName] = (),
         days: int | None = None,
         not_after: dt.datetime | None = None,
+        renewed_from: str | None = None,
+        crl_url: str | None = None,
     ) -> x509.Certificate:
-        """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``."""
+        """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``
+        (and a CRL distribution point when ``crl_url`` is given).
+
+        ``renewed_from`` (a serial in hex) is recorded with it: it renews that one.
+        """
         prof = profiles.check_profile(profile)
         names = [s for s in sans if isinstance(s, x509.GeneralName)]
         names += [n for n in parse_sans([s for s in sans if isinstance(s, str)]) if n not in names]
@@ -262,10 +272,10 @@ class CA:
             .not_valid_after(end)
         )
         for ext, critical in profiles.leaf_extensions(
-            prof, public_key, sans=names, issuer=self.certificate
+            prof, public_key, sans=names, issuer=self.certificate, crl_url=crl_url
         ):
             builder = builder.add_extension(ext, critical)
-        return self._sign(builder)
+        return self._sign(builder, renewed_from=renewed_from)
 
     def issue(
         self,
@@ -302,6 +312,7 @@ class CA:
         sans: Sequence[str | x509.GeneralName] | None = None,
         days: int | None = None,
         not_after: dt.datetime | None = None,
+        renewed_from: str | None = None,
     ) -> x509.Certificate:
         """Sign a CSR. Its subject is kept; SANs come from ``sans`` or else from the CSR.
 
@@ -330,6 +341,7 @@ class CA:
             sans=names,
             days=days,
             not_after=not_after,
+            renewed_from=renewed_from,
         )
 
     # -- files ------------------------------------------------------------------------------
@@ -358,18 +370,29 @@ class CA:
         force: bool = False,
         passphrase: bytes | None = None,
     ) -> list[Path]:
-        """Write ``ca.key`` (0600) and ``ca.crt`` (0644) into ``folder``, and its inventory."""
-        from mtlskit.pki.inventory import check_inventory_free, create_inventory
-
+        """Write ``ca.key`` (0600) and ``ca.crt`` (0644) into ``folder``, and its inventory
+        ``ca.db``, which records what this CA signs from now on."""
         check_inventory_free(folder, self.certificate, replace=force)
         paths = write_many(self.files(folder, passphrase), force=force)
-        create_inventory(folder, self.certificate, replace=force)
+        self.inventory = create_inventory(folder, self.certificate, replace=force)
         self.dir = Path(folder)
         return paths
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], *, passphrase: bytes | None = None) -> CA:
-        """Load ``ca.crt`` + ``ca.key`` from ``folder`` (the seed layout)."""
+    def load(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        passphrase: bytes | None = None,
+        db: str | os.PathLike[str] | None = None,
+    ) -> CA:
+        """Load ``ca.crt`` + ``ca.key`` from ``folder`` (the seed layout).
+
+        Its inventory is ``db``, a ``postgresql://`` URL or a SQLite path (default
+        ``folder/ca.db``, read on first use). A PostgreSQL database is opened here:
+        migrated, claimed for this CA when it has none yet, refused when it is
+        another CA's.
+        """
         layout = SeedLayout(Path(folder))
         if not Path(folder).is_dir():
             raise PKIError(
@@ -397,7 +420,10 @@ class CA:
                 hint="restore the key that belongs to this CA certificate",
             )
         check_is_ca(cert, file=layout.ca_cert())
-        return cls(cert, key, chain=certs[1:], dir=folder)
+        inventory = Inventory.at(folder, cert, db=db)
+        if db is not None and is_postgresql_url(db):
+            inventory.check()
+        return cls(cert, key, chain=certs[1:], dir=folder, inventory=inventory)
 
 
 def check_is_ca(cert: x509.Certificate, *, file: str | os.PathLike[str] | None = None) -> None:

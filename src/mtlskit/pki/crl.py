@@ -2,7 +2,7 @@
 
 ::
 
-    inv.revoke("1f3a…", "keyCompromise")        # mark it in ca.db
+    ca.inventory.revoke("1f3a…", "keyCompromise")   # mark it in the CA's database
     crl = make_crl(ca)                           # CRL number +1, nextUpdate in 30 days
     write_crl(crl, "certs/ca.crl")
     check_crl(read_crl("certs/ca.crl"), [ca.certificate])   # signed by this CA, not expired
@@ -11,6 +11,12 @@
 OpenSSL refuses *every* client once the CRL it was given has passed its
 nextUpdate (``X509_V_ERR_CRL_HAS_EXPIRED``), so the CRL must be re-made before
 then (``mtlskit status`` shows the days left, ``serve --metrics-port`` exports them).
+
+This module imports neither the CA nor its inventory (the inventory reads a CA
+folder's ``ca.crl`` with it when adopting the folder); what it needs of them is
+spelled out by the protocols :class:`CRLIssuer`, :class:`RevocationSource` and
+:class:`RevokedRecord`, which :class:`~mtlskit.pki.ca.CA`,
+:class:`~mtlskit.pki.inventory.Inventory` and its ``Record`` fulfil.
 """
 
 from __future__ import annotations
@@ -19,24 +25,23 @@ import datetime as dt
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from mtlskit.errors import ConfigError, PKIError
-from mtlskit.pki.keys import signature_hash
+from mtlskit.pki.keys import PrivateKey, _pem_kind, signature_hash
 from mtlskit.pki.store import CERT_MODE, read_file, write_atomic
-
-if TYPE_CHECKING:
-    from mtlskit.pki.ca import CA
-    from mtlskit.pki.inventory import Record
 
 __all__ = [
     "CRL_NAME",
     "DEFAULT_CRL_DAYS",
     "REASONS",
+    "CRLIssuer",
+    "RevocationSource",
+    "RevokedRecord",
     "build_crl",
     "check_crl",
     "crl_pem",
@@ -56,6 +61,40 @@ BACKDATE = dt.timedelta(minutes=1)
 REASONS: dict[str, x509.ReasonFlags] = {
     flag.value: flag for flag in x509.ReasonFlags if flag is not x509.ReasonFlags.remove_from_crl
 }
+
+
+class RevokedRecord(Protocol):
+    """A certificate as a CRL lists it (an inventory ``Record`` is one)."""
+
+    @property
+    def serial_int(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def not_after(self) -> dt.datetime: ...
+    @property
+    def revoked_at(self) -> dt.datetime | None: ...
+    @property
+    def reason(self) -> str | None: ...
+
+
+class RevocationSource(Protocol):
+    """Where a CA keeps its revocations and CRL numbers (its ``Inventory``)."""
+
+    def revoked(self) -> Sequence[RevokedRecord]: ...
+    def next_crl_number(self) -> int: ...
+
+
+class CRLIssuer(Protocol):
+    """What signs a CRL: a CA's certificate and key, and the inventory ``make_crl`` reads
+    (:class:`mtlskit.pki.ca.CA` is one; ``inventory`` is None for a CA in memory)."""
+
+    @property
+    def certificate(self) -> x509.Certificate: ...
+    @property
+    def private_key(self) -> PrivateKey: ...
+    @property
+    def inventory(self) -> RevocationSource | None: ...
 
 
 def _squash(text: str) -> str:
@@ -81,8 +120,8 @@ def _aki(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 
 
 def build_crl(
-    ca: CA,
-    revoked: Iterable[Record],
+    ca: CRLIssuer,
+    revoked: Iterable[RevokedRecord],
     *,
     number: int,
     days: int = DEFAULT_CRL_DAYS,
@@ -118,15 +157,13 @@ def build_crl(
     return builder.sign(ca.private_key, signature_hash(ca.private_key))  # type: ignore[arg-type]
 
 
-def make_crl(ca: CA, *, days: int = DEFAULT_CRL_DAYS) -> x509.CertificateRevocationList:
-    """The next CRL of ``ca`` from its inventory (``ca.dir`` must be set)."""
-    from mtlskit.pki.inventory import Inventory
-
-    if ca.dir is None:
-        raise PKIError("this CA has no folder, so no inventory", hint="load it with CA.load")
+def make_crl(ca: CRLIssuer, *, days: int = DEFAULT_CRL_DAYS) -> x509.CertificateRevocationList:
+    """The next CRL of ``ca`` from its inventory (a CA loaded with ``CA.load``)."""
+    inv = ca.inventory
+    if inv is None:
+        raise PKIError("this CA has no inventory", hint="load it with CA.load")
     if days <= 0:
         raise ConfigError(f"--days must be positive, not {days}")
-    inv = Inventory.open(ca.dir, ca.certificate)
     revoked = inv.revoked()
     return build_crl(ca, revoked, number=inv.next_crl_number(), days=days)
 
@@ -147,8 +184,6 @@ def load_crl(
     try:
         if b"-----BEGIN" in data:
             if b"-----BEGIN X509 CRL-----" not in data:
-                from mtlskit.pki.keys import _pem_kind
-
                 raise PKIError(
                     f"expected a CRL, found {_pem_kind(data)}", file=file, hint="pass a .crl file"
                 )

@@ -1,26 +1,35 @@
-"""The CA's inventory: every certificate it signed, in SQLite next to ``ca.key``.
+"""The CA's inventory: every certificate it signed, in the CA's database.
 
 ::
 
-    certs/ca.db    meta  (key, value): ca_id, ca_subject, crl_number, schema
-                   certs (serial UNIQUE, subject, sans, profile, not_before,
-                          not_after, status valid|revoked, revoked_at, reason,
-                          pem, issued_at, renewed_from, source issued|adopted)
+    inv = Inventory.open("certs", ca_cert)                    # certs/ca.db (SQLite)
+    inv = Inventory.open("certs", ca_cert, db="postgresql://ca@db/ca")
+    inv.records(); inv.revoke("1f3a…", "keyCompromise"); inv.next_crl_number()
 
-Why SQLite and not openssl's ``ca.srl``: a serial file is read, incremented and
-written back without a lock, so two processes can hand out the same serial.
-Here every issuance takes the write lock (``BEGIN IMMEDIATE``, WAL journal,
-``busy_timeout``), inserts its random 127-bit serial under a ``UNIQUE``
-constraint and, in the (astronomically unlikely) case of a collision, signs
-again with a fresh serial. The certificate is handed out only once its row is
-committed, so nothing issued is ever missing from the inventory.
+    meta  (key, value): ca_id, ca_subject, crl_number, schema
+    certs (serial UNIQUE, subject, sans, profile, not_before, not_after,
+           status valid|revoked, revoked_at, reason, pem, issued_at,
+           renewed_from, source issued|adopted)
+
+The tables are those of :mod:`mtlskit.database` (SQLite by default, PostgreSQL
+for several CA replicas), which also holds the CA service's state.
+
+Why a database and not openssl's ``ca.srl``: a serial file is read, incremented
+and written back without a lock, so two processes can hand out the same serial.
+Here every issuance inserts its random serial (``x509.random_serial_number()``,
+159 bits) under a ``UNIQUE`` constraint and, in the (astronomically unlikely)
+case of a collision, signs again with a fresh serial. The certificate is handed
+out only once its row is committed, so nothing issued is ever missing from the
+inventory.
 
 The database belongs to one CA: ``meta.ca_id`` is the SHA-256 of the CA's
-public key, and a ``ca.db`` of another CA is refused. ``mtlskit init`` and
-:meth:`CA.save <mtlskit.pki.ca.CA.save>` create it; a CA folder made by openssl
-gets one on its first issuance (or ``mtlskit list --adopt``), adopting the
-certificates in the folder that the CA signed and the revocations of its
-``ca.crl``.
+public key, and a database of another CA is refused. ``mtlskit init`` and
+:meth:`CA.save <mtlskit.pki.ca.CA.save>` create ``ca.db``; a CA folder made by
+openssl gets one on its first issuance (or ``mtlskit list --adopt``), adopting
+the certificates in the folder that the CA signed and the revocations of its
+``ca.crl``. A PostgreSQL database is claimed the same way the first time the
+CA opens it (an empty one, or one whose schema has no CA yet). A ``ca.db``
+made by an older mtlskit is migrated in place when it is opened.
 """
 
 from __future__ import annotations
@@ -30,19 +39,28 @@ import datetime as dt
 import hashlib
 import json
 import os
-import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from mtlskit.database import (
+    SCHEMA_VERSION,
+    Database,
+    IntegrityError,
+    Transaction,
+    UnusableDatabaseError,
+    open_database,
+)
 from mtlskit.errors import ConfigError, PKIError
-from mtlskit.pki.ca import random_serial
+from mtlskit.pki.crl import check_crl, read_crl
 from mtlskit.pki.keys import public_key_der
+from mtlskit.pki.load import load_certificates
 from mtlskit.pki.names import san_strings
 
 __all__ = [
@@ -56,35 +74,17 @@ __all__ = [
     "issued_by",
     "parse_serial",
     "profile_of",
-    "record_issuance",
+    "random_serial",
     "serial_hex",
 ]
 
 DB_NAME = "ca.db"
-SCHEMA = 1
-BUSY_TIMEOUT_MS = 30_000
 SERIAL_ATTEMPTS = 5
 MIN_PREFIX = 6
 
-_TABLES = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS certs (
-    serial TEXT NOT NULL UNIQUE,
-    subject TEXT NOT NULL,
-    sans TEXT NOT NULL DEFAULT '[]',
-    profile TEXT NOT NULL,
-    not_before TEXT NOT NULL,
-    not_after TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'valid' CHECK (status IN ('valid', 'revoked')),
-    revoked_at TEXT,
-    reason TEXT,
-    pem TEXT,
-    issued_at TEXT NOT NULL,
-    renewed_from TEXT,
-    source TEXT NOT NULL DEFAULT 'issued'
-);
-CREATE INDEX IF NOT EXISTS certs_not_after ON certs (not_after);
-"""
+# Where serials come from (RFC 5280 allows 20 octets; cryptography's helper gives
+# 159 random bits). A module-level name, so a test can force a collision.
+random_serial: Callable[[], int] = x509.random_serial_number
 
 
 # -- small helpers ---------------------------------------------------------------------------
@@ -188,7 +188,7 @@ class Record:
     source: str
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Record:
+    def from_row(cls, row: Mapping[str, Any]) -> Record:
         return cls(
             serial=row["serial"],
             subject=row["subject"],
@@ -241,129 +241,214 @@ class Record:
 
 def _row_values(
     cert: x509.Certificate, *, source: str, renewed_from: str | None
-) -> dict[str, object]:
-    return {
-        "serial": serial_hex(cert.serial_number),
-        "subject": cert.subject.rfc4514_string(),
-        "sans": json.dumps(san_strings(cert)),
-        "profile": profile_of(cert),
-        "not_before": format_time(cert.not_valid_before_utc),
-        "not_after": format_time(cert.not_valid_after_utc),
-        "pem": _pem(cert),
-        "issued_at": format_time(_now()),
-        "renewed_from": renewed_from,
-        "source": source,
-    }
+) -> tuple[object, ...]:
+    return (
+        serial_hex(cert.serial_number),
+        cert.subject.rfc4514_string(),
+        json.dumps(san_strings(cert)),
+        profile_of(cert),
+        format_time(cert.not_valid_before_utc),
+        format_time(cert.not_valid_after_utc),
+        _pem(cert),
+        format_time(_now()),
+        renewed_from,
+        source,
+    )
 
 
 _INSERT = """
 INSERT INTO certs (serial, subject, sans, profile, not_before, not_after, pem, issued_at,
                    renewed_from, source)
-VALUES (:serial, :subject, :sans, :profile, :not_before, :not_after, :pem, :issued_at,
-        :renewed_from, :source)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
 # -- the database ----------------------------------------------------------------------------
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE takes the write lock
-    # up front, so two writers queue on busy_timeout instead of deadlocking on upgrade).
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = FULL")
-    except sqlite3.DatabaseError:
-        conn.close()
-        raise
-    return conn
-
-
-@contextlib.contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction: BEGIN IMMEDIATE … COMMIT, rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _not_inventory(path: Path, exc: Exception | None = None) -> PKIError:
-    detail = f": {exc}" if exc else ""
+def _not_inventory(where: str, exc: Exception | None = None) -> PKIError:
+    # The driver's words ("file is not a database"), not our wrapper's.
+    detail = f": {exc.__cause__ or exc}" if exc else ""
     return PKIError(
         f"not an mtlskit inventory{detail}",
-        file=path,
+        file=where,
         hint="move it away; mtlskit list --adopt makes a new one",
     )
 
 
-def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
-    try:
-        rows = conn.execute("SELECT key, value FROM meta").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise _not_inventory(path, exc) from exc
-    return {r["key"]: r["value"] for r in rows}
+def _read_meta(tx: Transaction) -> dict[str, str]:
+    return {r["key"]: r["value"] for r in tx.all("SELECT key, value FROM meta")}
+
+
+@dataclass(frozen=True)
+class _Revoked:
+    serial: str
+    at: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class _Adoption:
+    """What a new inventory starts with: the folder's certificates and its ca.crl."""
+
+    certs: list[x509.Certificate]
+    revoked: list[_Revoked]
+    crl_number: int
 
 
 class Inventory:
-    """The inventory of one CA; every method opens and closes its own connection."""
+    """The inventory of one CA in its :class:`~mtlskit.database.Database`.
 
-    def __init__(self, path: Path, ca_cert: x509.Certificate) -> None:
-        self.path = path
+    Nothing is read until first use (:meth:`check`, or any other method); then the
+    database is checked to be this CA's, and migrated when an older mtlskit made
+    it. ``folder`` is the CA folder a new inventory adopts.
+    """
+
+    def __init__(
+        self, database: Database, ca_cert: x509.Certificate, *, folder: Path | None = None
+    ) -> None:
+        self.database = database
         self.ca_cert = ca_cert
+        self.folder = folder
+        self._ready = False
+
+    @property
+    def location(self) -> str:
+        """Where the inventory is, fit for messages (a URL without its password)."""
+        return self.database.name
+
+    def close(self) -> None:
+        self.database.close()
+
+    def exists(self) -> bool:
+        """False only for a SQLite file not made yet (a server's database always exists)."""
+        return self.database.dialect != "sqlite" or Path(self.database.location).exists()
 
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, folder: str | os.PathLike[str], ca_cert: x509.Certificate) -> Inventory:
+    def at(
+        cls,
+        folder: str | os.PathLike[str],
+        ca_cert: x509.Certificate,
+        *,
+        db: str | os.PathLike[str] | None = None,
+    ) -> Inventory:
+        """The inventory of the CA in ``folder``, in ``db`` (a ``postgresql://`` URL or a
+        SQLite path; default ``folder/ca.db``), not opened yet."""
+        location = db if db is not None else Path(folder) / DB_NAME
+        return cls(open_database(location), ca_cert, folder=Path(folder))
+
+    @classmethod
+    def open(
+        cls,
+        folder: str | os.PathLike[str],
+        ca_cert: x509.Certificate,
+        *,
+        db: str | os.PathLike[str] | None = None,
+    ) -> Inventory:
         """The inventory of the CA in ``folder``; refuse a missing one or another CA's."""
-        path = Path(folder) / DB_NAME
-        if not path.is_file():
-            raise PKIError(
-                "CA folder has no inventory",
-                file=path,
-                hint=f"create it from the certificates in the folder with "
-                f"mtlskit list --ca-dir {folder} --adopt",
-            )
-        inv = cls(path, ca_cert)
-        inv._check_owner()
+        inv = cls.at(folder, ca_cert, db=db)
+        inv.check()
         return inv
 
-    @contextlib.contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = _connect(self.path)
-        except sqlite3.DatabaseError as exc:
-            raise _not_inventory(self.path, exc) from exc
-        try:
-            yield conn
-        finally:
-            conn.close()
+    def check(self) -> None:
+        """Make sure the database is this CA's inventory, at this mtlskit's schema.
 
-    def _check_owner(self) -> None:
-        with self._conn() as conn:
-            meta = _read_meta(conn, self.path)
-        if "ca_id" not in meta:
-            raise _not_inventory(self.path)
-        if int(meta.get("schema", "1")) > SCHEMA:
+        A SQLite file that does not exist is refused (:meth:`sign_and_record`
+        creates it); a database with no CA yet is claimed for this one.
+        """
+        self._prepare(create=False)
+
+    def _is_default(self) -> bool:
+        return self.folder is not None and self.location == str(self.folder / DB_NAME)
+
+    def _prepare(self, *, create: bool) -> None:
+        if self._ready:
+            return
+        db = self.database
+        if not self.exists():
+            if not create:
+                if self._is_default():
+                    raise PKIError(
+                        "CA folder has no inventory",
+                        file=self.location,
+                        hint=f"create it from the certificates in the folder with "
+                        f"mtlskit list --ca-dir {self.folder} --adopt",
+                    )
+                raise PKIError(
+                    "inventory not found",
+                    file=self.location,
+                    hint="check --db, or create it with mtlskit list --db PATH --adopt",
+                )
+            self._claim()
+        else:
+            try:
+                with db.transaction() as tx:
+                    version = db.schema_version(tx)
+                    meta = _read_meta(tx) if version else {}
+                    empty = version == 0 and _no_tables(tx)
+            except UnusableDatabaseError as exc:
+                raise _not_inventory(self.location, exc) from exc
+            if "ca_id" in meta:
+                self._check_meta(meta, version)
+                if version < SCHEMA_VERSION:
+                    db.migrate()  # an inventory of an older mtlskit, migrated in place
+            elif version or empty or db.dialect == "postgresql":
+                self._claim()  # our schema (or none yet) and no CA: this one takes it
+            else:
+                raise _not_inventory(self.location)  # another program's SQLite file
+        self._ready = True
+
+    def _check_meta(self, meta: dict[str, str], version: int) -> None:
+        if version > SCHEMA_VERSION:
             raise PKIError(
-                f"inventory was made by a newer mtlskit (schema {meta['schema']}, this one "
-                f"reads {SCHEMA})",
-                file=self.path,
+                f"inventory was made by a newer mtlskit (schema {version}, this one "
+                f"reads {SCHEMA_VERSION})",
+                file=self.location,
                 hint="upgrade mtlskit",
             )
-        if meta["ca_id"] != ca_id(self.ca_cert):
+        mine = ca_id(self.ca_cert)
+        if meta["ca_id"] != mine:
+            theirs = _describe_ca(meta.get("ca_subject", ""), meta["ca_id"])
+            this = _describe_ca(self.ca_cert.subject.rfc4514_string(), mine)
             raise PKIError(
-                f"inventory belongs to another CA ({_describe_ca(meta.get('ca_subject', ''), meta['ca_id'])}; "
-                f"this CA is {_describe_ca(self.ca_cert.subject.rfc4514_string(), ca_id(self.ca_cert))})",
-                file=self.path,
+                f"inventory belongs to another CA ({theirs}; this CA is {this})",
+                file=self.location,
                 hint="use --ca-dir of the CA that owns it, or move it away",
             )
+
+    def _claim(self) -> None:
+        """Create the schema and make it this CA's, adopting the folder.
+
+        Several processes may do this at once: the migration lock queues them, the
+        first one's ``meta`` wins, and everyone checks it afterwards.
+        """
+        # Read everything first: a bad ca.crl leaves no half-made database behind.
+        adoption = _read_adoption(self.folder, self.ca_cert) if self.folder else None
+        mine = ca_id(self.ca_cert)
+
+        def claim(tx: Transaction) -> None:
+            for key, value in (
+                ("ca_id", mine),
+                ("ca_subject", self.ca_cert.subject.rfc4514_string()),
+                ("crl_number", str(adoption.crl_number if adoption else 0)),
+            ):
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    (key, value),
+                )
+            if adoption is not None and _read_meta(tx)["ca_id"] == mine:
+                _adopt(tx, adoption)
+
+        try:
+            self.database.migrate(then=claim)
+        except UnusableDatabaseError as exc:
+            raise _not_inventory(self.location, exc) from exc
+        with self.database.transaction() as tx:
+            meta = _read_meta(tx)
+            version = self.database.schema_version(tx)
+        self._check_meta(meta, version)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -374,96 +459,74 @@ class Inventory:
         renewed_from: str | None = None,
         new_serial: Callable[[], int] | None = None,
     ) -> x509.Certificate:
-        """``sign(serial)`` with fresh serials until one is new, and commit its row."""
+        """``sign(serial)`` with fresh serials until one is new, and commit its row.
+
+        A CA folder without a ``ca.db`` gets one here, adopting the folder.
+        """
+        self._prepare(create=True)
         fresh = new_serial or random_serial
-        with self._conn() as conn:
-            for _ in range(SERIAL_ATTEMPTS):
-                # Sign outside the transaction: the write lock is held only for the insert.
-                cert = sign(fresh())
-                values = _row_values(cert, source="issued", renewed_from=renewed_from)
-                try:
-                    with _write(conn):
-                        conn.execute(_INSERT, values)
-                except sqlite3.IntegrityError:
-                    continue  # serial collision: another process (or a past one) has it
-                except sqlite3.OperationalError as exc:
-                    raise PKIError(
-                        f"cannot record the certificate in the inventory: {exc}",
-                        file=self.path,
-                        hint="check the folder's permissions and free space",
-                    ) from exc
-                return cert
+        for _ in range(SERIAL_ATTEMPTS):
+            # Sign outside the transaction: the write lock is held only for the insert.
+            cert = sign(fresh())
+            try:
+                with self.database.transaction() as tx:
+                    tx.execute(
+                        _INSERT, _row_values(cert, source="issued", renewed_from=renewed_from)
+                    )
+            except IntegrityError:
+                continue  # serial collision: another process (or a past one) has it
+            return cert
         raise PKIError(
             f"no unused serial after {SERIAL_ATTEMPTS} attempts",
-            file=self.path,
+            file=self.location,
             hint="the serial source is broken; check the system's random number generator",
         )
 
-    def _adopt(
-        self, conn: sqlite3.Connection, certs: list[x509.Certificate], revoked: list[_Revoked]
-    ) -> None:
-        for cert in certs:
-            conn.execute(
-                _INSERT.replace("INSERT", "INSERT OR IGNORE", 1),
-                _row_values(cert, source="adopted", renewed_from=None),
-            )
-        for item in revoked:
-            row = conn.execute("SELECT 1 FROM certs WHERE serial = ?", (item.serial,)).fetchone()
-            if row is None:
-                # Known only from the CRL: keep it so the next CRL still lists it.
-                conn.execute(
-                    "INSERT INTO certs (serial, subject, profile, not_before, not_after, "
-                    "issued_at, source) VALUES (?, '', 'unknown', ?, ?, ?, 'adopted')",
-                    (item.serial, item.at, "9999-12-31T23:59:59Z", item.at),
-                )
-            conn.execute(
-                "UPDATE certs SET status = 'revoked', revoked_at = ?, reason = ? WHERE serial = ?",
-                (item.at, item.reason, item.serial),
-            )
-
     def revoke(self, serial: str, reason: str | None) -> Record:
         """Mark ``serial`` revoked now; refuse an unknown or already revoked one."""
-        with self._conn() as conn, _write(conn):
-            rec = self._get(conn, serial)
-            if rec.status == "revoked":
-                when = format_time(rec.revoked_at) if rec.revoked_at else "?"
-                raise PKIError(
-                    f"certificate {rec.serial} ({rec.subject}) is already revoked since {when}"
-                    + (f" ({rec.reason})" if rec.reason else ""),
-                    file=self.path,
-                    hint="nothing to do; mtlskit crl publishes the revocation",
-                )
-            conn.execute(
-                "UPDATE certs SET status = 'revoked', revoked_at = ?, reason = ? WHERE serial = ?",
+        self.check()
+        with self.database.transaction() as tx:
+            rec = self._get(tx, serial)
+            # Conditional: of two revocations at once, one changes the row.
+            changed = tx.execute(
+                "UPDATE certs SET status = 'revoked', revoked_at = ?, reason = ? "
+                "WHERE serial = ? AND status = 'valid'",
                 (format_time(_now()), reason, rec.serial),
             )
-            return self._get(conn, rec.serial)
-
-    def mark_renewal(self, new_serial: str, old_serial: str) -> None:
-        """Note that ``new_serial`` renews ``old_serial`` (``mtlskit list`` shows it)."""
-        with self._conn() as conn, _write(conn):
-            conn.execute(
-                "UPDATE certs SET renewed_from = ? WHERE serial = ?", (old_serial, new_serial)
-            )
+            if changed:
+                return self._get(tx, rec.serial)
+        rec = self.get(rec.serial)
+        when = format_time(rec.revoked_at) if rec.revoked_at else "?"
+        raise PKIError(
+            f"certificate {rec.serial} ({rec.subject}) is already revoked since {when}"
+            + (f" ({rec.reason})" if rec.reason else ""),
+            file=self.location,
+            hint="nothing to do; mtlskit crl publishes the revocation",
+        )
 
     def next_crl_number(self) -> int:
-        """The next CRL number: strictly increasing, also across processes."""
-        with self._conn() as conn, _write(conn):
-            row = conn.execute("SELECT value FROM meta WHERE key = 'crl_number'").fetchone()
-            number = (int(row["value"]) if row else 0) + 1
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('crl_number', ?)", (str(number),)
+        """The next CRL number: strictly increasing, also across processes and replicas."""
+        self.check()
+        with self.database.transaction() as tx:
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('crl_number', '0') "
+                "ON CONFLICT (key) DO NOTHING"
             )
-        return number
+            # One UPDATE: PostgreSQL locks the row, so a concurrent one adds to our value.
+            tx.execute(
+                "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) "
+                "WHERE key = 'crl_number'"
+            )
+            row = tx.one("SELECT value FROM meta WHERE key = 'crl_number'")
+        assert row is not None
+        return int(row["value"])
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _get(self, conn: sqlite3.Connection, serial: str) -> Record:
-        row = conn.execute("SELECT * FROM certs WHERE serial = ?", (serial,)).fetchone()
+    def _get(self, tx: Transaction, serial: str) -> Record:
+        row = tx.one("SELECT * FROM certs WHERE serial = ?", (serial,))
         if row is None and len(serial) >= MIN_PREFIX:
-            rows = conn.execute(
-                "SELECT * FROM certs WHERE serial LIKE ? LIMIT 2", (serial + "%",)
-            ).fetchall()
+            rows = tx.all("SELECT * FROM certs WHERE serial LIKE ? LIMIT 2", (serial + "%",))
             if len(rows) > 1:
                 raise ConfigError(
                     f"serial prefix {serial} matches several certificates",
@@ -473,22 +536,22 @@ class Inventory:
         if row is None:
             raise PKIError(
                 f"no certificate with serial {serial} in the inventory",
-                file=self.path,
+                file=self.location,
                 hint="this CA never issued it: check --ca-dir, or see mtlskit list",
             )
         return Record.from_row(row)
 
     def get(self, serial: str) -> Record:
         """The record with ``serial`` (or a unique prefix of at least 6 hex digits)."""
-        with self._conn() as conn:
-            return self._get(conn, serial)
+        self.check()
+        with self.database.transaction() as tx:
+            return self._get(tx, serial)
 
     def find(self, cert: x509.Certificate) -> Record | None:
         """The record of ``cert``, when this CA issued it."""
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT * FROM certs WHERE serial = ?", (serial_hex(cert.serial_number),)
-            ).fetchone()
+        self.check()
+        with self.database.transaction() as tx:
+            row = tx.one("SELECT * FROM certs WHERE serial = ?", (serial_hex(cert.serial_number),))
         if row is None:
             return None
         rec = Record.from_row(row)
@@ -504,36 +567,59 @@ class Inventory:
         if expiring_within is not None:
             query += " WHERE status = 'valid' AND not_after <= ?"
             args = (format_time(_now() + expiring_within),)
-        with self._conn() as conn:
-            rows = conn.execute(query + " ORDER BY not_after, serial", args).fetchall()
+        self.check()
+        with self.database.transaction() as tx:
+            rows = tx.all(query + " ORDER BY not_after, serial", args)
         return [Record.from_row(r) for r in rows]
 
     def revoked(self) -> list[Record]:
-        with self._conn() as conn:
-            rows = conn.execute(
+        self.check()
+        with self.database.transaction() as tx:
+            rows = tx.all(
                 "SELECT * FROM certs WHERE status = 'revoked' ORDER BY revoked_at, serial"
-            ).fetchall()
+            )
         return [Record.from_row(r) for r in rows]
 
     def count(self) -> int:
-        with self._conn() as conn:
-            return int(conn.execute("SELECT count(*) FROM certs").fetchone()[0])
+        self.check()
+        with self.database.transaction() as tx:
+            row = tx.one("SELECT count(*) AS n FROM certs")
+        return int(row["n"]) if row else 0
+
+
+def _no_tables(tx: Transaction) -> bool:
+    """A SQLite file with no tables at all (just created): free to claim."""
+    if tx.dialect != "sqlite":
+        return False
+    row = tx.one("SELECT count(*) AS n FROM sqlite_master")
+    return row is not None and int(row["n"]) == 0
 
 
 # -- creation and adoption -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Revoked:
-    serial: str
-    at: str
-    reason: str | None
+def _adopt(tx: Transaction, adoption: _Adoption) -> None:
+    for cert in adoption.certs:
+        tx.execute(
+            _INSERT.rstrip() + " ON CONFLICT (serial) DO NOTHING",
+            _row_values(cert, source="adopted", renewed_from=None),
+        )
+    for item in adoption.revoked:
+        if tx.one("SELECT 1 AS one FROM certs WHERE serial = ?", (item.serial,)) is None:
+            # Known only from the CRL: keep it so the next CRL still lists it.
+            tx.execute(
+                "INSERT INTO certs (serial, subject, profile, not_before, not_after, "
+                "issued_at, source) VALUES (?, '', 'unknown', ?, ?, ?, 'adopted')",
+                (item.serial, item.at, "9999-12-31T23:59:59Z", item.at),
+            )
+        tx.execute(
+            "UPDATE certs SET status = 'revoked', revoked_at = ?, reason = ? WHERE serial = ?",
+            (item.at, item.reason, item.serial),
+        )
 
 
 def _folder_certificates(folder: Path, ca_cert: x509.Certificate) -> list[x509.Certificate]:
     """The leaf certificates in ``folder`` (not below) that this CA signed."""
-    from mtlskit.pki.load import load_certificates
-
     out: list[x509.Certificate] = []
     for path in sorted([*folder.glob("*.crt"), *folder.glob("*.pem")]):
         try:
@@ -548,8 +634,6 @@ def _folder_certificates(folder: Path, ca_cert: x509.Certificate) -> list[x509.C
 
 def _crl_revocations(folder: Path, ca_cert: x509.Certificate) -> tuple[list[_Revoked], int]:
     """The revocations and number of ``folder/ca.crl``, refused if another key signed it."""
-    from mtlskit.pki.crl import check_crl, read_crl
-
     path = folder / "ca.crl"
     if not path.exists():
         return [], 0
@@ -572,16 +656,20 @@ def _crl_revocations(folder: Path, ca_cert: x509.Certificate) -> tuple[list[_Rev
     return out, number
 
 
+def _read_adoption(folder: Path, ca_cert: x509.Certificate) -> _Adoption:
+    if not folder.is_dir():
+        return _Adoption([], [], 0)
+    revoked, number = _crl_revocations(folder, ca_cert)
+    return _Adoption(_folder_certificates(folder, ca_cert), revoked, number)
+
+
 def _move_aside(path: Path) -> Path:
     """Keep a replaced inventory (it holds revocations) as ``ca.db.<ca_id>.old``."""
     ident = "unknown"
-    with contextlib.suppress(sqlite3.DatabaseError, PKIError):
-        conn = _connect(path)
-        try:
-            ident = _read_meta(conn, path).get("ca_id", "unknown")[:16]
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
+    db = open_database(path)
+    with contextlib.suppress(Exception), db.transaction() as tx:
+        ident = _read_meta(tx).get("ca_id", "unknown")[:16]
+    db.close()  # the last connection to close folds the WAL into the file
     target = path.with_name(f"{path.name}.{ident}.old")
     os.replace(path, target)
     for suffix in ("-wal", "-shm"):
@@ -599,77 +687,43 @@ def check_inventory_free(
         return
     if (Path(folder) / "ca.key").exists() or (Path(folder) / "ca.crt").exists():
         return  # writing refuses to overwrite them first, with its own error
-    Inventory(path, ca_cert)._check_owner()
+    inv = Inventory.at(folder, ca_cert)
+    try:
+        inv.check()
+    finally:
+        inv.close()
 
 
 def create_inventory(
     folder: str | os.PathLike[str],
     ca_cert: x509.Certificate,
     *,
+    db: str | os.PathLike[str] | None = None,
     replace: bool = False,
     adopt: bool = True,
 ) -> Inventory:
-    """Create (or open) the inventory of ``ca_cert`` in ``folder``.
+    """Create (or open) the inventory of ``ca_cert`` for the CA in ``folder``.
 
     ``adopt`` records the certificates in the folder that the CA signed and the
-    revocations of its ``ca.crl``. ``replace`` moves another CA's inventory aside
+    revocations of its ``ca.crl``. ``replace`` moves another CA's ``ca.db`` aside
     (``ca.db.<id>.old``) instead of refusing it.
     """
     folder = Path(folder)
-    path = folder / DB_NAME
-    if path.exists():
+    inv = Inventory.at(folder, ca_cert, db=db)
+    if not adopt:
+        inv.folder = None  # nothing to adopt from
+    if inv.database.dialect == "sqlite" and Path(inv.database.location).exists():
         try:
-            return Inventory.open(folder, ca_cert)
+            inv.check()
         except PKIError:
             if not replace:
+                inv.close()
                 raise
-            _move_aside(path)
-    # Read everything first: a bad ca.crl leaves no half-made ca.db behind.
-    certs = _folder_certificates(folder, ca_cert) if adopt else []
-    revoked, number = _crl_revocations(folder, ca_cert) if adopt else ([], 0)
-    try:
-        conn = _connect(path)
-    except sqlite3.DatabaseError as exc:
-        raise _not_inventory(path, exc) from exc
-    except sqlite3.OperationalError as exc:
-        raise PKIError(f"cannot create inventory: {exc}", file=path) from exc
-    inv = Inventory(path, ca_cert)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.executescript(_TABLES)
-        with _write(conn):
-            # Several processes may create it at once: the first one's meta wins,
-            # and everyone checks it below.
-            for key, value in (
-                ("schema", str(SCHEMA)),
-                ("ca_id", ca_id(ca_cert)),
-                ("ca_subject", ca_cert.subject.rfc4514_string()),
-                ("crl_number", str(number)),
-            ):
-                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
-            if _read_meta(conn, path)["ca_id"] == ca_id(ca_cert):
-                inv._adopt(conn, certs, revoked)
-    except sqlite3.DatabaseError as exc:
-        raise _not_inventory(path, exc) from exc
-    finally:
-        conn.close()
-    inv._check_owner()
+            inv.close()
+            _move_aside(Path(inv.database.location))
+            inv = Inventory.at(folder, ca_cert, db=db)
+            if not adopt:
+                inv.folder = None
+    inv._prepare(create=True)
+    inv.folder = folder
     return inv
-
-
-def record_issuance(
-    folder: str | os.PathLike[str],
-    ca_cert: x509.Certificate,
-    sign: Callable[[int], x509.Certificate],
-) -> x509.Certificate:
-    """The hook of :meth:`CA._sign`: sign with a serial the inventory has never seen.
-
-    The inventory is created (adopting the folder) on the first issuance of a CA
-    that has none, such as one made by the seed's openssl commands.
-    """
-    folder = Path(folder)
-    if (folder / DB_NAME).exists():
-        inv = Inventory.open(folder, ca_cert)
-    else:
-        inv = create_inventory(folder, ca_cert)
-    return inv.sign_and_record(sign)

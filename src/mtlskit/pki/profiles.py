@@ -103,8 +103,10 @@ def leaf_extensions(
     *,
     sans: list[x509.GeneralName],
     issuer: x509.Certificate,
+    crl_url: str | None = None,
 ) -> Extensions:
-    """Extensions of a server, client or server-client certificate."""
+    """Extensions of a server, client or server-client certificate; ``crl_url`` adds a
+    CRL distribution point (the CA service's ``URL/crl`` when it has a public URL)."""
     if profile in ("server", "server-client") and not sans:
         raise ConfigError(
             "a server certificate needs at least one SAN",
@@ -118,4 +120,12 @@ def leaf_extensions(
     if sans:
         out.append((x509.SubjectAlternativeName(sans), False))
     out.extend(_ids(public_key, issuer))
+    if crl_url is not None:
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=None,
+        )
+        out.append((x509.CRLDistributionPoints([point]), False))
     return out

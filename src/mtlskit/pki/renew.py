@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from mtlskit.errors import PKIError
 from mtlskit.pki.ca import CA, cert_pem
-from mtlskit.pki.inventory import Inventory, issued_by, profile_of, serial_hex
+from mtlskit.pki.inventory import issued_by, profile_of, serial_hex
 from mtlskit.pki.keys import PrivateKey, PublicKey, generate_key, private_key_pem
 from mtlskit.pki.load import load_certificates
 from mtlskit.pki.store import CERT_MODE, KEY_MODE, read_file, write_many
@@ -74,8 +74,9 @@ def renew_file(
     inventory does not know, and a revoked one. With ``new_key`` a key of the same
     type replaces ``key_file`` (default: the certificate's name with ``.key``).
     """
-    if ca.dir is None:
-        raise PKIError("this CA has no folder, so no inventory", hint="load it with CA.load")
+    inv = ca.inventory
+    if inv is None:
+        raise PKIError("this CA has no inventory", hint="load it with CA.load")
     path = Path(cert_file)
     certs = load_certificates(read_file(path, "certificate"), file=path)
     old, rest = certs[0], certs[1:]
@@ -87,7 +88,6 @@ def renew_file(
             file=path,
             hint="renew it with --ca-dir of the CA that signed it",
         )
-    inv = Inventory.open(ca.dir, ca.certificate)
     rec = inv.find(old)
     if rec is None:
         raise PKIError(
@@ -119,8 +119,8 @@ def renew_file(
         profile=rec.profile if rec.profile != "unknown" else profile_of(old),
         sans=sans,
         not_after=now.replace(microsecond=0) + lifetime,
+        renewed_from=rec.serial,
     )
-    inv.mark_renewal(serial_hex(new.serial_number), rec.serial)
     files: list[tuple[str | os.PathLike[str], bytes, int]] = [
         (path, cert_pem(new) + b"".join(cert_pem(c) for c in rest), CERT_MODE)
     ]

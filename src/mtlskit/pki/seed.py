@@ -45,6 +45,7 @@ def init_seed(
     ]
     check_inventory_free(folder, ca.certificate, replace=force)
     paths = write_many(files, force=force)
-    create_inventory(folder, ca.certificate, replace=force)  # adopts server.crt, client.crt
+    # Adopts server.crt and client.crt; what the CA signs from now on is recorded there.
+    ca.inventory = create_inventory(folder, ca.certificate, replace=force)
     ca.dir = Path(folder)
     return paths

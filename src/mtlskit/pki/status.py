@@ -8,7 +8,8 @@
 A CRL counts like a certificate: once its nextUpdate has passed, OpenSSL refuses
 every client certificate, so an old CRL is as urgent as an expiring CA. CRLs
 are re-made often, so one warns when a third of its own lifetime is left (or
-``warn``, when that is sooner).
+``warn``, when that is sooner). Given the CA's inventory, a certificate revoked
+there but in no CRL yet shows as revoked too, with a note to publish a CRL.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cryptography import x509
 
 from mtlskit.errors import ConfigError, PKIError
 from mtlskit.pki.crl import check_crl, is_revoked, load_crl
-from mtlskit.pki.inventory import format_time, profile_of, serial_hex
+from mtlskit.pki.inventory import Inventory, format_time, issued_by, profile_of, serial_hex
 from mtlskit.pki.load import load_certificates
 from mtlskit.pki.store import read_file
 
@@ -94,9 +95,16 @@ def _files(folder: Path) -> list[Path]:
 
 
 def folder_status(
-    folder: str | os.PathLike[str], *, warn: dt.timedelta, now: dt.datetime | None = None
+    folder: str | os.PathLike[str],
+    *,
+    warn: dt.timedelta,
+    now: dt.datetime | None = None,
+    inventory: Inventory | None = None,
 ) -> list[StatusRow]:
-    """A row per certificate (each one of a bundle) and per CRL in ``folder``."""
+    """A row per certificate (each one of a bundle) and per CRL in ``folder``.
+
+    With ``inventory`` (the CA's), revocations not yet in a CRL show too.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise PKIError(
@@ -147,9 +155,14 @@ def folder_status(
                 note,
             )
         )
+    pending = {r.serial: r for r in inventory.revoked()} if inventory is not None else {}
     for path, cert in certs:
         days = (cert.not_valid_after_utc - now).total_seconds() / 86400
         state, note = _state(days, warn), ""
+        rec = pending.get(serial_hex(cert.serial_number))
+        if rec is not None and inventory is not None and issued_by(cert, inventory.ca_cert):
+            when = f"{rec.revoked_at:%Y-%m-%d}" if rec.revoked_at else "?"
+            state, note = "revoked", f"revoked {when} in the inventory, in no CRL yet: mtlskit crl"
         for crl in good_crls:
             entry = is_revoked(cert, crl)
             if entry is not None:

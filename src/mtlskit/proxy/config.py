@@ -143,6 +143,8 @@ class ProxyConfig:
             raise ConfigError("--max-connections must be 1 or more")
         if self.backend_keepalive < 0:
             raise ConfigError("--backend-keepalive must be 0 (no reuse) or more connections")
+        if cfg.client_cert != "required":
+            raise ConfigError("the proxy requires client certificates", hint="leave client_cert")
         if cfg.workers != 1:
             raise ConfigError("the proxy runs one process", hint="leave workers at 1")
 

@@ -42,7 +42,9 @@ from mtlskit.proxy.headers import proxy_uri_sans as _proxy_uri_sans
 from mtlskit.proxy.stream import ProxyContext, StreamProxy
 from mtlskit.proxy.upstream import PlainStream
 from mtlskit.server.engine import TLSFailure
-from mtlskit.server.protocol import BaseProtocol, Shared, StopParsing, error_response
+from mtlskit.server.protocol import BaseProtocol, StopParsing, error_response
+from mtlskit.server.state import ConnectionRules, ServerState
+from mtlskit.server.tlsstate import TLSState
 
 __all__ = ["BackendConnection", "BackendPool", "Exchange", "HTTPContext", "HTTPProxy"]
 
@@ -163,7 +165,6 @@ class HTTPContext(ProxyContext):
         super().__init__(config)
         self.pool = BackendPool(config.backend_keepalive)
         self.xfcc_fields: tuple[str, ...] = config.xfcc_fields
-        self.quiet = config.listener.quiet
 
 
 class BackendConnection(PlainStream):
@@ -226,7 +227,7 @@ class BackendConnection(PlainStream):
             self.close()
             return
         self.got_bytes = True
-        proxy.last_active = proxy.shared.now
+        proxy.last_active = proxy.server_state.now
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -356,7 +357,7 @@ class BackendConnection(PlainStream):
                 # Answered before the whole request came, or an upgrade refused (what the
                 # client sends next is not HTTP): close after this response.
                 exchange.client_keep = False
-            if proxy.shared.draining:
+            if proxy.server_state.draining:
                 exchange.client_keep = False
             if not exchange.client_keep:
                 extra = b"Connection: close\r\n"
@@ -452,8 +453,10 @@ class HTTPProxy(StreamProxy):
     backend_write_paused = False
     pending_error = 0
 
-    def __init__(self, shared: Shared, context: HTTPContext) -> None:
-        super().__init__(shared, context)
+    def __init__(
+        self, server_state: ServerState, rules: ConnectionRules, tls: TLSState, context: HTTPContext
+    ) -> None:
+        super().__init__(server_state, rules, tls, context)
         self.headers: list[tuple[bytes, bytes]] = []
         self.exchanges: deque[Exchange] = deque()  # the one at the target first
         self.parsing: Exchange | None = None
@@ -533,8 +536,8 @@ class HTTPProxy(StreamProxy):
         exchange.http10 = parser.get_http_version() == "1.0"
         self.parsing = exchange
         self.exchanges.append(exchange)
-        self.shared.stats.requests += 1
-        if not self.context.quiet:
+        self.server_state.stats.requests += 1
+        if not self.rules.quiet:
             self.log_request(method)
         if len(self.exchanges) > PIPELINE_MAX:
             self.update_reading()
@@ -573,7 +576,7 @@ class HTTPProxy(StreamProxy):
         if self._identity_block is None:
             ident = self.identity
             session = self.session
-            assert ident is not None and session is not None and self.tls is not None
+            assert ident is not None and session is not None
             fields = self.context.xfcc_fields
             by = _proxy_uri_sans(self.tls.server_cert_pem) if "By" in fields else ()
             peer = self.peer
@@ -597,7 +600,7 @@ class HTTPProxy(StreamProxy):
             return
         if exchange is self.parsing and self.pending_error:
             return
-        conn = self.context.pool.take(self.shared.now)
+        conn = self.context.pool.take(self.server_state.now)
         if conn is not None:
             conn.reused = True
             conn.begin(self, exchange)
@@ -615,9 +618,9 @@ class HTTPProxy(StreamProxy):
                 self._gateway_error(RESPONSE_504 if isinstance(exc, TimeoutError) else RESPONSE_502)
             return
         self._connecting = None
-        self.shared.stats.upstream_ok += 1
+        self.server_state.stats.upstream_ok += 1
         if self.closed or not self.exchanges or self.exchanges[0].backend is not None:
-            context.pool.put(conn, self.shared.now)
+            context.pool.put(conn, self.server_state.now)
             return
         conn.begin(self, self.exchanges[0])
 
@@ -652,7 +655,7 @@ class HTTPProxy(StreamProxy):
             self.peer_text(),
             why,
         )
-        self.shared.stats.upstream_failed += 1
+        self.server_state.stats.upstream_failed += 1
         if exchange.response_started:
             self.abort()  # a response cut short must not look complete
         else:
@@ -667,10 +670,10 @@ class HTTPProxy(StreamProxy):
         if self.exchanges and self.exchanges[0] is exchange:
             self.exchanges.popleft()
         if conn is not None:
-            self.context.pool.put(conn, self.shared.now)
+            self.context.pool.put(conn, self.server_state.now)
         if self.backend_write_paused:
             self.backend_write_paused = False
-        if not exchange.client_keep or self.shared.draining:
+        if not exchange.client_keep or self.server_state.draining:
             self.push()
             self.close()
             return
@@ -712,14 +715,14 @@ class HTTPProxy(StreamProxy):
         """Send what the callbacks queued (one TLS write per chunk from the target)."""
         if self.closed:
             return
-        self.last_active = self.shared.now
+        self.last_active = self.server_state.now
         try:
             self.flush()
         except TLSFailure:
             self.abort()
 
     def http_error(self, status: int) -> None:
-        self.shared.stats.bad_requests += 1
+        self.server_state.stats.bad_requests += 1
         self.in_request = False
         parsing = self.parsing
         if parsing is not None and parsing.backend is None and self.exchanges:

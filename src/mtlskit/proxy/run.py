@@ -13,7 +13,9 @@ from mtlskit.proxy.http import HTTPContext, HTTPProxy
 from mtlskit.proxy.stream import ProxyContext, StreamProxy
 from mtlskit.server.lifecycle import ProtocolFactory
 from mtlskit.server.lifecycle import run as run_server_lifecycle
-from mtlskit.server.protocol import BaseProtocol, Shared
+from mtlskit.server.protocol import BaseProtocol
+from mtlskit.server.state import ConnectionRules, ServerState
+from mtlskit.server.tlsstate import TLSState
 
 __all__ = ["protocol_factory", "run_server"]
 
@@ -23,14 +25,14 @@ def protocol_factory(config: ProxyConfig) -> ProtocolFactory:
     if config.http:
         http = HTTPContext(config)
 
-        def make_http(shared: Shared) -> BaseProtocol:
-            return HTTPProxy(shared, http)
+        def make_http(state: ServerState, rules: ConnectionRules, tls: TLSState) -> BaseProtocol:
+            return HTTPProxy(state, rules, tls, http)
 
         return make_http
     stream = ProxyContext(config)
 
-    def make_stream(shared: Shared) -> BaseProtocol:
-        return StreamProxy(shared, stream)
+    def make_stream(state: ServerState, rules: ConnectionRules, tls: TLSState) -> BaseProtocol:
+        return StreamProxy(state, rules, tls, stream)
 
     return make_stream
 

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 
 from mtlskit.proxy.proxy_protocol import v2_header
 from mtlskit.proxy.upstream import PlainStream, Upstream, failure_text
-from mtlskit.server.protocol import BaseProtocol, Shared
+from mtlskit.server.protocol import BaseProtocol
+from mtlskit.server.state import ConnectionRules, ServerState
+from mtlskit.server.tlsstate import TLSState
 
 if TYPE_CHECKING:
     from mtlskit.proxy.config import ProxyConfig
@@ -48,7 +50,7 @@ class ProxyContext:
 
     def refuse_over_limit(self, conn: BaseProtocol) -> bool:
         """True (and one log line) when ``conn`` is one connection too many."""
-        if conn.shared.stats.open_connections <= self.max_connections:
+        if conn.server_state.stats.open_connections <= self.max_connections:
             return False
         log.warning(
             "refused a connection from %s: %d connections are open (--max-connections)",
@@ -58,7 +60,7 @@ class ProxyContext:
         return True
 
     def target_failed(self, conn: BaseProtocol, exc: BaseException) -> None:
-        conn.shared.stats.upstream_failed += 1
+        conn.server_state.stats.upstream_failed += 1
         ident = conn.identity
         log.warning(
             "cannot reach the target %s for %s from %s: %s",
@@ -80,8 +82,14 @@ class StreamProxy(BaseProtocol):
     _connecting: asyncio.Task[None] | None = None
     _lost_exc: Exception | None = None
 
-    def __init__(self, shared: Shared, context: ProxyContext) -> None:
-        super().__init__(shared)
+    def __init__(
+        self,
+        server_state: ServerState,
+        rules: ConnectionRules,
+        tls: TLSState,
+        context: ProxyContext,
+    ) -> None:
+        super().__init__(server_state, rules, tls)
         self.context = context
         self.pending: list[bytes] = []
 
@@ -92,7 +100,7 @@ class StreamProxy(BaseProtocol):
 
     def start_application(self) -> None:
         if not self.access_allowed():  # logs the refusal as one line
-            self.shared.stats.requests_refused += 1
+            self.server_state.stats.requests_refused += 1
             self.close()
             return
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
@@ -109,7 +117,7 @@ class StreamProxy(BaseProtocol):
             self._connecting = None
 
     def plain_connected(self, target: PlainStream) -> None:
-        self.shared.stats.upstream_ok += 1
+        self.server_state.stats.upstream_ok += 1
         if self.closed:  # the client left meanwhile
             target.close()
             return

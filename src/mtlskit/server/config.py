@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from mtlskit.errors import ConfigError
+from mtlskit.server.asgi_types import ASGIApp
 
 __all__ = ["DEFAULT_SESSION_CACHE", "ServerConfig"]
 
@@ -26,7 +29,8 @@ class ServerConfig:
     crl: Path | None = None
     host: str = ""  # "" = every interface, as Go's ":8443"
     port: int = 8443
-    app: str | None = None  # "module:attribute" of an ASGI app; None = hello world
+    # An ASGI app: "module:attribute" to import, or the app itself; None = hello world.
+    app: str | ASGIApp | None = None
     quiet: bool = False  # no per-request log line
     workers: int = 1
     allow_cn: tuple[str, ...] = ()
@@ -42,6 +46,16 @@ class ServerConfig:
     session_cache: int = DEFAULT_SESSION_CACHE  # TLS 1.3 sessions kept (0: stateless tickets)
     metrics_port: int | None = None  # Prometheus text on this plain-HTTP port
     metrics_host: str = "127.0.0.1"
+    # "optional": a client without a certificate gets through the handshake (an app
+    # then sees an empty client_cert_chain); one that sends a certificate is verified.
+    # For services with anonymous routes (mtlskit ca serve), never a CLI flag of serve.
+    client_cert: Literal["required", "optional"] = "required"
+    # Accept a client certificate without clientAuth in its extendedKeyUsage (the chain is
+    # still verified): the CA service renews server-only certificates over mTLS. The
+    # default TLS engine only; the stdlib engine keeps OpenSSL's purpose check.
+    client_cert_any_purpose: bool = False
+    # More Prometheus text for the metrics port (the CA service's own metrics).
+    extra_metrics: Callable[[], str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -54,6 +68,10 @@ class ServerConfig:
             raise ConfigError("--ticket-key-rotation must be 0 (off) or more seconds")
         if self.metrics_port is not None and not 0 < self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port {self.metrics_port} is out of range")
+        if self.client_cert not in ("required", "optional"):
+            raise ConfigError(
+                f"client_cert must be 'required' or 'optional', not {self.client_cert!r}"
+            )
         if self.workers < 1:
             raise ConfigError("--workers must be 1 or more")
         for name in ("handshake_timeout", "idle_timeout", "shutdown_timeout"):

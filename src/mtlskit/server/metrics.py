@@ -26,15 +26,12 @@ import errno
 import logging
 import multiprocessing
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from mtlskit.errors import ServerError
 from mtlskit.server.reload import facts_of
 from mtlskit.server.stats import Stats
-
-if TYPE_CHECKING:
-    from mtlskit.server.tlsstate import ContextHolder
+from mtlskit.server.tlsstate import ContextHolder
 
 __all__ = ["CONTENT_TYPE", "render", "serve_metrics", "start_metrics_server"]
 
@@ -59,7 +56,9 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-class _Out:
+class _Exposition:
+    """The lines of the text exposition, one metric (HELP, TYPE, samples) at a time."""
+
     def __init__(self) -> None:
         self.lines: list[str] = []
 
@@ -76,7 +75,7 @@ def render(stats: Stats, holder: ContextHolder | None = None, *, now: float | No
     """The Prometheus text exposition (format 0.0.4) of ``stats`` and ``holder``'s state."""
     now = time.time() if now is None else now
     snap = stats.snapshot()
-    out = _Out()
+    out = _Exposition()
     failures: dict[str, int] = snap["handshake_failures"]
     out.metric(
         "mtlskit_handshakes_total",
@@ -128,7 +127,7 @@ def render(stats: Stats, holder: ContextHolder | None = None, *, now: float | No
     return "\n".join(out.lines) + "\n"
 
 
-def _state_metrics(out: _Out, holder: ContextHolder, now: float) -> None:
+def _state_metrics(out: _Exposition, holder: ContextHolder, now: float) -> None:
     state = holder.current
     out.metric(
         "mtlskit_tls_reload_last_ok",
@@ -192,6 +191,7 @@ async def _handle(
     writer: asyncio.StreamWriter,
     stats: Stats,
     holder: ContextHolder | None,
+    extra: Callable[[], str] | None = None,
 ) -> None:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _TIMEOUT)
@@ -200,7 +200,8 @@ async def _handle(
         if method not in (b"GET", b"HEAD"):
             status, body, ctype = "405 Method Not Allowed", b"use GET /metrics\n", "text/plain"
         elif path.split(b"?")[0] == b"/metrics":
-            status, body, ctype = "200 OK", render(stats, holder).encode(), CONTENT_TYPE
+            text = render(stats, holder) + (extra() if extra is not None else "")
+            status, body, ctype = "200 OK", text.encode(), CONTENT_TYPE
         else:
             status, body, ctype = "404 Not Found", b"metrics are at /metrics\n", "text/plain"
         writer.write(
@@ -219,9 +220,15 @@ async def _handle(
 
 @contextlib.asynccontextmanager
 async def serve_metrics(
-    host: str, port: int | None, stats: Stats, holder: ContextHolder | None = None
+    host: str,
+    port: int | None,
+    stats: Stats,
+    holder: ContextHolder | None = None,
+    *,
+    extra: Callable[[], str] | None = None,
 ) -> AsyncIterator[asyncio.Server | None]:
-    """Serve metrics while the block runs (``port`` None: no metrics).
+    """Serve metrics while the block runs (``port`` None: no metrics); ``extra`` adds
+    more Prometheus text after the server's own (the CA service's metrics).
 
     With ``--workers N`` every worker counts its own connections, so worker *i*
     serves its numbers on ``port + i`` (scrape them all; sum in PromQL).
@@ -233,7 +240,7 @@ async def serve_metrics(
     if name.startswith("worker-") and name[7:].isdigit():
         port += int(name[7:])
     try:
-        server = await start_metrics_server(host, port, stats, holder)
+        server = await start_metrics_server(host, port, stats, holder, extra=extra)
     except OSError as exc:
         why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
         raise ServerError(
@@ -249,9 +256,14 @@ async def serve_metrics(
 
 
 async def start_metrics_server(
-    host: str, port: int, stats: Stats, holder: ContextHolder | None = None
+    host: str,
+    port: int,
+    stats: Stats,
+    holder: ContextHolder | None = None,
+    *,
+    extra: Callable[[], str] | None = None,
 ) -> asyncio.Server:
     """Serve ``GET /metrics`` on ``host:port`` until the returned server is closed."""
     return await asyncio.start_server(
-        lambda r, w: _handle(r, w, stats, holder), host, port, limit=_MAX_REQUEST
+        lambda r, w: _handle(r, w, stats, holder, extra), host, port, limit=_MAX_REQUEST
     )

@@ -36,17 +36,14 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from mtlskit.errors import MtlsError, PKIError
 from mtlskit.pki.crl import check_crl, read_crl
 from mtlskit.pki.load import read_certificates
-from mtlskit.server.tlsstate import TLSState, build_state
-
-if TYPE_CHECKING:
-    from mtlskit.server.tlsstate import ContextHolder
+from mtlskit.server.config import DEFAULT_SESSION_CACHE
+from mtlskit.server.tlsstate import ContextHolder, TLSState, build_state
 
 __all__ = [
     "INTERVAL",
@@ -123,11 +120,26 @@ def check_files(
 
 
 def checked_build(
-    cert: PathLike, key: PathLike, ca: PathLike, *, crl: PathLike | None = None, **options: int
+    cert: PathLike,
+    key: PathLike,
+    ca: PathLike,
+    *,
+    crl: PathLike | None = None,
+    session_cache: int = DEFAULT_SESSION_CACHE,
+    require_client_cert: bool = True,
+    any_client_purpose: bool = False,
 ) -> TLSState:
     """:func:`~mtlskit.server.tlsstate.build_state` after :func:`check_files`."""
     facts = check_files(cert, key, ca, crl)
-    state = build_state(cert, key, ca, crl=crl, **options)
+    state = build_state(
+        cert,
+        key,
+        ca,
+        crl=crl,
+        session_cache=session_cache,
+        require_client_cert=require_client_cert,
+        any_client_purpose=any_client_purpose,
+    )
     _FACTS[state] = facts
     return state
 

@@ -72,13 +72,27 @@ def build_state(
     *,
     crl: PathLike | None = None,
     session_cache: int = DEFAULT_SESSION_CACHE,
+    require_client_cert: bool = True,
+    any_client_purpose: bool = False,
 ) -> TLSState:
-    """A :class:`TLSState` from files; raises :class:`~mtlskit.errors.PKIError`."""
-    ctx = server_context(cert, key, ca, crl=crl)
+    """A :class:`TLSState` from files; raises :class:`~mtlskit.errors.PKIError`.
+
+    ``require_client_cert=False``: a client may come without a certificate (both
+    engines copy the verify mode from the policy context); one it sends is verified.
+    ``any_client_purpose``: a client certificate need not allow clientAuth (the CA
+    service renews server-only certificates over mTLS); the default engine only.
+    """
+    ctx = server_context(cert, key, ca, crl=crl, require_client_cert=require_client_cert)
     engine_context = None
     if openssl_engine.AVAILABLE and os.environ.get("MTLSKIT_TLS_ENGINE", "") != "stdlib":
         engine_context = openssl_engine.context_from(
-            ctx, cert, key, ca, crl=crl, session_cache=session_cache
+            ctx,
+            cert,
+            key,
+            ca,
+            crl=crl,
+            session_cache=session_cache,
+            any_client_purpose=any_client_purpose,
         )
     return TLSState(
         context=ctx,
@@ -104,8 +118,12 @@ class ContextHolder:
         stats: Stats | None = None,
         build: Callable[..., TLSState] = build_state,
         session_cache: int = DEFAULT_SESSION_CACHE,
+        require_client_cert: bool = True,
+        any_client_purpose: bool = False,
     ) -> None:
         self.cert, self.key, self.ca = Path(cert), Path(key), Path(ca)
+        self.require_client_cert = require_client_cert
+        self.any_client_purpose = any_client_purpose
         self.crl = Path(crl) if crl is not None else None
         self.stats = stats if stats is not None else Stats()
         self._build = build
@@ -114,8 +132,19 @@ class ContextHolder:
         self.current: TLSState = self._new_state()
 
     def _new_state(self) -> TLSState:
+        if self.require_client_cert and not self.any_client_purpose:
+            # a custom build (tests) need not know the options
+            return self._build(
+                self.cert, self.key, self.ca, crl=self.crl, session_cache=self.session_cache
+            )
         return self._build(
-            self.cert, self.key, self.ca, crl=self.crl, session_cache=self.session_cache
+            self.cert,
+            self.key,
+            self.ca,
+            crl=self.crl,
+            session_cache=self.session_cache,
+            require_client_cert=self.require_client_cert,
+            any_client_purpose=self.any_client_purpose,
         )
 
     @property

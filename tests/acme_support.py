@@ -1,0 +1,190 @@
+"""Helpers for the ACME tests (no tests here): `ca serve` with ACME, pebble, the clients.
+
+pebble (Let's Encrypt's ACME test server, Debian's package) is the reference:
+the same certbot and lego command lines run against it and against mtlskit.
+It resolves names through pebble-challtestsrv's DNS, whose default answer for
+any A query is 127.0.0.1, so `app.internal` reaches the client's standalone
+server on loopback, as `--acme-resolve app.internal:127.0.0.1` does for mtlskit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mtlskit.database import open_database
+from tests.conftest import free_port, wait_for_port
+from tests.service_support import Service, start_service
+
+NAME = "app.internal"
+
+
+@dataclass
+class AcmeServer:
+    """An ACME server under test: its directory, the root its TLS certificate chains
+    to (what clients trust), the root of what it issues, and where it validates."""
+
+    kind: str  # "mtlskit" | "pebble"
+    directory: str
+    tls_root: Path
+    http_port: int
+    tls_port: int
+    workdir: Path
+    service: Service | None = None
+    mgmt_port: int | None = None  # pebble's management interface
+
+    def issuing_root(self) -> Path:
+        """The root that certificates from this server chain to (pebble makes a new
+        one at each start and shows it on its management interface)."""
+        if self.kind == "mtlskit":
+            return self.tls_root
+        path = self.workdir / "pebble-root.pem"
+        if not path.exists():
+            ctx = ssl.create_default_context(cafile=str(self.tls_root))
+            url = f"https://127.0.0.1:{self.mgmt_port}/roots/0"
+            with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+                path.write_bytes(r.read())
+        return path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(verify=ssl.create_default_context(cafile=str(self.tls_root)))
+
+
+def need(*tools: str) -> None:
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run scripts/setup.sh --test")
+
+
+def start_mtlskit_acme(
+    procs: list[subprocess.Popen[bytes]], ca_dir: Path, *args: str
+) -> AcmeServer:
+    """`mtlskit ca serve` with ACME for *.internal and 127.0.0.1, validating on free ports."""
+    http_port, tls_port, port = free_port(), free_port(), free_port()
+    service = start_service(
+        procs,
+        ca_dir,
+        "--url",
+        f"https://127.0.0.1:{port}",
+        "--acme-allow",
+        "DNS:*.internal",
+        "--acme-allow",
+        "IP:127.0.0.1",
+        "--acme-http-port",
+        str(http_port),
+        "--acme-tls-port",
+        str(tls_port),
+        "--acme-resolve",
+        f"{NAME}:127.0.0.1",
+        *args,
+        port=port,
+    )
+    return AcmeServer(
+        "mtlskit",
+        f"https://127.0.0.1:{port}/acme/directory",
+        ca_dir / "ca.crt",
+        http_port,
+        tls_port,
+        ca_dir.parent,
+        service,
+    )
+
+
+def start_pebble(procs: list[subprocess.Popen[bytes]], tls_dir: Path, workdir: Path) -> AcmeServer:
+    """pebble on free loopback ports (its defaults are 0.0.0.0:14000/15000, http-01 on
+    5002, tls-alpn-01 on 5001) with challtestsrv as its DNS; nothing sleeps, no
+    good nonce is refused on purpose."""
+    need("pebble", "pebble-challtestsrv")
+    port, mgmt, http_port, tls_port = free_port(), free_port(), free_port(), free_port()
+    dns, dns_mgmt = free_port(), free_port()
+    config = workdir / "pebble-config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "pebble": {
+                    "listenAddress": f"127.0.0.1:{port}",
+                    "managementListenAddress": f"127.0.0.1:{mgmt}",
+                    "certificate": str(tls_dir / "server.crt"),
+                    "privateKey": str(tls_dir / "server.key"),
+                    "httpPort": http_port,
+                    "tlsPort": tls_port,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": False,
+                }
+            }
+        )
+    )
+    log_path = workdir / "pebble.log"
+    with log_path.open("ab") as log:
+        chall = subprocess.Popen(
+            [
+                "pebble-challtestsrv",
+                "-dns01",
+                f"127.0.0.1:{dns}",
+                "-management",
+                f"127.0.0.1:{dns_mgmt}",
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-defaultIPv6",
+                "",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    procs.append(chall)
+    wait_for_port(dns, chall)
+    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+    with log_path.open("ab") as log:
+        pebble = subprocess.Popen(
+            ["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{dns}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
+        )
+    procs.append(pebble)
+    wait_for_port(port, pebble)
+    wait_for_port(mgmt, pebble)
+    return AcmeServer(
+        "pebble",
+        f"https://127.0.0.1:{port}/dir",
+        tls_dir / "ca.crt",
+        http_port,
+        tls_port,
+        workdir,
+        mgmt_port=mgmt,
+    )
+
+
+def issued_count(ca_dir: Path) -> int:
+    """Certificates in the CA's inventory (what was handed out, or about to be)."""
+    db = open_database(ca_dir / "ca.db")
+    try:
+        with db.transaction() as tx:
+            row = tx.one("SELECT COUNT(*) AS n FROM certs")
+        return int(row["n"]) if row else 0
+    finally:
+        db.close()
+
+
+def cert_status(ca_dir: Path, serial: str) -> str:
+    db = open_database(ca_dir / "ca.db")
+    try:
+        with db.transaction() as tx:
+            row = tx.one("SELECT status FROM certs WHERE serial = ?", (serial,))
+        return str(row["status"]) if row else "missing"
+    finally:
+        db.close()
