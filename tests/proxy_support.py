@@ -82,8 +82,9 @@ def client_ssl_context(certs: Path, *, cert: bool = True) -> ssl.SSLContext:
 OPEN_CLIENTS: list[TLSClient] = []
 
 
-def close_clients() -> Iterator[None]:
-    """Fixture body: every TLSClient a test opened is closed after it."""
+def close_clients(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """Fixture body: every TLSClient a test opened is closed after it, before its
+    processes are stopped (a draining proxy waits for them)."""
     yield
     while OPEN_CLIENTS:
         OPEN_CLIENTS.pop().close()
@@ -261,3 +262,83 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    {log_format_line}
+    access_log {tmp}/access.log {log_format};
+    server {{
+        listen 127.0.0.1:{port}{listen_flags};
+        {server}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    import shutil
+
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if exe is None:
+        import pytest
+
+        pytest.fail("nginx is not installed: run scripts/setup.sh --test")
+    return exe
+
+
+@dataclass
+class Nginx:
+    proc: subprocess.Popen[bytes]
+    port: int
+    folder: Path
+
+    def access_log(self) -> str:
+        path = self.folder / "access.log"
+        return path.read_text() if path.exists() else ""
+
+
+def start_nginx(
+    procs: list[subprocess.Popen[bytes]],
+    folder: Path,
+    server: str,
+    *,
+    listen_flags: str = "",
+    log_format: str = "",
+) -> Nginx:
+    """A plain-HTTP nginx on 127.0.0.1 (one process, stopped with the test)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = folder / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(
+            tmp=folder,
+            port=port,
+            listen_flags=listen_flags,
+            server=server,
+            log_format="test" if log_format else "combined",
+            log_format_line=f"log_format test '{log_format}';" if log_format else "",
+        )
+    )
+    exe = nginx_binary()
+    out = (folder / "stderr.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    out.close()
+    procs.append(proc)
+    wait_for_port(port, proc)
+    return Nginx(proc, port, folder)
