@@ -11,7 +11,7 @@ proxy adds its own, computed once per connection from the verified certificate:
     with ``--xfcc-fields`` from By, Hash, Cert, Chain, Subject, URI, DNS).
 ``Client-Cert`` / ``Client-Cert-Chain``
     RFC 9440: the certificate as a structured-field byte sequence ``:<base64 DER>:``,
-    and the intermediates the client sent (leaf excluded), when there are any.
+    and the intermediates the client sent (leaf and root excluded), when there are any.
 ``X-Forwarded-For`` / ``Forwarded`` / ``X-Forwarded-Proto``
     the client's address (RFC 7239 for ``Forwarded``) and ``https``.
 """
@@ -116,6 +116,11 @@ def xfcc(
     return ";".join(parts)
 
 
+def _self_signed(der: bytes) -> bool:
+    cert = x509.load_der_x509_certificate(der)
+    return cert.subject == cert.issuer
+
+
 def _sf_binary(der: bytes) -> bytes:
     return b":" + base64.b64encode(der) + b":"
 
@@ -132,8 +137,11 @@ def identity_headers(
     lines = [b"X-Forwarded-Client-Cert: " + xfcc(ident, chain_der, xfcc_fields, by=by).encode()]
     if chain_der:
         lines.append(b"Client-Cert: " + _sf_binary(chain_der[0]))
-        if len(chain_der) > 1:
-            lines.append(b"Client-Cert-Chain: " + b", ".join(_sf_binary(d) for d in chain_der[1:]))
+        # RFC 9440 2.3: a trust anchor may be left out (the target has it); OpenSSL clients
+        # send their root along unless told not to.
+        issuers = [d for d in chain_der[1:] if not _self_signed(d)]
+        if issuers:
+            lines.append(b"Client-Cert-Chain: " + b", ".join(_sf_binary(d) for d in issuers))
     if client_ip:
         node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
         lines.append(b"X-Forwarded-For: " + client_ip.encode("ascii"))
