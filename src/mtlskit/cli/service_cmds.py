@@ -293,7 +293,7 @@ def agent(
         retries=retries if retries is not None else (3 if once else None),
         force=force,
     )
-    _setup_logging()
+    setup_logging()
     runner = Agent(config)
     if once:
         outcome = runner.run_once()
