@@ -193,7 +193,7 @@ def server(
         "and name (--server-name, default the target's host)."
     ),
 )
-@click.option("--listen", required=True, metavar="HOST:PORT|unix:PATH", help="Plain address.")
+@click.option("--listen", required=True, metavar="HOST:PORT", help="Plain address to listen on.")
 @click.option("--target", required=True, metavar="HOST:PORT", help="The mTLS server.")
 @click.option("--server-name", metavar="NAME", help="Name to verify [the target's host].")
 @click.option(
@@ -246,7 +246,7 @@ def client(
     from mtlskit.proxy.client import run_client
 
     config = ClientProxyConfig(
-        listen=Address.parse(listen, "--listen"),
+        listen=Address.parse(listen, "--listen", unix=False),
         target=Address.parse(target, "--target", unix=False),
         certs=certs,
         ca=ca,

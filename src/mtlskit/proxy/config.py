@@ -179,13 +179,13 @@ class ClientProxyConfig:
     unsafe_listen: bool = False
 
     def __post_init__(self) -> None:
-        if self.target.is_unix:
-            raise ConfigError("--target of the client mode is an mTLS server's HOST:PORT")
+        if self.target.is_unix or self.listen.is_unix:
+            raise ConfigError("the client mode listens on HOST:PORT and connects to HOST:PORT")
         if not self.listen.is_local and not self.unsafe_listen:
             raise ConfigError(
                 f"--listen {self.listen} is reachable from other machines, and whoever "
                 "connects uses this client's certificate",
-                hint="listen on 127.0.0.1 or unix:PATH, or add --unsafe-listen",
+                hint="listen on 127.0.0.1, or add --unsafe-listen",
             )
         for name in ("connect_timeout", "handshake_timeout", "idle_timeout", "shutdown_timeout"):
             if getattr(self, name) <= 0:

@@ -36,7 +36,7 @@ from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
 from mtlskit.server.asgi_types import ASGIApp
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.metrics import serve_metrics
-from mtlskit.server.protocol import BaseProtocol, HelloProtocol, HelloResponses
+from mtlskit.server.protocol import HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
@@ -52,8 +52,9 @@ log = logging.getLogger("mtlskit.server")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # Makes the protocol of each accepted connection; the default serves HTTP (hello world or
-# the app), the proxy passes its own (mtlskit.proxy).
-ProtocolFactory = Callable[[ServerState, ConnectionRules, TLSState], BaseProtocol]
+# the app), the proxy passes its own (mtlskit.proxy). The protocol registers itself in
+# the ServerState as a Connection, which the sweeper and the drain act on.
+ProtocolFactory = Callable[[ServerState, ConnectionRules, TLSState], asyncio.Protocol]
 
 
 def _install_uvloop() -> None:
@@ -119,7 +120,7 @@ class Server:
         self.sockets = [s for srv in self._servers for s in getattr(srv, "sockets", ())]
         self._sweeper = loop.create_task(self._sweep())
 
-    def _protocol_factory(self) -> Callable[[], BaseProtocol]:
+    def _protocol_factory(self) -> Callable[[], asyncio.Protocol]:
         """Called at each accept: the connection handshakes with the TLS state current then."""
         state, rules, holder, hosted, hello = (
             self.state,
@@ -285,14 +286,22 @@ def _raise_open_files_limit() -> None:
 
 
 def run(
-    config: ServerConfig, *, protocol: ProtocolFactory | None = None, banner: str | None = None
+    config: ServerConfig,
+    *,
+    protocol: ProtocolFactory | None = None,
+    banner: str | None = None,
+    holder: ContextHolder | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does.
 
     ``protocol`` replaces the HTTP protocol of each connection (the proxy's); ``banner``
-    the ``listen on …`` line logged once listening.
+    the ``listen on …`` line logged once listening; ``holder`` the TLS state built from
+    ``config``'s files (the proxy's client mode holds a client's).
     """
-    holder, app = prepare(config)
+    if holder is None:
+        holder, app = prepare(config)
+    else:
+        app = None
     _raise_open_files_limit()
     _install_uvloop()
     if config.workers == 1:
