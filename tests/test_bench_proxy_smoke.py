@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, go_binary
+from tests.support.processes import ROOT, go_binary
 
 
 @pytest.mark.slow

@@ -12,14 +12,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from mtlskit.pki.ca import CA
-from tests.conftest import free_port, run_cli
-from tests.proxy_support import (
+from tests.support.processes import free_port, run_cli
+from tests.support.proxy import (
     TCPBackend,
     echo_after_eof,
     read_to_eof,
     start_proxy,
 )
-from tests.test_server_support import write_files
+from tests.support.server import write_files
 
 Procs = list[subprocess.Popen[bytes]]
 

@@ -22,8 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mtlskit.pki.ca import CA
-from tests.conftest import free_port, go_binary
-from tests.proxy_support import (
+from tests.support.processes import free_port, go_binary
+from tests.support.proxy import (
     Proxy,
     TLSClient,
     client_ssl_context,
@@ -31,7 +31,7 @@ from tests.proxy_support import (
     start_nginx,
     start_proxy,
 )
-from tests.test_server_support import write_files
+from tests.support.server import write_files
 
 Procs = list[subprocess.Popen[bytes]]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from mtlskit.pki.ca import CA
-from tests.conftest import free_port, run_cli
-from tests.proxy_support import (
+from tests.support.processes import free_port, run_cli
+from tests.support.proxy import (
     TCPBackend,
     TLSClient,
     client_ssl_context,
@@ -29,7 +29,7 @@ from tests.proxy_support import (
     rss_kib,
     start_proxy,
 )
-from tests.test_server_support import write_files
+from tests.support.server import write_files
 
 Procs = list[subprocess.Popen[bytes]]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy_support import (
+from tests.support.proxy import (
     TCPBackend,
     TLSClient,
     client_ssl_context,

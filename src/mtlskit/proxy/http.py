@@ -213,6 +213,8 @@ class BackendConnection(PlainStream):
         self.write(exchange.head + body)
         if proxy.write_paused:
             self.pause_reading()
+        if body:
+            proxy.update_reading()  # the body kept meanwhile may have paused the client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # a request is sent first

@@ -1,4 +1,4 @@
-"""Helpers for the proxy tests (no tests here): start `mtlskit proxy`, real backends, a TLS
+"""Helpers for the proxy tests: start `mtlskit proxy`, real backends (TCP, nginx), a TLS
 client that can half-close."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtlskit.tls import client_context
-from tests.conftest import ROOT, free_port, wait_for_port
+from tests.support.processes import ROOT, free_port, wait_for_port
 
 
 @dataclass
