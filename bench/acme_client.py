@@ -74,7 +74,7 @@ def sign(
     payload: bytes,
     key: Any,
     *,
-    url: str,
+    url: str | None,
     nonce: str | None,
     kid: str | None,
     alg: str | None = None,
@@ -82,7 +82,7 @@ def sign(
     embed_jwk: JWK | None = None,
 ) -> dict[str, Any]:
     """A flattened JWS as ACME wants it: everything in the protected header."""
-    fields: dict[str, Any] = {"url": url}
+    fields: dict[str, Any] = {} if url is None else {"url": url}
     if nonce is not None:
         fields["nonce"] = nonce
     if kid is not None:

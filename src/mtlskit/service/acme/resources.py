@@ -15,6 +15,7 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,8 @@ from mtlskit.service.issuance import check_csr, issue_from_csr
 from mtlskit.service.state import ServiceState
 
 __all__ = ["Acme", "Reply"]
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 log = logging.getLogger("mtlskit.service.acme")
 
@@ -114,7 +117,7 @@ class Auth:
 
 
 def _b64decode(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not _BASE64URL.fullmatch(value):
         raise AcmeProblem("malformed", f"{what} must be a base64url string")
     try:
         return decode_b64jose(value)
