@@ -15,6 +15,9 @@ if [ "$mode" = --test ]; then
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
   command -v curl >/dev/null || need_apt+=(curl)
   command -v openssl >/dev/null || need_apt+=(openssl)
+  # PostgreSQL's server programs (the tests start a throwaway cluster: scripts/postgres.sh).
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
+    || need_apt+=(postgresql)
   # ACME: the clients the tests drive, and Let's Encrypt's test server as the reference.
   command -v certbot >/dev/null || need_apt+=(certbot)
   command -v lego >/dev/null || need_apt+=(lego)

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Set up and run every test: ruff, mypy --strict, pytest (Python 3.11, then 3.13), and the
-# TLS-engine, server and verify tests once more on the oldest dependencies we admit.
+# Set up and run every test: ruff, mypy --strict, the import contracts (lint-imports),
+# pytest (Python 3.11, then 3.13), and the TLS-engine, server and verify tests once more
+# on the oldest dependencies we admit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 .venv/bin/ruff check
 .venv/bin/ruff format --check -q
 .venv/bin/mypy
+.venv/bin/lint-imports --no-logo  # the import contracts in pyproject.toml
 .venv/bin/pytest "$@"
 
 # Python 3.13 adds VERIFY_X509_STRICT to ssl defaults: keep the suite green there too.

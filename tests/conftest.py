@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -125,3 +128,69 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+POSTGRES_SH = ROOT / "scripts" / "postgres.sh"
+
+
+@dataclass
+class PostgresCluster:
+    """A PostgreSQL server for the session: scripts/postgres.sh's throwaway cluster, or
+    the server MTLSKIT_TEST_POSTGRES names (then ``dir`` is None: not ours to stop)."""
+
+    url: str  # the postgres database, for CREATE DATABASE
+    dir: Path | None
+
+    def database_url(self, name: str) -> str:
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+    def _run(self, action: str) -> None:
+        assert self.dir is not None, "an outside PostgreSQL is not stopped by the tests"
+        r = subprocess.run(
+            ["bash", str(POSTGRES_SH), action, str(self.dir)], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def start(self) -> None:
+        self._run("start")  # same folder, same port: the URLs stay valid
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    outside = os.environ.get("MTLSKIT_TEST_POSTGRES")
+    if outside:
+        yield PostgresCluster(outside, None)
+        return
+    # Under /tmp, not pytest's tmp_path: the postgres user must reach the folder.
+    folder = Path(tempfile.mkdtemp(prefix="mtlskit-pg-"))
+    r = subprocess.run(
+        ["bash", str(POSTGRES_SH), "start", str(folder)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.fail(f"cannot start PostgreSQL ({r.stderr.strip()}): run scripts/setup.sh --test")
+    cluster = PostgresCluster(r.stdout.strip(), folder)
+    try:
+        yield cluster
+    finally:
+        subprocess.run(["bash", str(POSTGRES_SH), "stop", str(folder)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (its URL)."""
+    import psycopg
+
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_cluster.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_cluster.database_url(name)
+    with (
+        contextlib.suppress(psycopg.Error),
+        psycopg.connect(postgres_cluster.url, autocommit=True) as conn,
+    ):
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

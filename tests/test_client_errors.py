@@ -1,4 +1,5 @@
-"""Every way a request fails, each against a real server, as one line in plain words."""
+"""Every way a request fails, each against a real server: the error class by stage
+(mtlskit.errors), one line in plain words, and the CLI's options in it."""
 
 from __future__ import annotations
 
@@ -12,8 +13,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mtlskit.client import get
-from mtlskit.errors import HandshakeError, PKIError, VerificationError
+from mtlskit.client import get, request
+from mtlskit.errors import (
+    CertificateRefusedError,
+    ConfigError,
+    ConnectError,
+    ConnectTimeout,
+    HandshakeError,
+    HTTPStatusError,
+    MtlsError,
+    NameResolutionError,
+    NetworkError,
+    PeerVerificationError,
+    PKIError,
+    ProtocolError,
+    ReadTimeout,
+    Timeout,
+    VerificationError,
+)
 from mtlskit.pki import profiles
 from mtlskit.pki.ca import CA
 from mtlskit.pki.keys import generate_key, private_key_pem
@@ -22,7 +39,9 @@ from tests.conftest import free_port, run_cli
 from tests.test_client_support import (  # noqa: F401 (fixtures)
     EchoServer,
     OtherPKI,
+    canned_server_fixture,
     echo_server_fixture,
+    full_backlog_port_fixture,
     mtlskit_server_fixture,
     one_line_error,
     other_pki_fixture,
@@ -79,6 +98,7 @@ def test_name_mismatch_lists_the_sans(
     line = one_line_error(r.stderr)
     assert "not valid for 'wrong.example'" in line
     assert "DNS:localhost, DNS:www.example.com, IP:127.0.0.1" in line
+    assert "use one of its names in the URL (or --resolve NAME:PORT:ADDRESS)" in line
 
     # The same --resolve with a name the certificate has works.
     ok = run_cli(
@@ -108,6 +128,10 @@ def test_ip_name_mismatch(
     with pytest.raises(VerificationError) as err:
         get(f"https://127.0.0.1:{srv.port}", certs=tmp_path)
     assert "not valid for '127.0.0.1': it names DNS:svc.internal" in str(err.value)
+    # We refused the peer's certificate: a verification error AND a failed handshake.
+    assert isinstance(err.value, PeerVerificationError)
+    assert isinstance(err.value, HandshakeError)
+    assert "(or resolve=NAME:PORT:ADDRESS)" in str(err.value)  # Python's words, not a flag
 
 
 # -- our client certificate ---------------------------------------------------------------
@@ -124,7 +148,7 @@ def test_go_server_refuses_a_client_cert_from_another_ca(
     url = seed_server(seed_certs_p256)
     ctx = client_context(seed_certs_p256 / "ca.crt", other_pki.client_cert, other_pki.client_key)
     ctx.maximum_version = version
-    with pytest.raises(HandshakeError) as err:
+    with pytest.raises(CertificateRefusedError) as err:
         get(url, context=ctx)
     # Go sends "bad certificate"; with TLS 1.3 it arrives after our handshake is done.
     assert str(err.value).startswith(
@@ -178,9 +202,13 @@ def test_no_client_certificate(
     version: ssl.TLSVersion, seed_certs_p256: Path, seed_server: Callable[[Path], str]
 ) -> None:
     url = seed_server(seed_certs_p256)
-    with pytest.raises(HandshakeError) as err:
+    with pytest.raises(CertificateRefusedError) as err:
         get(url, certs=None, ca=seed_certs_p256 / "ca.crt")
     assert str(err.value).startswith("the server requires a client certificate and we sent none (")
+    assert str(err.value).endswith(
+        ": pass cert= and key=, or certs=DIR with client.crt and client.key"
+    )
+    assert err.value.settings == ("cert", "key", "certs")
     ctx = client_context(seed_certs_p256 / "ca.crt")  # a context alone: we cannot know
     ctx.maximum_version = version
     with pytest.raises(HandshakeError, match="the server refused our client certificate"):
@@ -196,7 +224,7 @@ def test_openssl_server_says_unknown_ca(
 ) -> None:
     # A stdlib (OpenSSL) server that trusts only the other CA for clients.
     srv = echo_server(seed_certs_p256, client_ca=other_pki.ca, max_version=version)
-    with pytest.raises(HandshakeError) as err:
+    with pytest.raises(CertificateRefusedError) as err:
         get(srv.url, certs=seed_certs_p256)
     assert str(err.value).startswith(
         "the server refused our client certificate (tlsv1 alert unknown ca)"
@@ -239,18 +267,52 @@ def test_mtlskit_serve_refusals(
 
 
 def test_connection_refused(seed_certs_p256: Path) -> None:
-    r = run_cli("get", f"https://127.0.0.1:{free_port()}", "--certs", seed_certs_p256)
+    url = f"https://127.0.0.1:{free_port()}"  # a closed port
+    r = run_cli("get", url, "--certs", seed_certs_p256)
     assert r.returncode == 1
     line = one_line_error(r.stderr)
     assert line.startswith("error: connection refused by 127.0.0.1:")
     assert "mtlskit serve" in line
+    with pytest.raises(ConnectError) as err:
+        get(url, certs=seed_certs_p256)
+    assert isinstance(err.value, NetworkError)
+    assert not isinstance(err.value, HandshakeError)  # no handshake was tried
+
+
+def test_unknown_host(seed_certs_p256: Path) -> None:
+    r = run_cli("get", "https://no-such-host.invalid:8443", "--certs", seed_certs_p256)
+    assert r.returncode == 1
+    assert "cannot resolve 'no-such-host.invalid'" in one_line_error(r.stderr)
+    with pytest.raises(NameResolutionError, match=r"cannot resolve 'no-such-host\.invalid'"):
+        get("https://no-such-host.invalid:8443", certs=seed_certs_p256)
+
+
+def test_connect_timeout(seed_certs_p256: Path, full_backlog_port: int) -> None:
+    url = f"https://127.0.0.1:{full_backlog_port}"
+    with pytest.raises(ConnectTimeout) as err:
+        get(url, certs=seed_certs_p256, timeout=0.3)
+    assert isinstance(err.value, Timeout) and isinstance(err.value, NetworkError)
+    assert str(err.value) == (
+        f"no connection to 127.0.0.1:{full_backlog_port} within 0.3 s: "
+        "check the address and port, or raise the timeout (timeout=)"
+    )
+    r = run_cli("get", url, "--certs", seed_certs_p256, "--timeout", "0.3")
+    assert r.returncode == 1
+    assert one_line_error(r.stderr).endswith(
+        "within 0.3 s: check the address and port, or raise the timeout (--timeout)"
+    )
 
 
 def test_handshake_timeout(seed_certs_p256: Path, silent_port: int) -> None:
+    # The kernel accepts the connection; nobody ever answers the ClientHello.
     url = f"https://127.0.0.1:{silent_port}"
     r = run_cli("get", url, "--certs", seed_certs_p256, "--timeout", "0.3")
     assert r.returncode == 1
-    assert f"no TLS handshake with 127.0.0.1:{silent_port} within 0.3 s" in one_line_error(r.stderr)
+    line = one_line_error(r.stderr)
+    assert f"no TLS handshake with 127.0.0.1:{silent_port} within 0.3 s" in line
+    assert line.endswith(": check that the port serves TLS, or raise the timeout (--timeout)")
+    with pytest.raises(ConnectTimeout, match="no TLS handshake with"):
+        get(url, certs=seed_certs_p256, timeout=0.3)
 
 
 def test_response_timeout(seed_certs_p256: Path, echo_server: Callable[..., EchoServer]) -> None:
@@ -260,17 +322,78 @@ def test_response_timeout(seed_certs_p256: Path, echo_server: Callable[..., Echo
     assert "no response from localhost:" in one_line_error(r.stderr)
 
 
+def test_read_timeout(seed_certs_p256: Path, canned_server: int) -> None:
+    # A TLS server that completes the handshake, reads the request, and never answers.
+    url = f"https://localhost:{canned_server}/silent"
+    with pytest.raises(ReadTimeout) as err:
+        get(url, certs=seed_certs_p256, timeout=0.3)
+    assert isinstance(err.value, Timeout)
+    assert str(err.value).startswith(f"no response from localhost:{canned_server} within 0.3 s")
+    assert err.value.settings == ("timeout",)
+    r = run_cli("get", url, "--certs", seed_certs_p256, "--timeout", "0.3")
+    assert one_line_error(r.stderr).endswith(
+        ": check the server's log, or raise the timeout (--timeout)"
+    )
+
+
 def test_plain_http_server(seed_certs_p256: Path, echo_server: Callable[..., EchoServer]) -> None:
     srv = echo_server(None, tls=False)
     r = run_cli("get", f"https://127.0.0.1:{srv.port}", "--certs", seed_certs_p256)
     assert r.returncode == 1
     assert f"127.0.0.1:{srv.port} does not speak TLS" in one_line_error(r.stderr)
+    with pytest.raises(HandshakeError, match="does not speak TLS"):
+        get(f"https://127.0.0.1:{srv.port}", certs=seed_certs_p256)
 
 
-def test_unknown_host(seed_certs_p256: Path) -> None:
-    r = run_cli("get", "https://no-such-host.invalid:8443", "--certs", seed_certs_p256)
-    assert r.returncode == 1
-    assert "cannot resolve 'no-such-host.invalid'" in one_line_error(r.stderr)
+# -- the answer -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/not-http", "invalid HTTP response from localhost:{port}: BadStatusLine"),
+        ("/bad-status", "invalid HTTP response from localhost:{port}: BadStatusLine"),
+        ("/nothing", "localhost:{port} closed the connection without answering"),
+        ("/short-body", "localhost:{port} closed the connection without answering"),
+    ],
+)
+def test_invalid_http_answer(
+    path: str, expected: str, seed_certs_p256: Path, canned_server: int
+) -> None:
+    with pytest.raises(ProtocolError) as err:
+        get(f"https://localhost:{canned_server}{path}", certs=seed_certs_p256)
+    assert str(err.value).startswith(expected.format(port=canned_server))
+    assert not isinstance(err.value, HandshakeError | NetworkError)
+
+
+def test_http_status_error_carries_the_response(
+    seed_certs_p256: Path, echo_server: Callable[..., EchoServer]
+) -> None:
+    srv = echo_server(seed_certs_p256)
+    url = f"{srv.url}/status/403"
+    resp = request("GET", url, certs=seed_certs_p256)  # any status is a Response
+    assert resp.status == 403
+    with pytest.raises(HTTPStatusError) as err:
+        resp.raise_for_status()
+    assert err.value.response is resp
+    assert err.value.response.status == 403
+    assert err.value.response.json()["path"] == "/status/403"
+    assert str(err.value) == f"the server answered 403 Forbidden ({url}): see the response body"
+    ok = get(srv.url, certs=seed_certs_p256)
+    assert ok.raise_for_status() is ok
+
+
+def test_every_class_is_an_mtls_error() -> None:
+    import mtlskit
+    import mtlskit.errors
+
+    for name in mtlskit.errors.__all__:
+        obj = getattr(mtlskit.errors, name)
+        if isinstance(obj, type) and name != "Setting":
+            assert issubclass(obj, MtlsError), name
+            assert getattr(mtlskit, name) is obj, name  # the public surface has them all
+    assert issubclass(PeerVerificationError, VerificationError)
+    assert ConfigError.exit_code == 2 and HTTPStatusError.exit_code == 1
 
 
 # -- our files ------------------------------------------------------------------------------
@@ -294,8 +417,45 @@ def test_missing_files(missing: str, expected: str, seed_certs_p256: Path, tmp_p
     assert r.returncode == 1
     line = one_line_error(r.stderr)
     assert line.startswith(f"error: {expected} ({certs / missing}): run mtlskit init")
-    with pytest.raises(PKIError):
+    setting, flag = {"ca.crt": ("ca", "--cacert"), "client.crt": ("cert", "--cert")}.get(
+        missing, ("key", "--key")
+    )
+    assert line.endswith(f": run mtlskit init, or point --certs or {flag} at it")
+    with pytest.raises(PKIError) as err:
         get("https://localhost:1", certs=certs)
+    # The library speaks of its arguments; only the CLI names its options.
+    assert str(err.value).endswith(f": run mtlskit init, or point certs= or {setting}= at it")
+    assert err.value.settings == ("certs", setting)
+    assert "--" not in str(err.value)
+
+
+def test_untrusted_server_in_the_library_names_no_option(
+    seed_certs_p256: Path, other_pki: OtherPKI, echo_server: Callable[..., EchoServer]
+) -> None:
+    srv = echo_server(seed_certs_p256)
+    with pytest.raises(PeerVerificationError) as err:
+        get(srv.url, certs=seed_certs_p256, ca=other_pki.ca)
+    assert str(err.value).endswith(
+        f"({other_pki.ca}): pass ca= with the CA that issued it, "
+        "or give the server a certificate from our CA"
+    )
+    r = run_cli("get", srv.url, "--certs", seed_certs_p256, "--cacert", other_pki.ca)
+    assert one_line_error(r.stderr).endswith(
+        f"({other_pki.ca}): pass --cacert with the CA that issued it, "
+        "or give the server a certificate from our CA"
+    )
+
+
+def test_bad_arguments_in_the_library_name_no_option(seed_certs_p256: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        get("https://localhost:1", certs=seed_certs_p256, resolve="nonsense")
+    assert str(err.value) == "invalid resolve='nonsense': use HOST:PORT:ADDRESS"
+    with pytest.raises(ConfigError) as err:
+        get("https://localhost:1", certs=seed_certs_p256, timeout=0)
+    assert str(err.value) == "timeout must be positive, not 0: e.g. timeout=10"
+    with pytest.raises(ConfigError) as err:
+        get("https://localhost:1", certs=None)
+    assert str(err.value) == "no CA to trust: pass certs=DIR or ca=FILE"
 
 
 def test_no_certs_folder(tmp_path: Path) -> None:

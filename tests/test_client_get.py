@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import ssl
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +15,10 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.test_client_support import (  # noqa: F401 (fixtures)
+    ANSWERS,
     EchoServer,
     OtherPKI,
+    canned_server_fixture,
     echo_server_fixture,
     mtlskit_server_fixture,
     one_line_error,
@@ -175,6 +181,16 @@ def test_success_and_redirect_statuses_exit_zero(
         (["--timeout", "0"], "timeout must be positive"),
         (["https://localhost:8443/a b"], "has spaces or control characters"),
         (["https://localhost:99999"], "invalid port"),
+        (["HTTPS://[::1]:1/x#frag", "--timeout", "0"], "timeout must be positive"),
+        (["https://:8443/"], "no host in https://:8443/"),
+        (["--timeout", "-1"], "timeout must be positive, not -1: e.g. --timeout 10"),
+        (["https://localhost:8443/é"], "non-ASCII characters in its path"),
+        (["-X", "GET /x"], "invalid HTTP method 'GET /X'"),
+        (["-H", "X-Bad: \u4f60"], "invalid header X-Bad"),
+        (["--timeout", "soon"], "Invalid value for '--timeout'"),
+        (["--no-such-option"], "No such option '--no-such-option'"),
+        (["https://localhost:1", "https://localhost:2"], "unexpected extra argument"),
+        (["--cacert"], "Option '--cacert' requires an argument"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(
@@ -199,3 +215,150 @@ def test_cert_and_key_in_one_pem(
     r = run_cli("get", url, "--cacert", seed_certs_p256 / "ca.crt", "--cert", both)
     assert r.returncode == 0, r.stderr
     assert r.stdout == (HELLO + b"\n").decode()
+
+
+def test_get_loads_neither_cryptography_nor_the_pki_when_it_succeeds(
+    seed_certs_p256: Path, mtlskit_server: Callable[[Path], str]
+) -> None:
+    # cryptography is for explaining failures; a plain request runs on ssl alone.
+    url = mtlskit_server(seed_certs_p256)
+    command = ["-X", "importtime", "-m", "mtlskit", "get", url, "--certs", str(seed_certs_p256)]
+    proc = subprocess.run(
+        [sys.executable, *command],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == HELLO + b"\n"
+    lines = proc.stderr.decode().splitlines()
+    modules = {ln.rsplit("|", 1)[1].strip() for ln in lines if ln.startswith("import time:")}
+    assert [ln for ln in lines if not ln.startswith("import time:")] == []
+    assert {"ssl", "click", "http.client", "mtlskit.client"} <= modules
+    assert not {m for m in modules if m.split(".")[0] == "cryptography"}
+    assert "mtlskit.pki.store" not in modules
+
+
+@pytest.mark.parametrize(
+    ("args", "method", "path", "sent"),
+    [
+        (["/things?x=1&y=%20"], "GET", "/things?x=1&y=%20", {}),
+        (
+            [
+                "/",
+                "--request=DELETE",
+                "--header=User-Agent: other/1",
+                "--header",
+                "Host: h.example",
+            ],
+            "DELETE",
+            "/",
+            {"User-Agent": "other/1", "Host": "h.example"},
+        ),
+        (["/", "-X", "POST"], "POST", "/", {"Content-Length": "0"}),  # as http.client
+        (["/", "-XPOST", "-d", "x"], "POST", "/", {"Content-Length": "1"}),
+        (["/status/204"], None, None, {}),
+        (["/status/302", "-X", "HEAD"], None, None, {}),
+    ],
+    ids=["query", "long-forms", "post-empty", "short-form", "204", "head"],
+)
+def test_request_forms(
+    args: list[str],
+    method: str | None,
+    path: str | None,
+    sent: dict[str, str],
+    seed_certs_p256: Path,
+    echo_server: Callable[..., EchoServer],
+) -> None:
+    srv = echo_server(seed_certs_p256)
+    first, *rest = args
+    r = run_cli("get", srv.url + first, "--certs", seed_certs_p256, *rest)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    if method is None:  # no body: 204, and HEAD
+        assert r.stdout == "\n"
+        return
+    echoed = json.loads(r.stdout)
+    assert (echoed["method"], echoed["path"]) == (method, path)
+    for name, value in sent.items():
+        assert echoed["headers"][name] == value
+
+
+def test_body_from_file_and_resolve(
+    seed_certs_p256: Path, echo_server: Callable[..., EchoServer], tmp_path: Path
+) -> None:
+    srv = echo_server(seed_certs_p256)
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"k": [1, 2]}')
+    url = f"https://www.example.com:{srv.port}/resolved"
+    resolve = f"www.example.com:{srv.port}:127.0.0.1"
+    r = run_cli("get", url, "--resolve", resolve, "--certs", seed_certs_p256, "-d", f"@{body}")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["body"] == '{"k": [1, 2]}'
+
+
+@pytest.mark.parametrize("path", list(ANSWERS))
+def test_unusual_answers(path: str, seed_certs_p256: Path, canned_server: int) -> None:
+    method = ["-X", "HEAD"] if path == "/204-with-length" else []
+    url = f"https://localhost:{canned_server}{path}"
+    r = run_cli("get", url, "--certs", seed_certs_p256, *method)
+    expected = {
+        "/chunked": "hello world!\n",
+        "/until-close": "all of it, until close\n",
+        "/two-lengths": "abc\n",
+        "/continue": "ok\n",
+        "/lf-only": "abc\n",
+        "/folded": "ok\n",
+        "/gzip-coding": "xyz\n",
+        "/204-with-length": "\n",
+    }.get(path)
+    if expected is not None:
+        assert (r.returncode, r.stdout, r.stderr) == (0, expected, "")
+        return
+    assert r.returncode == 1
+    line = one_line_error(r.stderr)
+    if path == "/latin1-reason":
+        assert line.startswith("error: the server answered 418 Iém a teapot (")
+    if path == "/ansi-reason":  # colour codes are dropped when stderr is not a terminal
+        assert line.startswith("error: the server answered 500 red (")
+    if path == "/no-reason":
+        assert line == f"error: the server answered 503 ({url}): see the response body"
+        assert r.stdout == "down\n"
+    if path == "/bad-status":
+        assert line.startswith(f"error: invalid HTTP response from localhost:{canned_server}")
+        assert ": BadStatusLine HTTP/1.1 abc Nope: check that" in line
+    if path in ("/nothing", "/short-body"):
+        assert f"localhost:{canned_server} closed the connection without answering" in line
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_client_certificate_refused_by_openssl(
+    version: ssl.TLSVersion,
+    seed_certs_p256: Path,
+    other_pki: OtherPKI,
+    echo_server: Callable[..., EchoServer],
+) -> None:
+    srv = echo_server(seed_certs_p256, client_ca=other_pki.ca, max_version=version)
+    r = run_cli("get", srv.url, "--certs", seed_certs_p256)
+    assert r.returncode == 1
+    line = one_line_error(r.stderr)
+    assert "the server refused our client certificate (tlsv1 alert unknown ca)" in line
+
+
+def test_click_refuses_a_file_for_a_folder_and_the_reverse(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    r = run_cli("get", "--certs", tmp_path / "file")
+    assert r.returncode == 2
+    assert "Invalid value for '--certs'" in one_line_error(r.stderr)
+    r = run_cli("get", "--cacert", tmp_path)
+    assert r.returncode == 2
+    assert "Invalid value for '--cacert'" in one_line_error(r.stderr)
+
+
+def test_help_lists_each_option_once() -> None:
+    r = run_cli("get", "--help")
+    assert r.returncode == 0
+    for option in ("--certs DIRECTORY", "--cacert FILE", "--cert FILE", "--key FILE"):
+        assert r.stdout.count(option) == 1, option
+    for option in ("--timeout SECONDS", "--resolve HOST:PORT:ADDRESS", "-X, --request METHOD"):
+        assert option in r.stdout

@@ -2,13 +2,15 @@
 
 The stdlib servers exist for what the Go seed server cannot do: echo the request,
 answer a chosen status, hang, trust another CA (OpenSSL's "unknown ca" alert),
-or speak plain HTTP. Fixtures are imported by tests/test_client_*.py.
+speak plain HTTP, or answer with canned bytes. Fixtures are imported by
+tests/test_client_*.py.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -222,3 +224,105 @@ def silent_port_fixture() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         s.listen(8)
         yield int(s.getsockname()[1])
+
+
+# Canned answers, byte for byte, for what a well-behaved server never sends.
+ANSWERS = {
+    "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n7;ext=1\r\n world!\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    "/chunked-404": b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: CHUNKED\r\n\r\n"
+    b"4\r\nnone\r\n0\r\n\r\n",
+    "/until-close": b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\nall of it, until close",
+    "/no-reason": b"HTTP/1.1 503\r\nContent-Length: 4\r\n\r\ndown",
+    "/latin1-reason": b"HTTP/1.1 418 I\xe9m a teapot \r\nContent-Length: 3\r\n\r\ntea",
+    "/ansi-reason": b"HTTP/1.1 500 \x1b[31mred\x1b[0m\r\nContent-Length: 0\r\n\r\n",
+    "/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+    "/204-with-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+    "/continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/lf-only": b"HTTP/1.1 200 OK\nContent-Length: 3\n\nabc",
+    "/folded": b"HTTP/1.1 200 OK\r\nX-Long: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+    "/gzip-coding": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nxyz",
+    "/bad-status": b"HTTP/1.1 abc Nope\r\n\r\n",
+    "/not-http": b"SSH-2.0-OpenSSH_9.2\r\n",
+    "/short-body": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+    "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc",
+    "/nothing": b"",
+}
+
+
+class _Canned(socketserver.BaseRequestHandler):
+    """Handshakes, reads the request for PATH, answers ANSWERS[PATH] and closes;
+    /silent never answers (until the server stops)."""
+
+    server: _CannedServer
+
+    def handle(self) -> None:
+        try:
+            tls = self.server.context.wrap_socket(self.request, server_side=True)
+        except OSError:
+            return
+        with tls:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            path = head.split(b" ", 2)[1].decode()
+            if path == "/silent":
+                self.server.stopping.wait(30)
+                return
+            tls.sendall(ANSWERS[path])
+
+
+class _CannedServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(("127.0.0.1", 0), _Canned)
+        self.context = context
+        self.stopping = threading.Event()
+
+
+@pytest.fixture(name="canned_server")
+def canned_server_fixture(seed_certs_p256: Path) -> Iterator[int]:
+    """A tiny stdlib TLS server with canned answers (ANSWERS); yields its port. TLS 1.2,
+    so that a closed connection is not explained by a second handshake (TLS 1.3's)."""
+    certs = seed_certs_p256
+    context = server_context(certs / "server.crt", certs / "server.key", certs / "ca.crt")
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    server = _CannedServer(context)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server.server_address[1]
+    server.stopping.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(name="full_backlog_port")
+def full_backlog_port_fixture() -> Iterator[int]:
+    """A port whose listen queue is full: the kernel drops new SYNs, so a connect
+    neither succeeds nor is refused (a connect timeout on loopback)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        fillers: list[socket.socket] = []
+        try:
+            while len(fillers) < 64:
+                probe = socket.socket()
+                probe.settimeout(0.2)
+                try:
+                    probe.connect(address)
+                except TimeoutError:
+                    probe.close()
+                    break  # this SYN was dropped: the queue is full
+                fillers.append(probe)
+            else:
+                pytest.fail("the listen queue never filled")
+            yield int(address[1])
+        finally:
+            for s in fillers:
+                s.close()

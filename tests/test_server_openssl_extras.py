@@ -14,12 +14,12 @@ pytestmark = pytest.mark.skipif(not openssl_engine.AVAILABLE, reason="no bundled
 
 
 def test_found_and_checked_on_this_platform() -> None:
-    # Linux wheels of cryptography keep their symbol table; find() checked each function.
-    assert openssl_extras.find() is not None
+    # Linux wheels of cryptography keep their symbol table; it checked each function.
+    assert openssl_extras.find_session_cache_functions() is not None
 
 
 def test_the_session_cache_is_bounded(seed_certs_p256: Path) -> None:
-    extras = openssl_extras.find()
+    extras = openssl_extras.find_session_cache_functions()
     assert extras is not None
     c = seed_certs_p256
     lib = openssl_engine.lib

@@ -3,17 +3,32 @@
 The public surface is small; everything else is internal::
 
     from mtlskit import CA, server_context, client_context
+
+``CA`` and the context factories are imported on first use (cryptography, ssl), so
+``import mtlskit`` and ``mtlskit --help`` stay fast.
 """
 
 from __future__ import annotations
 
 from mtlskit.errors import (
     AlreadyExistsError,
+    CertificateRefusedError,
     ConfigError,
+    ConnectError,
+    ConnectTimeout,
     HandshakeError,
+    HTTPStatusError,
     MtlsError,
+    NameResolutionError,
+    NetworkError,
+    PeerVerificationError,
     PKIError,
+    ProtocolError,
+    ReadTimeout,
+    RefusedError,
     ServerError,
+    StorageError,
+    Timeout,
     VerificationError,
 )
 
@@ -22,12 +37,24 @@ __version__ = "0.1.0"
 __all__ = [
     "CA",
     "AlreadyExistsError",
+    "CertificateRefusedError",
     "ConfigError",
+    "ConnectError",
+    "ConnectTimeout",
+    "HTTPStatusError",
     "HandshakeError",
     "IssuedCert",
     "MtlsError",
+    "NameResolutionError",
+    "NetworkError",
     "PKIError",
+    "PeerVerificationError",
+    "ProtocolError",
+    "ReadTimeout",
+    "RefusedError",
     "ServerError",
+    "StorageError",
+    "Timeout",
     "VerificationError",
     "__version__",
     "client_context",
@@ -43,7 +70,6 @@ if TYPE_CHECKING:
     from mtlskit.pki.ca import CA, IssuedCert
     from mtlskit.tls import client_context, server_context
 
-# Heavy modules (cryptography, ssl) load on first use, so `mtlskit --help` stays fast.
 _LAZY = {
     "CA": "mtlskit.pki.ca",
     "IssuedCert": "mtlskit.pki.ca",

@@ -1,12 +1,13 @@
 """The mTLS client: :func:`get` / :func:`request`, and SSLContext helpers for other libraries.
 
-:func:`request` speaks HTTP/1.1 with the stdlib (``http.client`` over a context from
-:func:`mtlskit.tls.client_context`) and turns every failure into one
-:class:`~mtlskit.errors.MtlsError` that says what went wrong and what to do next::
+:func:`request` speaks HTTP/1.1 with the stdlib (``http.client`` over a connection
+from :func:`mtlskit.connect.open_connection`) and turns every failure into an error
+of :mod:`mtlskit.errors`, by stage, that says what went wrong and what to do next::
 
     from mtlskit.client import get
     r = get("https://localhost:8443", certs="certs")   # the seed client's defaults
     print(r.status, r.text, r.peer.subject if r.peer else None)
+    r.raise_for_status()                                # HTTPStatusError for 400 and more
 
 The same context works in httpx, requests/urllib3 and aiohttp (real handshakes in
 ``tests/test_client_libs.py``)::
@@ -18,20 +19,23 @@ The same context works in httpx, requests/urllib3 and aiohttp (real handshakes i
     async with aiohttp.ClientSession() as s:
         await s.get(url, ssl=ctx)
 
-Imports stay light (no cryptography unless a failure needs explaining), so
-``mtlskit get`` starts quickly.
+requests (and json) are imported inside the functions that use them, on first use:
+importing this module, as ``mtlskit get`` does, does not load them.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import re
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mtlskit.connect import find_files, open_connection, request_headers, ssl_name
-from mtlskit.errors import ConfigError
+from mtlskit import __version__
+from mtlskit.connect import find_client_files, open_connection, ssl_name
+from mtlskit.errors import ConfigError, HTTPStatusError
 from mtlskit.tls import client_context
 
 if TYPE_CHECKING:
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     MtlsAdapter: type[HTTPAdapter]
 
 __all__ = [
+    "DEFAULT_CERTS",
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
     "MtlsAdapter",
@@ -116,6 +121,17 @@ class Response:
 
         return json.loads(self.body)
 
+    def raise_for_status(self) -> Response:
+        """This response if its status is below 400, else :class:`HTTPStatusError` carrying it."""
+        if self.status < 400:
+            return self
+        raise HTTPStatusError(
+            f"the server answered {self.status} {self.reason}".rstrip(),
+            file=self.url,
+            hint="see the response body",
+            response=self,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """What ``mtlskit get --json`` prints; repeated headers are joined with ", "."""
         headers: dict[str, str] = {}
@@ -152,7 +168,7 @@ def ssl_context(
     for :func:`request`, httpx (``verify=ctx``), requests (:func:`requests_session`)
     or aiohttp (``ssl=ctx``).
     """
-    files = find_files(certs, ca, cert, key)
+    files = find_client_files(certs, ca, cert, key)
     return client_context(files.ca, files.cert, files.key, password=password)
 
 
@@ -269,6 +285,39 @@ def _peer_summary(cert: Mapping[str, Any] | None) -> PeerCertificate | None:
 # ---------------------------------------------------------------- requests
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods, header names
+
+
+def _request_headers(
+    method: str, headers: Mapping[str, str] | Iterable[tuple[str, str]] | None
+) -> dict[str, str]:
+    """Our default headers, then the caller's: later values win, names in any case.
+
+    Checked before connecting: what http.client cannot send is a ConfigError, not a
+    ValueError from the middle of the request."""
+    if not _TOKEN.fullmatch(method):
+        raise ConfigError(f"invalid HTTP method {method!r}", hint="e.g. GET, POST or PUT")
+    sent = {"User-Agent": f"mtlskit/{__version__}", "Accept": "*/*"}
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    for k, v in pairs:
+        if not _TOKEN.fullmatch(k) or "\r" in v or "\n" in v or not _latin1(v):
+            raise ConfigError(
+                f"invalid header {k}: {v!r}",
+                hint="a name is letters, digits and -; a value is Latin-1 on one line",
+            )
+        sent = {a: b for a, b in sent.items() if a.lower() != k.lower()}
+        sent[k] = v
+    return sent
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def request(
     method: str = "GET",
     url: str = DEFAULT_URL,
@@ -289,13 +338,17 @@ def request(
     the seed layout in ``certs`` (``ca``/``cert``/``key`` override single files).
     ``timeout`` bounds the connect and each read, in seconds. ``resolve`` is curl's
     ``HOST:PORT:ADDRESS``: connect to ADDRESS but check the certificate for HOST.
-    A non-2xx status is a :class:`Response`, not an error; every failure to get one
-    is an :class:`~mtlskit.errors.MtlsError` in plain words.
+    Any status is a :class:`Response` (:meth:`Response.raise_for_status` turns 400
+    and more into :class:`~mtlskit.errors.HTTPStatusError`); every failure to get one
+    is an error of :mod:`mtlskit.errors` in plain words: ConnectError,
+    NameResolutionError, ConnectTimeout, ReadTimeout, PeerVerificationError,
+    CertificateRefusedError, HandshakeError, ProtocolError, or PKIError and
+    ConfigError for our files and arguments.
     """
-    import http.client
-
     if isinstance(data, str):
         data = data.encode()
+    method = method.upper()
+    sent = _request_headers(method, headers)
     conn = open_connection(
         url,
         certs=certs,
@@ -306,30 +359,25 @@ def request(
         timeout=timeout,
         resolve=resolve,
     )
-    tls, target = conn.tls, conn.target
+    tls, target = conn.tls, conn.peer.target
     cipher = (tls.cipher() or ("",))[0]
     peer = _peer_summary(tls.getpeercert())
     http_conn = http.client.HTTPSConnection(
-        target.host, target.port, timeout=timeout, context=conn.context
+        target.host, target.port, timeout=timeout, context=conn.peer.context
     )
     http_conn.sock = tls
     try:
-        http_conn.request(method.upper(), target.path, body=data, headers=request_headers(headers))
-        resp = http_conn.getresponse()
-        body = resp.read()
-        status, reason, got = resp.status, resp.reason, tuple(resp.getheaders())
-    except (OSError, http.client.HTTPException) as exc:
-        failure = conn.failed(exc)
-        if failure is None:
-            raise
-        raise failure from exc
+        with conn.map_errors():
+            http_conn.request(method, target.path, body=data, headers=sent)
+            resp = http_conn.getresponse()
+            body = resp.read()
     finally:
         http_conn.close()
     return Response(
         url=target.url,
-        status=status,
-        reason=reason,
-        headers=got,
+        status=resp.status,
+        reason=resp.reason,
+        headers=tuple(resp.getheaders()),
         body=body,
         tls_version=conn.tls_version,
         cipher=cipher,

@@ -1,54 +1,71 @@
 """One mTLS connection to a server, and every way it fails, in plain words.
 
-:func:`open_connection` parses the URL, finds the seed's files, builds the
+:func:`open_connection` parses the URL, finds the client's files, builds the
 context with :func:`mtlskit.tls.client_context`, connects and handshakes;
-:meth:`Connection.failed` explains an error met while talking over it. Both
-clients use it: :func:`mtlskit.client.request` (``http.client``) and the
-command line's fast ``mtlskit get`` (:mod:`mtlskit.cli.fastget`), so both say
-the same thing about the same failure.
+:mod:`mtlskit.client` speaks HTTP over the result. Every socket, ssl and
+``http.client`` error on the way becomes an error of :mod:`mtlskit.errors` in ONE
+place, :func:`map_errors`, by the stage it happened in: ``connect`` (TCP),
+``handshake`` (TLS) or ``exchange`` (the HTTP request and its answer).
 
-Light on purpose: at import only ``os``, ``socket``, ``ssl`` and ``re`` (which
-ssl loads anyway), no pathlib, dataclasses, typing or urllib, so ``mtlskit get``
-starts quickly. cryptography loads only when a failure needs explaining.
+cryptography is imported inside the functions that explain a failure, not at the
+top: a request that succeeds never loads it (start-up time of ``mtlskit get``).
 """
 
 from __future__ import annotations
 
+import http.client
 import os
-import re
 import socket
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
-from mtlskit.errors import ConfigError, HandshakeError, MtlsError, PKIError, VerificationError
+from mtlskit.errors import (
+    CertificateRefusedError,
+    ConfigError,
+    ConnectError,
+    ConnectTimeout,
+    HandshakeError,
+    MtlsError,
+    NameResolutionError,
+    NetworkError,
+    PeerVerificationError,
+    PKIError,
+    ProtocolError,
+    ReadTimeout,
+    Setting,
+)
 from mtlskit.tls import client_context
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
-    from typing import Any
-
     from cryptography import x509
 
 __all__ = [
+    "ClientFiles",
     "Connection",
-    "Files",
+    "Peer",
+    "Stage",
     "Target",
     "ascii_host",
-    "find_files",
+    "find_client_files",
+    "map_errors",
     "open_connection",
     "parse_target",
-    "request_headers",
     "ssl_name",
 ]
 
 PathLike = str | os.PathLike[str]
+Stage = Literal["connect", "handshake", "exchange"]
 
 
 # ---------------------------------------------------------------- files
 
 
-class Files:
-    """The CA to trust, and our certificate and key (``None``: no client certificate)."""
+class ClientFiles:
+    """The CA file to trust, and our certificate and key files (``None``: no client
+    certificate; ``key=None`` with a certificate: the key is in the same PEM)."""
 
     __slots__ = ("ca", "cert", "key")
 
@@ -58,17 +75,22 @@ class Files:
         self.key = key
 
 
-def find_files(
+def find_client_files(
     certs: PathLike | None, ca: PathLike | None, cert: PathLike | None, key: PathLike | None
-) -> Files:
-    """The files to use; ``certs=None`` without ``cert`` means no client certificate."""
+) -> ClientFiles:
+    """The files to use: the seed's layout in ``certs`` (``ca.crt``, ``client.crt``,
+    ``client.key``), each overridden by ``ca``/``cert``/``key``; ``certs=None``
+    without ``cert`` means no client certificate."""
     folder = os.fspath(certs) if certs is not None else None
     if ca is not None:
         ca_path = os.fspath(ca)
     elif folder is not None:
         ca_path = os.path.join(folder, "ca.crt")
     else:
-        raise ConfigError("no CA to trust", hint="pass certs=DIR or ca=FILE")
+        raise ConfigError(
+            "no CA to trust",
+            hint=("pass ", Setting("certs", "DIR"), " or ", Setting("ca", "FILE")),
+        )
     cert_path = os.fspath(cert) if cert is not None else None
     if cert_path is None and folder is not None:
         cert_path = os.path.join(folder, "client.crt")
@@ -79,16 +101,22 @@ def find_files(
         # The seed's layout keeps NAME.key next to NAME.crt; else the key is in the same PEM.
         beside = os.path.splitext(os.fspath(cert))[0] + ".key"
         key_path = beside if os.path.isfile(beside) else None
-    checks = [(ca_path, "CA certificate", "--cacert"), (cert_path, "client certificate", "--cert")]
-    checks.append((key_path, "client key", "--key"))
-    for path, what, flag in checks:
+    checks = [(ca_path, "CA certificate", "ca"), (cert_path, "client certificate", "cert")]
+    checks.append((key_path, "client key", "key"))
+    for path, what, role in checks:
         if path is not None and not os.path.isfile(path):
             raise PKIError(
                 f"{what} not found",
                 file=path,
-                hint=f"run mtlskit init, or point --certs or {flag} at it",
+                hint=(
+                    "run mtlskit init, or point ",
+                    Setting("certs"),
+                    " or ",
+                    Setting(role),
+                    " at it",
+                ),
             )
-    return Files(ca_path, cert_path, key_path)
+    return ClientFiles(ca_path, cert_path, key_path)
 
 
 # ---------------------------------------------------------------- names
@@ -134,55 +162,43 @@ class Target:
         return f"{host}:{self.port}"
 
 
-# The usual URL, read without urllib.parse (several ms of start-up): lower-case
-# https, a lower-case host name or IPv4 address, a port, printable ASCII after it
-# and no fragment. On these urlsplit() gives the same parts; anything else goes to it.
-_PLAIN_URL = re.compile(r"https://([a-z0-9.-]+)(?::([0-9]{1,5}))?([/?][!-\"$-~]*)?")
-
-
-def _split(url: str) -> tuple[str, int, str, str]:
-    """``(hostname, port, path, query)`` as urlsplit() reads them, port 0 if none."""
-    plain = _PLAIN_URL.fullmatch(url)
-    if plain is not None and int(plain[2] or 0) <= 65535:
-        path, _, query = (plain[3] or "").partition("?")
-        return plain[1], int(plain[2] or 0), path, query
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "https":
-        raise ConfigError(
-            f"unsupported URL scheme {parts.scheme!r} in {url}",
-            hint="mTLS needs https://",
-        )
-    try:
-        port = parts.port or 0
-    except ValueError as exc:
-        raise ConfigError(f"invalid port in {url}", hint="e.g. https://localhost:8443") from exc
-    return parts.hostname or "", port, parts.path, parts.query
-
-
 def parse_target(url: str, resolve: str | None) -> Target:
     """The URL's host, port and path; ``resolve`` is curl's ``HOST:PORT:ADDRESS``."""
     if "://" not in url:
         url = "https://" + url
-    hostname, port, path, query = _split(url)
-    port = port or 443
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "https":
+        raise ConfigError(
+            f"unsupported URL scheme {parts.scheme!r} in {url}", hint="mTLS needs https://"
+        )
+    try:
+        port = parts.port or 443
+    except ValueError as exc:
+        raise ConfigError(f"invalid port in {url}", hint="e.g. https://localhost:8443") from exc
+    hostname = parts.hostname or ""
     if not hostname:
         raise ConfigError(f"no host in {url}", hint="e.g. https://localhost:8443")
-    path = path or "/"
-    if query:
-        path += "?" + query
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
     if any(c <= " " or c == "\x7f" for c in path):
         raise ConfigError(
             f"the URL {url!r} has spaces or control characters in its path",
             hint="percent-encode them (a space is %20)",
+        )
+    if not path.isascii():
+        raise ConfigError(
+            f"the URL {url!r} has non-ASCII characters in its path",
+            hint="percent-encode their UTF-8 bytes (é is %C3%A9)",
         )
     connect = hostname
     if resolve:
         name, _, rest = resolve.partition(":")
         rport, _, addr = rest.partition(":")
         if not name or not rport or not addr:
-            raise ConfigError(f"invalid --resolve {resolve!r}", hint="use HOST:PORT:ADDRESS")
+            raise ConfigError(
+                ("invalid ", Setting("resolve", repr(resolve))), hint="use HOST:PORT:ADDRESS"
+            )
         if name.lower() == hostname.lower() and rport in ("*", str(port)):
             connect = addr.strip("[]")
     return Target(url, hostname, port, path, connect)
@@ -195,18 +211,168 @@ def ascii_host(host: str) -> str | bytes:
     return host.encode("ascii") if host.isascii() else host
 
 
-def request_headers(
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
-) -> dict[str, str]:
-    """Our default headers, then the caller's: later values win, names in any case."""
-    from mtlskit import __version__
+# ---------------------------------------------------------------- the peer
 
-    sent = {"User-Agent": f"mtlskit/{__version__}", "Accept": "*/*"}
-    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
-    for k, v in pairs:
-        sent = {a: b for a, b in sent.items() if a.lower() != k.lower()}
-        sent[k] = v
-    return sent
+
+class Peer:
+    """The server we talk to, and how: what an explanation of a failure needs."""
+
+    __slots__ = ("context", "files", "target", "timeout")
+
+    def __init__(
+        self, target: Target, files: ClientFiles | None, context: ssl.SSLContext, timeout: float
+    ) -> None:
+        self.target = target
+        self.files = files  # None: the caller gave the context, we cannot name files
+        self.context = context
+        self.timeout = timeout
+
+
+class Connection:
+    """A TLS connection after a verified handshake."""
+
+    __slots__ = ("peer", "tls", "tls_version")
+
+    def __init__(self, peer: Peer, tls: ssl.SSLSocket) -> None:
+        self.peer = peer
+        self.tls = tls
+        self.tls_version = tls.version() or ""
+
+    @contextmanager
+    def map_errors(self) -> Iterator[None]:
+        """Errors while sending the request or reading its answer, in mtlskit's words."""
+        with map_errors("exchange", self.peer, self.tls_version):
+            yield
+
+
+def open_connection(
+    url: str,
+    *,
+    certs: PathLike | None,
+    ca: PathLike | None = None,
+    cert: PathLike | None = None,
+    key: PathLike | None = None,
+    context: ssl.SSLContext | None = None,
+    timeout: float,
+    resolve: str | None = None,
+) -> Connection:
+    """Connect to ``url`` and complete a verified TLS handshake, or raise MtlsError.
+
+    Trust and the client certificate come from ``context`` when given, else from
+    the seed layout in ``certs`` (``ca``/``cert``/``key`` override single files).
+    """
+    target = parse_target(url, resolve)
+    files: ClientFiles | None = None
+    if context is None:
+        files = find_client_files(certs, ca, cert, key)
+        context = client_context(files.ca, files.cert, files.key)
+    if timeout <= 0:
+        raise ConfigError(
+            f"timeout must be positive, not {timeout:g}", hint=("e.g. ", Setting("timeout", "10"))
+        )
+    peer = Peer(target, files, context, timeout)
+    with map_errors("connect", peer):
+        host = ascii_host(target.connect_host)  # getaddrinfo takes bytes; typeshed says str
+        raw = socket.create_connection((host, target.port), timeout=timeout)  # type: ignore[arg-type]
+    try:
+        with map_errors("handshake", peer):
+            tls = context.wrap_socket(raw, server_hostname=ascii_host(target.host))
+    except BaseException:
+        raw.close()
+        raise
+    return Connection(peer, tls)
+
+
+# ---------------------------------------------------------------- the one mapping
+
+
+@contextmanager
+def map_errors(stage: Stage, peer: Peer, tls_version: str = "") -> Iterator[None]:
+    """Turn an error of the socket, ssl or http.client met in ``stage`` into an error of
+    :mod:`mtlskit.errors` (the tree by stage); errors that are not theirs pass through."""
+    try:
+        yield
+    except MtlsError:
+        raise
+    except Exception as exc:
+        failure = _explain(stage, exc, peer, tls_version)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+_RAISE_TIMEOUT = ("raise the timeout (", Setting("timeout"), ")")
+
+
+def _explain(stage: Stage, exc: Exception, peer: Peer, tls_version: str) -> MtlsError | None:
+    where, seconds = peer.target.where, f"{peer.timeout:g} s"
+    if stage == "connect":
+        if isinstance(exc, ConnectionRefusedError):
+            return ConnectError(
+                f"connection refused by {where}", hint="is the server running (mtlskit serve)?"
+            )
+        if isinstance(exc, socket.gaierror):
+            return NameResolutionError(
+                f"cannot resolve {peer.target.connect_host!r}: {exc.strerror}",
+                hint="check the host name in the URL",
+            )
+        if isinstance(exc, TimeoutError):
+            return ConnectTimeout(
+                f"no connection to {where} within {seconds}",
+                hint=("check the address and port, or ", *_RAISE_TIMEOUT),
+            )
+        if isinstance(exc, OSError):
+            return ConnectError(
+                f"cannot connect to {where}: {exc.strerror or exc}",
+                hint="check the address and port",
+            )
+        return None
+    if stage == "handshake":
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return _verify_failed(exc, peer)
+        if isinstance(exc, ssl.SSLError):
+            return _handshake_failed(exc, peer)
+        if isinstance(exc, TimeoutError):
+            return ConnectTimeout(
+                f"no TLS handshake with {where} within {seconds}",
+                hint=("check that the port serves TLS, or ", *_RAISE_TIMEOUT),
+            )
+        if isinstance(exc, OSError):
+            return HandshakeError(
+                f"{where} closed the connection during the TLS handshake ({exc.strerror or exc})",
+                hint="check that it is a TLS server and accepts TLS ≥ 1.2",
+            )
+        return None
+    # The exchange: with TLS 1.3 the server judges our certificate after our side
+    # of the handshake is done, so its refusal is an alert on the first read.
+    if isinstance(exc, ssl.SSLError):
+        refused = _refused(exc, peer.files)
+        if refused is not None:
+            return refused
+        if isinstance(exc, ssl.SSLEOFError):
+            return _closed_without_answer(peer, tls_version)
+        return HandshakeError(
+            f"TLS error from {where} ({_alert_words(exc)})", hint="check the server's log"
+        )
+    if isinstance(exc, TimeoutError):
+        return ReadTimeout(
+            f"no response from {where} within {seconds}",
+            hint=("check the server's log, or ", *_RAISE_TIMEOUT),
+        )
+    # http.client's RemoteDisconnected is a ConnectionError too.
+    if isinstance(exc, ConnectionError | http.client.IncompleteRead):
+        return _closed_without_answer(peer, tls_version)
+    if isinstance(exc, http.client.HTTPException):
+        said = " ".join(str(exc).split())  # BadStatusLine carries the line and its CRLF
+        return ProtocolError(
+            f"invalid HTTP response from {where}: {type(exc).__name__} {said}",
+            hint="check that it is an HTTP/1.1 server",
+        )
+    if isinstance(exc, OSError):
+        return NetworkError(
+            f"connection to {where} failed: {exc.strerror or exc}", hint="try again"
+        )
+    return None
 
 
 # ---------------------------------------------------------------- explanations
@@ -225,29 +391,39 @@ _REFUSAL_ALERTS = {
     "TLSV1_ALERT_ACCESS_DENIED": "the server does not allow this identity",
 }
 
+_SEND_A_CERTIFICATE = (
+    "pass ",
+    Setting("cert"),
+    " and ",
+    Setting("key"),
+    ", or ",
+    Setting("certs", "DIR"),
+    " with client.crt and client.key",
+)
+
 
 def _alert_words(exc: ssl.SSLError) -> str:
     reason = getattr(exc, "reason", None) or ""
     return reason.lower().replace("_", " ") if reason else str(exc)
 
 
-def _refused(exc: ssl.SSLError, files: Files | None) -> MtlsError | None:
+def _refused(exc: ssl.SSLError, files: ClientFiles | None) -> MtlsError | None:
     reason = getattr(exc, "reason", None) or ""
     if reason not in _REFUSAL_ALERTS:
         return None
     words = _alert_words(exc)
-    cert = files.cert if files else None
-    if files is not None and cert is None:
-        return HandshakeError(
+    if files is not None and files.cert is None:
+        return CertificateRefusedError(
             f"the server requires a client certificate and we sent none ({words})",
-            hint="pass --cert and --key, or --certs DIR with client.crt and client.key",
+            hint=_SEND_A_CERTIFICATE,
         )
+    cert = files.cert if files else None
     hint = (
         _REFUSAL_ALERTS[reason]
         or _why_refused(cert)
         or ("use a client certificate issued by the CA the server trusts (mtlskit issue client)")
     )
-    return HandshakeError(
+    return CertificateRefusedError(
         f"the server refused our client certificate ({words})", file=cert, hint=hint
     )
 
@@ -285,12 +461,11 @@ def _why_refused(cert: str | None) -> str | None:
     )
 
 
-def _fetch_peer_certificate(
-    target: Target, files: Files | None, timeout: float
-) -> x509.Certificate | None:
+def _fetch_peer_certificate(peer: Peer) -> x509.Certificate | None:
     """The server's leaf certificate, fetched WITHOUT verification, to explain a failure."""
     from cryptography import x509
 
+    target, files = peer.target, peer.files
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE
@@ -299,8 +474,9 @@ def _fetch_peer_certificate(
         # otherwise end the handshake before we could look at its certificate.
         if files is not None and files.cert is not None:
             probe.load_cert_chain(files.cert, files.key)
+        address = (target.connect_host, target.port)
         with (
-            socket.create_connection((target.connect_host, target.port), timeout=timeout) as raw,
+            socket.create_connection(address, timeout=peer.timeout) as raw,
             probe.wrap_socket(raw, server_hostname=target.host) as tls,
         ):
             der = tls.getpeercert(binary_form=True)
@@ -314,29 +490,27 @@ def _trusted_names(ctx: ssl.SSLContext) -> list[str]:
     return [ssl_name(s) for s in subjects]
 
 
-def _verify_failed(
-    exc: ssl.SSLCertVerificationError,
-    target: Target,
-    ctx: ssl.SSLContext,
-    files: Files | None,
-    timeout: float,
-) -> MtlsError:
+def _verify_failed(exc: ssl.SSLCertVerificationError, peer: Peer) -> MtlsError:
     from mtlskit.pki.names import format_name, san_strings
 
     code = exc.verify_code
     message = exc.verify_message or str(exc)
-    leaf = _fetch_peer_certificate(target, files, timeout)
-    ca_file = files.ca if files else None
+    leaf = _fetch_peer_certificate(peer)
+    host = peer.target.host
+    ca_file = peer.files.ca if peer.files else None
     if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
         names = ", ".join(san_strings(leaf)) if leaf is not None else ""
-        return VerificationError(
-            f"the server's certificate is not valid for {target.host!r}: "
+        return PeerVerificationError(
+            f"the server's certificate is not valid for {host!r}: "
             + (f"it names {names}" if names else "it has no subject alternative names"),
-            hint="use one of its names in the URL (or --resolve NAME:PORT:ADDRESS), "
-            "or re-issue the server certificate with this name",
+            hint=(
+                "use one of its names in the URL (or ",
+                Setting("resolve", "NAME:PORT:ADDRESS"),
+                "), or re-issue the server certificate with this name",
+            ),
         )
     if code in (2, 18, 19, 20, 21):  # the issuer is not among the CAs we trust
-        trusted = _trusted_names(ctx)
+        trusted = _trusted_names(peer.context)
         if leaf is None:
             what = f"the server's certificate is not trusted ({message})"
         elif code == 18 or leaf.issuer == leaf.subject:
@@ -354,68 +528,72 @@ def _verify_failed(
                     f"the server's certificate is not trusted: it was issued by {issuer!r}, "
                     f"and we trust {we}"
                 )
-        return VerificationError(
+        return PeerVerificationError(
             what,
             file=ca_file,
-            hint="pass --cacert with the CA that issued it, or give the server a certificate "
-            "from our CA",
+            hint=(
+                "pass ",
+                Setting("ca"),
+                " with the CA that issued it, or give the server a certificate from our CA",
+            ),
         )
     if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
         when = f" on {leaf.not_valid_after_utc:%Y-%m-%d}" if leaf is not None else ""
-        return VerificationError(
+        return PeerVerificationError(
             f"the server's certificate expired{when}",
             hint="renew it on the server (mtlskit renew), then restart the server",
         )
     if code == 9:  # X509_V_ERR_CERT_NOT_YET_VALID
-        return VerificationError(
+        return PeerVerificationError(
             "the server's certificate is not valid yet", hint="check both machines' clocks"
         )
     if code == 26:  # X509_V_ERR_INVALID_PURPOSE
-        return VerificationError(
+        return PeerVerificationError(
             "the server's certificate is not for TLS servers (no extendedKeyUsage serverAuth)",
             hint="issue it with the server profile (mtlskit issue server)",
         )
-    return VerificationError(
+    return PeerVerificationError(
         f"the server's certificate does not verify: {message}",
         file=ca_file,
         hint="inspect it with mtlskit verify",
     )
 
 
-def _handshake_failed(exc: ssl.SSLError, target: Target, files: Files | None) -> MtlsError:
-    refused = _refused(exc, files)
+def _handshake_failed(exc: ssl.SSLError, peer: Peer) -> MtlsError:
+    refused = _refused(exc, peer.files)
     if refused is not None:
         return refused
+    where = peer.target.where
     reason = getattr(exc, "reason", None) or ""
     if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
         # An OpenSSL server answers a missing client certificate this way in TLS 1.2.
-        if files is not None and files.cert is None:
-            return HandshakeError(
+        if peer.files is not None and peer.files.cert is None:
+            return CertificateRefusedError(
                 f"the server requires a client certificate and we sent none ({_alert_words(exc)})",
-                hint="pass --cert and --key, or --certs DIR with client.crt and client.key",
+                hint=_SEND_A_CERTIFICATE,
             )
         return HandshakeError(
-            f"TLS handshake with {target.where} failed ({_alert_words(exc)})",
+            f"TLS handshake with {where} failed ({_alert_words(exc)})",
             hint="the server may require a client certificate we did not send, or share no "
             "TLS version or cipher with us",
         )
     if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
         return HandshakeError(
-            f"{target.where} does not speak TLS ({_alert_words(exc)})",
-            hint="check the port; mtlskit get talks to https:// servers only",
+            f"{where} does not speak TLS ({_alert_words(exc)})",
+            hint="check the port: this client talks to https:// servers only",
         )
     if isinstance(exc, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING":
         return HandshakeError(
-            f"{target.where} closed the connection during the TLS handshake",
+            f"{where} closed the connection during the TLS handshake",
             hint="check that it is a TLS server and accepts TLS ≥ 1.2",
         )
     return HandshakeError(
-        f"TLS handshake with {target.where} failed ({_alert_words(exc)})",
+        f"TLS handshake with {where} failed ({_alert_words(exc)})",
         hint="check that the server accepts TLS ≥ 1.2 and requires a certificate from our CA",
     )
 
 
-def _server_verdict(target: Target, context: ssl.SSLContext, timeout: float) -> ssl.SSLError | None:
+def _server_verdict(peer: Peer) -> ssl.SSLError | None:
     """Handshake again and read before writing, to catch the alert a refusal sends.
 
     After a TLS 1.3 handshake the server checks our certificate while our request
@@ -423,12 +601,13 @@ def _server_verdict(target: Target, context: ssl.SSLContext, timeout: float) -> 
     answers with a reset, and the alert is lost. On a fresh connection where we
     only read, the alert arrives intact.
     """
+    target = peer.target
     try:
         with (
-            socket.create_connection((target.connect_host, target.port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=target.host) as tls,
+            socket.create_connection((target.connect_host, target.port), peer.timeout) as raw,
+            peer.context.wrap_socket(raw, server_hostname=target.host) as tls,
         ):
-            tls.settimeout(min(timeout, 2.0))
+            tls.settimeout(min(peer.timeout, 2.0))
             tls.recv(1)
     except ssl.SSLError as exc:
         return exc
@@ -437,152 +616,19 @@ def _server_verdict(target: Target, context: ssl.SSLContext, timeout: float) -> 
     return None
 
 
-# ---------------------------------------------------------------- the connection
-
-
-class Connection:
-    """A TLS connection after a verified handshake, and what it needs to explain a failure."""
-
-    __slots__ = ("context", "files", "target", "timeout", "tls", "tls_version")
-
-    def __init__(
-        self,
-        target: Target,
-        files: Files | None,
-        context: ssl.SSLContext,
-        tls: ssl.SSLSocket,
-        timeout: float,
-    ) -> None:
-        self.target = target
-        self.files = files
-        self.context = context
-        self.tls = tls
-        self.timeout = timeout
-        self.tls_version = tls.version() or ""
-
-    def closed_without_answer(self) -> MtlsError:
-        target, files = self.target, self.files
-        if self.tls_version == "TLSv1.3":
-            verdict = _server_verdict(target, self.context, self.timeout)
-            refused = _refused(verdict, files) if verdict is not None else None
-            if refused is not None:
-                return refused
-            return HandshakeError(
-                f"{target.where} closed the connection without answering",
-                file=files.cert if files else None,
-                hint="with TLS 1.3 this is how a server may refuse a client certificate: check "
-                "the server's log, and that ours is issued by the CA it trusts",
-            )
-        return HandshakeError(
-            f"{target.where} closed the connection without answering",
-            hint="check the server's log",
+def _closed_without_answer(peer: Peer, tls_version: str) -> MtlsError:
+    where = peer.target.where
+    if tls_version == "TLSv1.3":
+        verdict = _server_verdict(peer)
+        refused = _refused(verdict, peer.files) if verdict is not None else None
+        if refused is not None:
+            return refused
+        return ProtocolError(
+            f"{where} closed the connection without answering",
+            file=peer.files.cert if peer.files else None,
+            hint="with TLS 1.3 this is how a server may refuse a client certificate: check "
+            "the server's log, and that ours is issued by the CA it trusts",
         )
-
-    def failed(self, exc: BaseException) -> MtlsError | None:
-        """What an error met while sending the request or reading the answer means.
-
-        ``exc`` comes from the socket or from ``http.client``; ``None``: not ours to explain.
-        """
-        where = self.target.where
-        if isinstance(exc, ssl.SSLError):
-            # With TLS 1.3 the server judges our certificate after our handshake is
-            # done: its refusal is an alert on the first read.
-            refused = _refused(exc, self.files)
-            if refused is not None:
-                return refused
-            if isinstance(exc, ssl.SSLEOFError):
-                return self.closed_without_answer()
-            return HandshakeError(
-                f"TLS error from {where} ({_alert_words(exc)})", hint="check the server's log"
-            )
-        if isinstance(exc, TimeoutError):
-            return HandshakeError(
-                f"no response from {where} within {self.timeout:g} s", hint="raise --timeout"
-            )
-        if isinstance(exc, ConnectionError):  # http.client's RemoteDisconnected too
-            return self.closed_without_answer()
-        if type(exc).__module__ == "http.client":  # only loaded if the answer came through it
-            import http.client
-
-            if isinstance(exc, http.client.IncompleteRead):
-                return self.closed_without_answer()
-            said = " ".join(str(exc).split())  # BadStatusLine carries the line and its CRLF
-            return HandshakeError(
-                f"invalid HTTP response from {where}: {type(exc).__name__} {said}",
-                hint="check that it is an HTTP/1.1 server",
-            )
-        if isinstance(exc, OSError):
-            return HandshakeError(
-                f"connection to {where} failed: {exc.strerror or exc}", hint="try again"
-            )
-        return None
-
-
-def open_connection(
-    url: str,
-    *,
-    certs: PathLike | None,
-    ca: PathLike | None = None,
-    cert: PathLike | None = None,
-    key: PathLike | None = None,
-    context: ssl.SSLContext | None = None,
-    timeout: float,
-    resolve: str | None = None,
-) -> Connection:
-    """Connect to ``url`` and complete a verified TLS handshake, or raise MtlsError.
-
-    Trust and the client certificate come from ``context`` when given, else from
-    the seed layout in ``certs`` (``ca``/``cert``/``key`` override single files).
-    """
-    target = parse_target(url, resolve)
-    files: Files | None = None
-    if context is None:
-        files = find_files(certs, ca, cert, key)
-        context = client_context(files.ca, files.cert, files.key)
-    if timeout <= 0:
-        raise ConfigError(f"timeout must be positive, not {timeout:g}", hint="e.g. --timeout 10")
-
-    where = target.where
-    try:
-        host = ascii_host(target.connect_host)  # getaddrinfo takes bytes; typeshed says str
-        raw = socket.create_connection((host, target.port), timeout=timeout)  # type: ignore[arg-type]
-    except ConnectionRefusedError as exc:
-        raise HandshakeError(
-            f"connection refused by {where}", hint="is the server running (mtlskit serve)?"
-        ) from exc
-    except socket.gaierror as exc:
-        raise HandshakeError(
-            f"cannot resolve {target.connect_host!r}: {exc.strerror}",
-            hint="check the host name in the URL",
-        ) from exc
-    except TimeoutError as exc:
-        raise HandshakeError(
-            f"no connection to {where} within {timeout:g} s",
-            hint="check the address and port, or raise --timeout",
-        ) from exc
-    except OSError as exc:
-        raise HandshakeError(
-            f"cannot connect to {where}: {exc.strerror or exc}", hint="check the address and port"
-        ) from exc
-
-    try:
-        try:
-            tls = context.wrap_socket(raw, server_hostname=ascii_host(target.host))
-        except ssl.SSLCertVerificationError as exc:
-            raise _verify_failed(exc, target, context, files, timeout) from exc
-        except ssl.SSLError as exc:
-            raise _handshake_failed(exc, target, files) from exc
-        except TimeoutError as exc:
-            raise HandshakeError(
-                f"no TLS handshake with {where} within {timeout:g} s",
-                hint="check that the port serves TLS, or raise --timeout",
-            ) from exc
-        except OSError as exc:
-            raise HandshakeError(
-                f"{where} closed the connection during the TLS handshake ({exc.strerror or exc})",
-                hint="check that it is a TLS server and accepts TLS ≥ 1.2",
-            ) from exc
-    except BaseException:
-        raw.close()
-        raise
-    return Connection(target, files, context, tls, timeout)
+    return ProtocolError(
+        f"{where} closed the connection without answering", hint="check the server's log"
+    )

@@ -360,6 +360,10 @@ class Database:
         if isinstance(exc, sqlite3.IntegrityError):
             return IntegrityError(f"constraint failed: {exc}", file=self.name)
         if isinstance(exc, sqlite3.OperationalError):
+            # A connection opened while the file could not be written stays read-only
+            # ("attempt to write a readonly database") after the file is writable again:
+            # drop it, the next transaction opens a new one (and the service recovers).
+            self._drop()
             return StorageError(
                 f"database error: {exc}",
                 file=self.name,

@@ -5,6 +5,9 @@ aiohttp and asyncio accept as is::
 
     ctx = client_context("certs/ca.crt", "certs/client.crt", "certs/client.key")
     httpx.get("https://localhost:8443", verify=ctx)
+
+:mod:`mtlskit.pki.store` (pathlib, tempfile) is imported only to word a missing-file
+error: ``mtlskit get`` loads this module and needs neither.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ PathLike = str | os.PathLike[str]
 def _check_file(path: PathLike, what: str) -> str:
     name = os.fspath(path)
     if not os.path.isfile(name):
-        # Imported here: pki.store loads pathlib and tempfile, which `mtlskit get` never needs.
         from mtlskit.pki.store import missing_hint
 
         raise PKIError(f"{what} not found", file=name, hint=missing_hint(name))

@@ -1,20 +1,16 @@
 """The command line: the ONLY place that prints or exits.
 
-``mtlskit get`` with the options it usually takes runs without click
-(:mod:`mtlskit.cli.fastget`: click and http.client were most of its start-up).
-Every other command line goes to the click group in :mod:`mtlskit.cli.group`,
-whose commands live in sibling modules and load lazily, so ``mtlskit --help``
-does not import cryptography or ssl. Every :class:`~mtlskit.errors.MtlsError`
-becomes one line ``error: <what> (<file>): <next step>`` and its exit code
-(2 usage, 1 failure), on either path.
+:func:`run` hands the command line to the click group in :mod:`mtlskit.cli.group`,
+whose commands live in sibling modules (:data:`COMMANDS`) and are imported only
+when they run, so ``mtlskit --help`` does not import cryptography or ssl. The
+group itself (and click) is imported inside :func:`run`: it reads COMMANDS from
+this module, which therefore imports nothing at the top. Every
+:class:`~mtlskit.errors.MtlsError` becomes one line ``error: <what> (<file>): <next
+step>``, each setting it names spelled as the command's option, and its exit code
+(2 usage, 1 failure).
 """
 
 from __future__ import annotations
-
-import codecs
-import sys
-
-from mtlskit.errors import MtlsError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads the name)
 if TYPE_CHECKING:
@@ -67,7 +63,7 @@ HELP = {
 
 
 def __getattr__(name: str) -> object:
-    # The click group loads click: only when asked for (`from mtlskit.cli import main`).
+    # The click group imports COMMANDS from here: it loads on first use, not at import.
     if name in ("main", "LazyGroup"):
         from mtlskit.cli import group
 
@@ -75,57 +71,8 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'mtlskit.cli' has no attribute {name!r}")
 
 
-def echo_error(text: str) -> None:
-    """Print a line on stderr exactly as ``click.echo(text, err=True)`` does, without
-    importing click unless the line needs it (ANSI codes to strip when stderr is not
-    a terminal, or an ASCII stderr that click replaces with UTF-8)."""
-    stream = sys.stderr
-    encoding = getattr(stream, "encoding", None)
-    try:
-        ascii_stream = encoding is None or codecs.lookup(encoding).name == "ascii"
-    except LookupError:
-        ascii_stream = False
-    if stream is None or ascii_stream or "\x1b" in text:
-        import click
-
-        click.echo(text, err=True)
-        return
-    stream.write(text + "\n")
-    stream.flush()
-
-
-def _dispatch(argv: list[str] | None) -> object:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["get"]:
-        from mtlskit.cli import fastget
-
-        plan = fastget.plan(args[1:])
-        if plan is not None:
-            return fastget.get(plan)
-    from mtlskit.cli.group import run_click
-
-    return run_click(argv)
-
-
 def run(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI and turn every error into one line and an exit code."""
-    code: object
-    try:
-        code = _dispatch(argv)
-    except MtlsError as exc:
-        echo_error(f"error: {exc.one_line()}")
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        echo_error("error: interrupted")
-        code = 130
-    except BrokenPipeError:
-        code = 0
-    except Exception as exc:
-        if "click" not in sys.modules:  # only the click path raises click's errors
-            raise
-        from mtlskit.cli.group import click_error
+    """Entry point: run the CLI; every error becomes one line and an exit code."""
+    from mtlskit.cli.group import run as run_group
 
-        code = click_error(exc)
-        if code is None:
-            raise
-    sys.exit(code if isinstance(code, int) else 0)
+    run_group(argv)

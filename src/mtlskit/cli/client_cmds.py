@@ -1,31 +1,29 @@
 """Client commands: ``mtlskit get`` (the seed's Go client, grown up) and ``mtlskit demo``.
 
-Imports are lazy: ``mtlskit get`` loads ssl and http.client, nothing heavier, unless
-a failure needs explaining. Its usual command lines do not even come here: they
-run in :mod:`mtlskit.cli.fastget` (no click, no http.client), which shares
-:func:`~mtlskit.cli.fastget.request_parts` and the status check with this command.
+``get`` is a thin layer over :func:`mtlskit.client.request`: it reads curl's ``-X``,
+``-d`` and ``-H``, prints the body, and fails on a status of 400 or more. What only
+``-o``, ``--json`` or ``demo`` need (json, the PKI store, subprocess, threading, ...)
+is imported inside the functions that use it, so that a plain ``mtlskit get``
+starts without it.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from mtlskit.cli.fastget import (
-    DEFAULT_CERTS,
-    DEFAULT_TIMEOUT,
-    DEFAULT_URL,
-    request_parts,
-    status_error,
-)
+from mtlskit.client import DEFAULT_CERTS, DEFAULT_TIMEOUT, DEFAULT_URL, request
+from mtlskit.errors import ConfigError, ServerError
 
 if TYPE_CHECKING:
     import subprocess
     import threading
 
-    from mtlskit.client import Response
+__all__ = ["demo", "get"]
 
 
 @click.command(
@@ -44,7 +42,11 @@ curl --fail-with-body.""",
     show_default=True,
     help="Folder with ca.crt, client.crt and client.key.",
 )
-@click.option("--cacert", type=click.Path(dir_okay=False, path_type=Path), help="CA to trust.")
+# Each option's name is the keyword argument of mtlskit.client.request() it sets, so
+# an error naming that setting (mtlskit.errors.Setting) is spelled with the option.
+@click.option(
+    "--cacert", "ca", type=click.Path(dir_okay=False, path_type=Path), help="CA to trust."
+)
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="Client certificate.")
 @click.option(
     "--key", type=click.Path(dir_okay=False, path_type=Path), help="Client certificate's key."
@@ -82,7 +84,7 @@ curl --fail-with-body.""",
 def get(
     url: str,
     certs: Path,
-    cacert: Path | None,
+    ca: Path | None,
     cert: Path | None,
     key: Path | None,
     method: str | None,
@@ -93,14 +95,12 @@ def get(
     timeout: float,
     resolve: str | None,
 ) -> None:
-    from mtlskit.client import request
-
-    verb, body, sent = request_parts(method, data, headers)
+    verb, body, sent = _request_parts(method, data, headers)
     resp = request(
         verb,
         url,
         certs=certs,
-        ca=cacert,
+        ca=ca,
         cert=cert,
         key=key,
         headers=sent,
@@ -124,25 +124,51 @@ def get(
         click.echo(f"wrote {output} ({len(resp.body)} bytes, HTTP {resp.status})", err=True)
     else:
         # The Go client's fmt.Println(string(body)): the body, then a newline.
-        import sys
-
         sys.stdout.buffer.write(resp.body + b"\n")
         sys.stdout.buffer.flush()
-    _fail_on_status(resp)
+    # As curl --fail-with-body: the body is out, then a status of 400 or more fails.
+    resp.raise_for_status()
 
 
-def _fail_on_status(resp: Response) -> None:
-    failure = status_error(resp.status, resp.reason, resp.url)
-    if failure is not None:
-        raise failure
+def _read_data(data: str) -> bytes:
+    """``-d TEXT``, ``-d @FILE`` or ``-d @-`` (stdin), as curl."""
+    if not data.startswith("@"):
+        return data.encode()
+    name = data[1:]
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read request body: {exc.strerror}", file=name, hint="check the path after @"
+        ) from exc
+
+
+def _parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    name = name.strip()
+    if not sep or not name or any(c.isspace() for c in name):
+        raise ConfigError(f"invalid header {text!r}", hint="use -H 'Name: value'")
+    return name, value.strip()
+
+
+def _request_parts(
+    method: str | None, data: str | None, headers: tuple[str, ...]
+) -> tuple[str, bytes | None, list[tuple[str, str]]]:
+    """``-X``, ``-d`` and ``-H`` as curl reads them: the method, the body and the headers."""
+    body = _read_data(data) if data is not None else None
+    sent = [_parse_header(h) for h in headers]
+    if body is not None and not any(k.lower() == "content-type" for k, _ in sent):
+        sent.append(("Content-Type", "application/x-www-form-urlencoded"))  # as curl -d
+    return method or ("POST" if body is not None else "GET"), body, sent
 
 
 # ---------------------------------------------------------------- demo
 
 
 def _server_command(folder: Path, port: int) -> list[str]:
-    import sys
-
     return [
         sys.executable,
         "-m",
@@ -189,11 +215,8 @@ class _ServerLog:
 
     def wait_ready(self, timeout: float) -> None:
         """Poll the log (no sleeping) until the server says it listens, exits, or time is up."""
-        import os
         import selectors
         import time
-
-        from mtlskit.errors import ServerError
 
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
@@ -222,7 +245,6 @@ class _ServerLog:
 
     def drain(self) -> None:
         """Keep reading in the background so the server never blocks on a full pipe."""
-        import os
         import threading
 
         def run() -> None:
@@ -251,8 +273,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            from mtlskit.errors import ServerError
-
             raise ServerError(
                 "the server did not stop within 15 s of SIGTERM (killed it)",
                 hint="report this: graceful shutdown should finish in-flight requests and exit",
@@ -287,8 +307,6 @@ def demo(folder: Path | None, timeout: float) -> None:
     import subprocess
     import tempfile
 
-    from mtlskit.client import get as client_get
-
     temp: Path | None = None
     if folder is None:
         temp = Path(tempfile.mkdtemp(prefix="mtlskit-demo-"))
@@ -309,7 +327,7 @@ def demo(folder: Path | None, timeout: float) -> None:
             click.echo(f"    listening (pid {proc.pid})")
             url = f"https://localhost:{port}"
             click.echo(f"3/4 client: mtlskit get {url} --certs {folder}")
-            resp = client_get(url, certs=folder, timeout=timeout)
+            resp = request("GET", url, certs=folder, timeout=timeout)
             peer = resp.peer
             if peer is not None:
                 click.echo(
@@ -317,7 +335,7 @@ def demo(folder: Path | None, timeout: float) -> None:
                     f"{peer.issuer!r}; HTTP {resp.status}"
                 )
             click.echo(resp.text.rstrip("\n"))
-            _fail_on_status(resp)
+            resp.raise_for_status()
         finally:
             code = _stop(proc)
             log.join()
@@ -326,8 +344,6 @@ def demo(folder: Path | None, timeout: float) -> None:
             if line.strip():
                 click.echo(f"    server: {line}")
         if code != 0:
-            from mtlskit.errors import ServerError
-
             raise ServerError(f"the server exited with {code} after SIGTERM", hint="see its log")
     finally:
         if temp is not None:

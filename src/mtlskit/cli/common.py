@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 
 import click
 
 from mtlskit.errors import ConfigError
 
-__all__ = ["ca_dir_option", "db_option", "read_passphrase"]
+__all__ = ["ca_dir_option", "db_option", "read_passphrase", "setup_logging"]
 
 ca_dir_option = click.option(
     "--ca-dir",
@@ -43,3 +45,13 @@ def read_passphrase(path: Path | None, *, prompt: bool, confirm: bool = False) -
         value = click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
         return str(value).encode()
     return None
+
+
+def setup_logging() -> None:
+    """Log lines like Go's log package: ``2021/12/05 23:36:03 listen on …`` on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y/%m/%d %H:%M:%S"))
+    logger = logging.getLogger("mtlskit")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

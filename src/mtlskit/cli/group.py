@@ -1,21 +1,19 @@
-"""The click group of the command line, loaded only when a command needs click.
-
-``mtlskit get`` with the options :mod:`mtlskit.cli.fastget` understands never
-imports this module; every other command line does.
-"""
+"""The click group of the command line, and the one place errors become lines and exit codes."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Any
+import sys
+from collections.abc import Callable
 
 import click
 
 from mtlskit import __version__
-from mtlskit.cli import COMMANDS, HELP, echo_error
+from mtlskit.cli import COMMANDS, HELP
+from mtlskit.errors import MtlsError
 
-__all__ = ["LazyGroup", "click_error", "main", "run_click"]
+__all__ = ["LazyGroup", "main", "run"]
 
 
 class LazyGroup(click.Group):
@@ -51,25 +49,48 @@ def main() -> None:
     """
 
 
-def run_click(argv: list[str] | None) -> Any:
-    """Run the click group; what the command returns (errors are raised)."""
-    return main.main(args=argv, prog_name="mtlskit", standalone_mode=False)
+def run(argv: list[str] | None = None) -> None:
+    """Run the command line; print every error as one line; exit with its code."""
+    args = sys.argv[1:] if argv is None else argv
+    code: object
+    try:
+        code = main.main(args=args, prog_name="mtlskit", standalone_mode=False)
+    except MtlsError as exc:
+        _echo_error(f"error: {exc.one_line(_option_spelling(args))}")
+        code = exc.exit_code
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "mtlskit"
+        _echo_error(f"error: {exc.format_message()}: see '{where} --help'")
+        code = 2
+    except click.ClickException as exc:
+        _echo_error(f"error: {exc.format_message()}")
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        _echo_error("error: interrupted")
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    sys.exit(code if isinstance(code, int) else 0)
 
 
-def _usage_line(exc: click.UsageError) -> str:
-    where = exc.ctx.command_path if exc.ctx else "mtlskit"
-    return f"error: {exc.format_message()}: see '{where} --help'"
+def _echo_error(text: str) -> None:
+    # click.echo drops colour codes when stderr is not a terminal (a server's reason
+    # phrase may carry some) and copes with an ASCII-only stderr.
+    click.echo(text, err=True)
 
 
-def click_error(exc: Exception) -> int | None:
-    """Print one of click's errors as one line; its exit code (None: not click's)."""
-    if isinstance(exc, click.UsageError):
-        echo_error(_usage_line(exc))
-        return 2
-    if isinstance(exc, click.ClickException):
-        echo_error(f"error: {exc.format_message()}")
-        return exc.exit_code
-    if isinstance(exc, click.Abort):
-        echo_error("error: interrupted")
-        return 130
-    return None
+def _option_spelling(args: list[str]) -> Callable[[str], str | None]:
+    """How the command in ``args`` spells a setting: its option whose parameter has the
+    setting's name (``ca`` -> ``--cacert``), or None if it has none."""
+    command: click.Command = main
+    for arg in args:
+        if not isinstance(command, click.Group):
+            break
+        if arg.startswith("-"):
+            continue
+        sub = command.get_command(click.Context(command), arg)
+        if sub is None:
+            break
+        command = sub
+    options = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
+    return options.get

@@ -5,6 +5,9 @@ Each reads the CA's inventory: ``CA_DIR/ca.db``, or the database ``--db`` names
 database that cannot be reached included); 2 usage; ``renew`` 3 = not due yet
 (cron-friendly); ``status`` 1 = something expires within ``--warn`` (or has
 expired, or a file is bad).
+
+The :mod:`mtlskit.pki` modules (cryptography, sqlite3) are imported inside the
+commands, so ``mtlskit <command> --help`` and a usage error answer without loading them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mtlskit.cli.common import ca_dir_option, db_option, read_passphrase
+from mtlskit.errors import PKIError
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -38,7 +42,6 @@ _COLOURS = {"ok": "green", "expiring": "yellow", "expired": "red", "revoked": "r
 
 def _ca_certificate(ca_dir: Path) -> x509.Certificate:
     """The CA certificate of ``ca_dir`` (its key is not needed to read the inventory)."""
-    from mtlskit.errors import PKIError
     from mtlskit.pki.ca import check_is_ca
     from mtlskit.pki.load import load_certificates
     from mtlskit.pki.store import SeedLayout, read_file
@@ -153,7 +156,6 @@ def _list_row(r: Record, now: dt.datetime) -> list[str]:
 @db_option
 @json_option
 def revoke(target: str, ca_dir: Path, reason: str, db: str | None, as_json: bool) -> None:
-    from mtlskit.errors import PKIError
     from mtlskit.pki.crl import parse_reason
     from mtlskit.pki.inventory import Inventory, issued_by, parse_serial, serial_hex
     from mtlskit.pki.load import read_certificates

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import click
 
+from mtlskit.cli.common import setup_logging
+from mtlskit.server import ServerConfig, run
 from mtlskit.server.config import DEFAULT_SESSION_CACHE
 
 __all__ = ["serve"]
-
-
-def _setup_logging() -> None:
-    """Log lines like Go's log package: ``2021/12/05 23:36:03 listen on …`` on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y/%m/%d %H:%M:%S"))
-    logger = logging.getLogger("mtlskit")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 @click.command(
@@ -119,8 +109,6 @@ def serve(
     handshake_timeout: float,
     idle_timeout: float,
 ) -> None:
-    from mtlskit.server import ServerConfig, run
-
     config = ServerConfig(
         certs=certs,
         ca=ca,
@@ -142,5 +130,5 @@ def serve(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
-    _setup_logging()
+    setup_logging()
     run(config)

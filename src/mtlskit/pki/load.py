@@ -7,7 +7,7 @@ import os
 from cryptography import x509
 
 from mtlskit.errors import PKIError
-from mtlskit.pki.keys import _pem_kind
+from mtlskit.pki.keys import describe_pem_block
 from mtlskit.pki.store import read_file
 
 __all__ = ["load_certificate", "load_certificates", "load_csr", "read_certificates", "read_csr"]
@@ -23,7 +23,7 @@ def load_certificates(
             and b"-----BEGIN TRUSTED CERTIFICATE" not in data
         ):
             raise PKIError(
-                f"expected a certificate, found {_pem_kind(data)}",
+                f"expected a certificate, found {describe_pem_block(data)}",
                 file=file,
                 hint="pass a .crt file",
             )
@@ -59,7 +59,7 @@ def load_csr(
     if b"-----BEGIN" in data:
         if b"CERTIFICATE REQUEST-----" not in data:
             raise PKIError(
-                f"expected a certificate request (CSR), found {_pem_kind(data)}",
+                f"expected a certificate request (CSR), found {describe_pem_block(data)}",
                 file=file,
                 hint="pass a .csr file",
             )

@@ -3,9 +3,12 @@
 ::
 
     lifecycle.py   run(config), Server (start/serve/shutdown), --workers supervisor
+    state.py       ServerState (open connections, draining, clock, counters) and
+                   ConnectionRules (access rules, limits): what connections share
     protocol.py    one asyncio.Protocol per connection: TLS via the engine, HTTP/1.1
                    (httptools), limits, access rules, the built-in hello world
-    asgi.py        ASGI 3 (http + lifespan) with the TLS extension
+    asgi.py        ASGI 3 (http + lifespan) with the TLS extension; HostedApp
+    asgi_types.py  the ASGI 3 callable's types
     engine.py      the TLS engine seam (TLSSession) and its stdlib implementation
     openssl_engine.py  the default engine: the OpenSSL that cryptography bundles
                    (MTLSKIT_TLS_ENGINE=stdlib selects the stdlib ssl module)

@@ -18,7 +18,6 @@ import os
 import ssl
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -26,18 +25,22 @@ from urllib.parse import unquote
 import httptools
 
 from mtlskit.errors import ConfigError, ServerError
-from mtlskit.server.protocol import RESPONSE_400, RESPONSE_431, BaseProtocol, Shared, StopParsing
-from mtlskit.server.tlsstate import cipher_suite_id, tls_version_id
+from mtlskit.server.asgi_types import ASGIApp, Message, Scope
+from mtlskit.server.protocol import RESPONSE_400, RESPONSE_431, BaseProtocol, StopParsing
+from mtlskit.server.state import ConnectionRules, ServerState
+from mtlskit.server.tlsstate import TLSState, cipher_suite_id, tls_version_id
 
-__all__ = ["ASGIApp", "ASGIProtocol", "ClientDisconnected", "Lifespan", "load_app"]
+__all__ = [
+    "ASGIApp",
+    "ASGIProtocol",
+    "ClientDisconnected",
+    "HostedApp",
+    "Lifespan",
+    "RequestResponseCycle",
+    "load_app",
+]
 
 log = logging.getLogger("mtlskit.server")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
@@ -93,6 +96,26 @@ def load_app(spec: str) -> ASGIApp:
 
 class ClientDisconnected(OSError):
     """Raised by ``send()`` once the client has gone away."""
+
+
+class HostedApp:
+    """The ASGI app one worker runs: the callable, its requests still running, and the
+    lifespan state (each request's scope gets a shallow copy, as the spec says)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.lifespan_state: dict[str, Any] = {}
+
+    def start_request(self, cycle: RequestResponseCycle) -> None:
+        task = asyncio.get_running_loop().create_task(cycle.run(self.app))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def wait_requests(self, timeout: float) -> None:
+        """Let the running requests finish, for at most ``timeout`` seconds."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=timeout)
 
 
 class Lifespan:
@@ -153,7 +176,7 @@ class Lifespan:
         await self._stopped.wait()
 
 
-class Cycle:
+class RequestResponseCycle:
     """One request and its response."""
 
     __slots__ = (
@@ -310,16 +333,16 @@ class Cycle:
     def _finish_head(self, first_len: int, more: bool) -> bytes:
         lines = self._head or []
         self._head = None
-        shared = self.proto.shared
+        server_state = self.proto.server_state
         if not self._has_date:
-            lines.insert(1, b"Date: %s\r\n" % shared.date)
+            lines.insert(1, b"Date: %s\r\n" % server_state.date)
         if self.status >= 200 and self.status not in _NO_BODY_STATUS and not self._has_length:
             if more:
                 self.chunked = True
                 lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 lines.append(b"Content-Length: %d\r\n" % first_len)
-        if not self.keep_alive or shared.draining:
+        if not self.keep_alive or server_state.draining:
             self.keep_alive = False
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")
@@ -332,14 +355,19 @@ class Cycle:
 
 
 class ASGIProtocol(BaseProtocol):
-    """HTTP/1.1 for an ASGI app: one :class:`Cycle` per request, run in order."""
+    """HTTP/1.1 for an ASGI app: one :class:`RequestResponseCycle` per request, in order."""
 
-    def __init__(self, shared: Shared) -> None:
-        super().__init__(shared)
+    def __init__(
+        self, server_state: ServerState, rules: ConnectionRules, tls: TLSState, hosted: HostedApp
+    ) -> None:
+        super().__init__(server_state, rules, tls)
+        self.hosted = hosted
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect = False
-        self.cycles: deque[Cycle] = deque()  # the running one first, then queued ones
-        self.parsing: Cycle | None = None
+        self.cycles: deque[RequestResponseCycle] = (
+            deque()
+        )  # the running one first, then queued ones
+        self.parsing: RequestResponseCycle | None = None
         self.pending_error = 0
         self._tls_ext: dict[str, Any] | None = None
         self._server_addr: tuple[str, int] | None = None
@@ -383,10 +411,10 @@ class ASGIProtocol(BaseProtocol):
             "raw_path": raw_path,
             "query_string": url.query or b"",
             "headers": self.headers,
-            "state": dict(self.shared.lifespan_state),
+            "state": dict(self.hosted.lifespan_state),
             "extensions": {"tls": self.tls_extension()},
         }
-        cycle = Cycle(self, scope, parser.should_keep_alive(), self.expect)
+        cycle = RequestResponseCycle(self, scope, parser.should_keep_alive(), self.expect)
         self.parsing = cycle
         self.cycles.append(cycle)
         if len(self.cycles) == 1:
@@ -414,21 +442,17 @@ class ASGIProtocol(BaseProtocol):
 
     # -- requests -----------------------------------------------------------------------------------
 
-    def _run(self, cycle: Cycle) -> None:
-        shared = self.shared
-        shared.stats.requests += 1
-        if not shared.quiet:
+    def _run(self, cycle: RequestResponseCycle) -> None:
+        self.server_state.stats.requests += 1
+        if not self.rules.quiet:
             self.log_request(cycle.scope["method"].encode())
-        assert shared.app is not None
-        task = asyncio.get_running_loop().create_task(cycle.run(shared.app))
-        shared.tasks.add(task)
-        task.add_done_callback(shared.tasks.discard)
+        self.hosted.start_request(cycle)
 
-    def response_complete(self, cycle: Cycle) -> None:
-        self.last_active = self.shared.now
+    def response_complete(self, cycle: RequestResponseCycle) -> None:
+        self.last_active = self.server_state.now
         if self.cycles and self.cycles[0] is cycle:
             self.cycles.popleft()
-        if not cycle.keep_alive or self.shared.draining:
+        if not cycle.keep_alive or self.server_state.draining:
             self.close()
             return
         if self.cycles:
@@ -459,7 +483,7 @@ class ASGIProtocol(BaseProtocol):
             super().http_error(status)
             return
         # Answer the requests before it first, in order; then the error; then close.
-        self.shared.stats.bad_requests += 1
+        self.server_state.stats.bad_requests += 1
         self.in_request = False
         self.pending_error = status
         self.parsing = None

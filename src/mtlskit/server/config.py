@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from mtlskit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from mtlskit.server.asgi import ASGIApp
+from mtlskit.server.asgi_types import ASGIApp
 
 __all__ = ["DEFAULT_SESSION_CACHE", "ServerConfig"]
 

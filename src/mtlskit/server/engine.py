@@ -19,8 +19,9 @@ __all__ = [
     "TLSClosed",
     "TLSFailure",
     "TLSSession",
-    "failure_reason",
-    "reason_failure",
+    "failure_from_openssl_reason",
+    "failure_from_ssl_error",
+    "failure_from_verify_result",
 ]
 
 # Larger than one TLS record (16 KiB), so one read() takes a whole record.
@@ -57,18 +58,24 @@ class TLSClosed(Exception):
     """The peer closed TLS cleanly (close_notify)."""
 
 
-def failure_reason(exc: ssl.SSLError) -> TLSFailure:
-    """Translate an ``ssl.SSLError`` into a :class:`TLSFailure` with a stable reason."""
+def failure_from_ssl_error(exc: ssl.SSLError) -> TLSFailure:
+    """Translate an ``ssl.SSLError`` (the stdlib engine) into a :class:`TLSFailure`."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = int(getattr(exc, "verify_code", 0) or 0)
         message = str(getattr(exc, "verify_message", "") or "certificate verify failed")
-        return TLSFailure(_VERIFY_REASONS.get(code, "cert_invalid"), message)
+        return failure_from_verify_result(code, message)
     if isinstance(exc, ssl.SSLEOFError):
         return TLSFailure("eof", "connection closed during the handshake")
-    return reason_failure(str(getattr(exc, "reason", "") or ""), otherwise=str(exc))
+    return failure_from_openssl_reason(str(getattr(exc, "reason", "") or ""), otherwise=str(exc))
 
 
-def reason_failure(reason: str, *, otherwise: str) -> TLSFailure:
+def failure_from_verify_result(code: int, message: str) -> TLSFailure:
+    """The :class:`TLSFailure` for an X509_V_ERR_* code of a failed certificate check
+    (both engines); ``message`` is OpenSSL's text for it."""
+    return TLSFailure(_VERIFY_REASONS.get(code, "cert_invalid"), message)
+
+
+def failure_from_openssl_reason(reason: str, *, otherwise: str) -> TLSFailure:
     """The :class:`TLSFailure` for an OpenSSL reason such as ``HTTP_REQUEST`` (both
     engines); ``otherwise`` describes a failure that has no reason string."""
     if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
@@ -144,7 +151,7 @@ class StdlibSession:
         except ssl.SSLWantReadError:
             return False
         except ssl.SSLError as exc:
-            raise failure_reason(exc) from None
+            raise failure_from_ssl_error(exc) from None
         return True
 
     def read(self) -> bytes:
@@ -158,7 +165,7 @@ class StdlibSession:
         except ssl.SSLZeroReturnError:
             raise TLSClosed from None
         except ssl.SSLError as exc:
-            raise failure_reason(exc) from None
+            raise failure_from_ssl_error(exc) from None
         if not data:  # the ssl module's answer to close_notify
             raise TLSClosed
         if not self._in.pending:  # the usual case: one record, nothing more buffered
@@ -173,7 +180,7 @@ class StdlibSession:
                 self.peer_closed = True  # after what came before (parts is never empty)
                 break
             except ssl.SSLError as exc:
-                raise failure_reason(exc) from None
+                raise failure_from_ssl_error(exc) from None
             if not chunk:
                 self.peer_closed = True
                 break
@@ -184,7 +191,7 @@ class StdlibSession:
         try:
             self._obj.write(data)
         except ssl.SSLError as exc:
-            raise failure_reason(exc) from None
+            raise failure_from_ssl_error(exc) from None
 
     def output(self) -> bytes:
         out = self._out

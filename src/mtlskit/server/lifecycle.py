@@ -10,6 +10,9 @@ to them and waits.
 SIGINT/SIGTERM stop accepting, close idle connections with close_notify, let
 in-flight requests finish (up to ``shutdown_timeout``), run the ASGI lifespan
 shutdown, then return.
+
+uvloop is imported by :func:`run` only, when it installs it: it takes longer to import
+than the rest of the server, and an app that embeds :class:`Server` keeps its own loop.
 """
 
 from __future__ import annotations
@@ -28,12 +31,19 @@ from multiprocessing.connection import wait as wait_for_sentinels
 from typing import Any
 
 from mtlskit.errors import ServerError
+from mtlskit.identity import AccessPolicy
+from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
+from mtlskit.server.asgi_types import ASGIApp
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.metrics import serve_metrics
-from mtlskit.server.protocol import BaseProtocol, HelloProtocol, Shared
+from mtlskit.server.protocol import BaseProtocol, HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
+from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
 from mtlskit.server.tlsstate import ContextHolder
+
+if sys.platform != "win32":
+    import resource
 
 __all__ = ["Server", "run"]
 
@@ -58,18 +68,21 @@ class Server:
         config: ServerConfig,
         holder: ContextHolder,
         *,
-        app: Any = None,
+        app: ASGIApp | None = None,
         stats: Stats | None = None,
     ) -> None:
         self.config = config
         self.holder = holder
         self.stats = stats if stats is not None else holder.stats
-        self.app = app
-        self.shared = Shared(config, holder, self.stats, app=app)
+        self.state = ServerState(self.stats)
+        self.rules = ConnectionRules.from_config(config)
+        # The app, or the built-in hello world when there is none.
+        self.hosted = HostedApp(app) if app is not None else None
+        self.hello = HelloResponses(self.state.date) if app is None else None
         self._servers: list[asyncio.AbstractServer] = []
         self._stop: asyncio.Event | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._lifespan: Any = None
+        self._lifespan: Lifespan | None = None
         self.sockets: list[socket.socket] = []
 
     @property
@@ -79,24 +92,12 @@ class Server:
 
     async def start(self, *, reuse_port: bool = False) -> None:
         """Run the lifespan startup, then listen."""
-        if self.app is not None:
-            from mtlskit.server.asgi import Lifespan
-
-            self._lifespan = Lifespan(self.app, self.shared.lifespan_state)
+        if self.hosted is not None:
+            self._lifespan = Lifespan(self.hosted.app, self.hosted.lifespan_state)
             await self._lifespan.startup()
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        protocol_class: Callable[[Shared], BaseProtocol]
-        if self.app is None:
-            protocol_class = HelloProtocol
-        else:
-            from mtlskit.server.asgi import ASGIProtocol
-
-            protocol_class = ASGIProtocol
-        shared = self.shared
-
-        def factory() -> BaseProtocol:
-            return protocol_class(shared)
+        factory = self._protocol_factory()
 
         try:
             server = await loop.create_server(
@@ -112,18 +113,34 @@ class Server:
         self.sockets = [s for srv in self._servers for s in getattr(srv, "sockets", ())]
         self._sweeper = loop.create_task(self._sweep())
 
+    def _protocol_factory(self) -> Callable[[], BaseProtocol]:
+        """Called at each accept: the connection handshakes with the TLS state current then."""
+        state, rules, holder, hosted, hello = (
+            self.state,
+            self.rules,
+            self.holder,
+            self.hosted,
+            self.hello,
+        )
+        if hosted is not None:
+            return lambda: ASGIProtocol(state, rules, holder.current, hosted)
+        assert hello is not None
+        return lambda: HelloProtocol(state, rules, holder.current, hello)
+
     async def _sweep(self) -> None:
         """Every interval: the coarse clock, the Date header, handshake and idle timeouts."""
         cfg = self.config
         interval = max(0.05, min(1.0, cfg.handshake_timeout / 4, cfg.idle_timeout / 4))
-        shared = self.shared
+        state = self.state
         while True:
             await asyncio.sleep(interval)
-            shared.tick()
-            now = shared.now
+            state.tick()
+            if self.hello is not None:
+                self.hello.refresh(state.date)
+            now = state.now
             hs_deadline = now - cfg.handshake_timeout
             idle_deadline = now - cfg.idle_timeout
-            for conn in list(shared.connections):
+            for conn in list(state.connections):
                 if conn.closed:
                     continue
                 if conn.handshaking:
@@ -154,27 +171,27 @@ class Server:
 
     async def shutdown(self) -> None:
         """Stop accepting, finish in-flight requests, close every connection."""
-        shared = self.shared
-        shared.draining = True
+        state = self.state
+        state.draining = True
         for srv in self._servers:
             srv.close()
-        shared.all_closed = asyncio.Event()
-        for conn in list(shared.connections):
+        state.all_closed = asyncio.Event()
+        for conn in list(state.connections):
             conn.shutdown_if_idle()
-        if not shared.connections:
-            shared.all_closed.set()
+        if not state.connections:
+            state.all_closed.set()
         try:
-            await asyncio.wait_for(shared.all_closed.wait(), self.config.shutdown_timeout)
+            await asyncio.wait_for(state.all_closed.wait(), self.config.shutdown_timeout)
         except TimeoutError:
             log.warning(
                 "shutdown: closing %d connections still busy after %gs",
-                len(shared.connections),
+                len(state.connections),
                 self.config.shutdown_timeout,
             )
-            for conn in list(shared.connections):
+            for conn in list(state.connections):
                 conn.abort()
-        if shared.tasks:
-            await asyncio.wait(set(shared.tasks), timeout=self.config.shutdown_timeout)
+        if self.hosted is not None:
+            await self.hosted.wait_requests(self.config.shutdown_timeout)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -202,10 +219,8 @@ def _listen_error(config: ServerConfig, exc: OSError) -> ServerError:
     )
 
 
-def prepare(config: ServerConfig) -> tuple[ContextHolder, Any]:
+def prepare(config: ServerConfig) -> tuple[ContextHolder, ASGIApp | None]:
     """Load the certificates and the app: every error here is one line for the CLI."""
-    from mtlskit.identity import AccessPolicy
-
     AccessPolicy(config.allow_cn, config.allow_san)  # validates the patterns
     # checked_build also refuses an expired certificate or a CRL of another key (reload.py).
     holder = ContextHolder(
@@ -218,16 +233,17 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, Any]:
         require_client_cert=config.client_cert == "required",
         any_client_purpose=config.client_cert_any_purpose,
     )
-    app = config.app
-    if isinstance(app, str):
-        from mtlskit.server.asgi import load_app
-
-        app = load_app(app)
+    app = load_app(config.app) if isinstance(config.app, str) else config.app
     return holder, app
 
 
 async def _serve_worker(
-    config: ServerConfig, holder: ContextHolder, app: Any, *, reuse_port: bool, announce: bool
+    config: ServerConfig,
+    holder: ContextHolder,
+    app: ASGIApp | None,
+    *,
+    reuse_port: bool,
+    announce: bool,
 ) -> None:
     server = Server(config, holder, app=app)
     await server.start(reuse_port=reuse_port)
@@ -248,13 +264,13 @@ async def _serve_worker(
 
 def _raise_open_files_limit() -> None:
     """Each connection is a file descriptor: allow as many as the hard limit lets us."""
+    if sys.platform == "win32":  # pragma: no cover - no resource module there
+        return
     try:
-        import resource
-
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, ValueError, OSError):  # pragma: no cover - not fatal
+    except (ValueError, OSError):  # pragma: no cover - not fatal
         pass
 
 
@@ -287,7 +303,7 @@ def _check_port(config: ServerConfig) -> socket.socket:
 
 
 def _worker_main(
-    config: ServerConfig, holder: ContextHolder, app: Any, probe: socket.socket
+    config: ServerConfig, holder: ContextHolder, app: ASGIApp | None, probe: socket.socket
 ) -> None:
     probe.close()  # the supervisor's port check, inherited by fork
     for sig in (*_STOP_SIGNALS, signal.SIGHUP):
@@ -300,7 +316,7 @@ def _worker_main(
         sys.exit(1)
 
 
-def _supervise(config: ServerConfig, holder: ContextHolder, app: Any) -> None:
+def _supervise(config: ServerConfig, holder: ContextHolder, app: ASGIApp | None) -> None:
     probe = _check_port(config)
     # Fork (not spawn): the workers inherit the loaded app and contexts. Nothing runs
     # an event loop or a thread in this process yet.

@@ -27,14 +27,11 @@ import logging
 import multiprocessing
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING
 
 from mtlskit.errors import ServerError
 from mtlskit.server.reload import facts_of
 from mtlskit.server.stats import Stats
-
-if TYPE_CHECKING:
-    from mtlskit.server.tlsstate import ContextHolder
+from mtlskit.server.tlsstate import ContextHolder
 
 __all__ = ["CONTENT_TYPE", "render", "serve_metrics", "start_metrics_server"]
 
@@ -59,7 +56,9 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-class _Out:
+class _Exposition:
+    """The lines of the text exposition, one metric (HELP, TYPE, samples) at a time."""
+
     def __init__(self) -> None:
         self.lines: list[str] = []
 
@@ -76,7 +75,7 @@ def render(stats: Stats, holder: ContextHolder | None = None, *, now: float | No
     """The Prometheus text exposition (format 0.0.4) of ``stats`` and ``holder``'s state."""
     now = time.time() if now is None else now
     snap = stats.snapshot()
-    out = _Out()
+    out = _Exposition()
     failures: dict[str, int] = snap["handshake_failures"]
     out.metric(
         "mtlskit_handshakes_total",
@@ -118,7 +117,7 @@ def render(stats: Stats, holder: ContextHolder | None = None, *, now: float | No
     return "\n".join(out.lines) + "\n"
 
 
-def _state_metrics(out: _Out, holder: ContextHolder, now: float) -> None:
+def _state_metrics(out: _Exposition, holder: ContextHolder, now: float) -> None:
     state = holder.current
     out.metric(
         "mtlskit_tls_reload_last_ok",

@@ -21,12 +21,18 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mtlskit.errors import PKIError
 from mtlskit.server import openssl_extras
 from mtlskit.server.config import DEFAULT_SESSION_CACHE
-from mtlskit.server.engine import _VERIFY_REASONS, TLSClosed, TLSFailure, reason_failure
+from mtlskit.server.engine import (
+    TLSClosed,
+    TLSFailure,
+    failure_from_openssl_reason,
+    failure_from_verify_result,
+)
 
 __all__ = ["AVAILABLE", "OpenSSLContext", "OpenSSLSession", "context_from"]
 
@@ -172,11 +178,11 @@ def context_from(
     # client certificate), +13 % and +32 % (bench). There are no ticket keys to steal;
     # a reload or rotation makes a new context, so old sessions stop resuming. Only
     # with a bounded cache (~9 KiB a session): else stateless tickets, as OpenSSL's.
-    extras = openssl_extras.find() if session_cache > 0 else None
-    if extras is not None:
+    functions = openssl_extras.find_session_cache_functions() if session_cache > 0 else None
+    if functions is not None:
         lib.SSL_CTX_set_options(ctx, lib.SSL_OP_NO_TICKET)
-        extras.set_session_cache_size(ctx, session_cache)
-        extras.set_num_tickets(ctx, 1)  # OpenSSL sends two; one session per handshake
+        functions.set_session_cache_size(ctx, session_cache)
+        functions.set_num_tickets(ctx, 1)  # OpenSSL sends two; one session per handshake
     lib.SSL_CTX_set_cipher_list(ctx, _CIPHERS)
     lib.SSL_CTX_set_ciphersuites(ctx, _TLS13_SUITES)
     _check(
@@ -234,8 +240,6 @@ def _intermediates(cert: str | os.PathLike[str], ca: str | os.PathLike[str]) -> 
     has no chain, the issuers found in the CA bundle are sent, up to (not including)
     a self-signed root: what auto-chain did, once per context instead of per handshake.
     """
-    from cryptography import x509
-
     try:
         leaf_file = x509.load_pem_x509_certificates(Path(cert).read_bytes())
         bundle = x509.load_pem_x509_certificates(Path(ca).read_bytes())
@@ -377,7 +381,7 @@ class OpenSSLSession:
         return name
 
     def _failure(self, err: int) -> TLSFailure:
-        """The same stable reasons as :func:`mtlskit.server.engine.failure_reason`."""
+        """The same stable reasons as :func:`mtlskit.server.engine.failure_from_ssl_error`."""
         code = lib.ERR_get_error() if err == _SSL_ERROR else 0
         lib.ERR_clear_error()
         text = lib.ERR_reason_error_string(code) if code else ffi.NULL
@@ -385,7 +389,7 @@ class OpenSSLSession:
         if reason == "CERTIFICATE_VERIFY_FAILED":
             verify = int(lib.SSL_get_verify_result(self._ssl))
             message = ffi.string(lib.X509_verify_cert_error_string(verify)).decode()
-            return TLSFailure(_VERIFY_REASONS.get(verify, "cert_invalid"), message)
+            return failure_from_verify_result(verify, message)
         if not reason:  # no error queued: the peer went away mid-handshake
             return TLSFailure("eof", "connection closed during the handshake")
-        return reason_failure(reason, otherwise=reason)
+        return failure_from_openssl_reason(reason, otherwise=reason)

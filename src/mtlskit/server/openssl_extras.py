@@ -10,8 +10,8 @@ address plus its symbol value. That table is trusted only when it agrees exactly
 two addresses the bindings do return (``BIO_s_mem()`` and ``TLS_server_method()``,
 static objects of the same library), and each function is checked once on a scratch
 context (the cache size reads back; the cache mode matches the bound getter). On any
-mismatch, a stripped build or another platform, :func:`find` returns None and the
-engine uses stateless tickets instead (server/openssl_engine.py).
+mismatch, a stripped build or another platform, :func:`find_session_cache_functions`
+returns None and the engine uses stateless tickets instead (server/openssl_engine.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Extras", "find"]
+try:
+    from cryptography.hazmat.bindings import _rust
+    from cryptography.hazmat.bindings.openssl.binding import Binding
+
+    _BINDINGS_IMPORTED = True
+except ImportError:  # pragma: no cover - a cryptography that moved them: nothing is found
+    _BINDINGS_IMPORTED = False
+
+__all__ = ["SessionCacheFunctions", "find_session_cache_functions"]
 
 _SSL_CTRL_SET_SESS_CACHE_SIZE = 42  # ssl.h
 _SSL_CTRL_GET_SESS_CACHE_SIZE = 43
@@ -32,8 +40,9 @@ _SSL_CTRL_GET_SESS_CACHE_MODE = 45
 _STT_OBJECT, _STT_FUNC = 1, 2
 
 
-class Extras:
-    """Callable wrappers around the functions found (cffi function pointers)."""
+class SessionCacheFunctions:
+    """``SSL_CTX_ctrl`` for the session cache and ``SSL_CTX_set_num_tickets``, as found in
+    the library: callable wrappers around cffi function pointers."""
 
     def __init__(self, ffi: Any, base: int, values: dict[str, int]) -> None:
         self._ctrl = ffi.cast("long (*)(SSL_CTX *, int, long, void *)", base + values["ctrl"])
@@ -88,12 +97,11 @@ def _read_symbols(
 
 
 @cache
-def find() -> Extras | None:
+def find_session_cache_functions() -> SessionCacheFunctions | None:
     """The functions, once per process; None when they cannot be found safely."""
+    if not _BINDINGS_IMPORTED:
+        return None
     try:
-        from cryptography.hazmat.bindings import _rust
-        from cryptography.hazmat.bindings.openssl.binding import Binding
-
         binding = Binding()
         lib, ffi = binding.lib, binding.ffi
         path = Path(_rust.__file__ or "")
@@ -111,21 +119,21 @@ def find() -> Extras | None:
         base = int(ffi.cast("uintptr_t", lib.BIO_s_mem())) - values["mem"]
         if int(ffi.cast("uintptr_t", lib.TLS_server_method())) != base + values["server"]:
             return None  # the table does not describe the library that is loaded
-        extras = Extras(ffi, base, values)
-        return extras if _works(extras, lib, ffi) else None
-    except (ImportError, OSError, ValueError, struct.error, AttributeError):
+        functions = SessionCacheFunctions(ffi, base, values)
+        return functions if _works(functions, lib, ffi) else None
+    except (OSError, ValueError, struct.error, AttributeError):
         return None
 
 
-def _works(extras: Extras, lib: Any, ffi: Any) -> bool:
+def _works(functions: SessionCacheFunctions, lib: Any, ffi: Any) -> bool:
     """Each function does what it should, on a scratch context."""
     ctx = lib.SSL_CTX_new(lib.TLS_server_method())
     if ctx == ffi.NULL:
         return False
     try:
-        if extras.session_cache_mode(ctx) != lib.SSL_CTX_get_session_cache_mode(ctx):
+        if functions.session_cache_mode(ctx) != lib.SSL_CTX_get_session_cache_mode(ctx):
             return False
-        extras.set_session_cache_size(ctx, 1234)
-        return extras.session_cache_size(ctx) == 1234 and extras.set_num_tickets(ctx, 1)
+        functions.set_session_cache_size(ctx, 1234)
+        return functions.session_cache_size(ctx) == 1234 and functions.set_num_tickets(ctx, 1)
     finally:
         lib.SSL_CTX_free(ctx)

@@ -17,22 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import httptools
 
-from mtlskit.identity import AccessPolicy, PeerIdentity
-from mtlskit.server.config import ServerConfig
+from mtlskit.identity import PeerIdentity
 from mtlskit.server.engine import TLSClosed, TLSFailure, TLSSession
-from mtlskit.server.stats import Stats
-from mtlskit.server.tlsstate import ContextHolder, TLSState
+from mtlskit.server.state import ConnectionRules, ServerState
+from mtlskit.server.tlsstate import TLSState
 
-if TYPE_CHECKING:
-    from mtlskit.server.asgi import ASGIApp
-
-__all__ = ["BaseProtocol", "HelloProtocol", "Shared"]
+__all__ = ["BaseProtocol", "HelloProtocol", "HelloResponses"]
 
 log = logging.getLogger("mtlskit.server")
 
@@ -54,58 +48,26 @@ RESPONSE_431 = error_response(431, "request header fields too large")
 RESPONSE_403 = error_response(403, "forbidden: your certificate is not allowed here")
 
 
-class Shared:
-    """What every connection of one worker shares: settings, TLS state, stats, clock."""
+class HelloResponses:
+    """The seed's hello world responses, whole, rebuilt when the Date header changes."""
 
-    def __init__(
-        self,
-        config: ServerConfig,
-        holder: ContextHolder,
-        stats: Stats,
-        *,
-        app: ASGIApp | None = None,
-    ) -> None:
-        self.config = config
-        self.holder = holder
-        self.stats = stats
-        self.app = app
-        self.policy = AccessPolicy(config.allow_cn, config.allow_san)
-        self.check_access = not self.policy.allows_everyone
-        self.quiet = config.quiet
-        self.max_header_bytes = config.max_header_bytes
-        self.max_headers = config.max_headers
-        self.connections: set[BaseProtocol] = set()
-        self.tasks: set[asyncio.Task[None]] = set()  # running ASGI requests
-        self.draining = False
-        self.lifespan_state: dict[str, Any] = {}
-        self.all_closed: asyncio.Event | None = None  # set by the lifecycle while draining
-        self.now = 0.0
+    __slots__ = ("close", "date", "head_close", "head_keep", "keep")
+
+    def __init__(self, date: bytes) -> None:
         self.date = b""
-        self.hello_keep = b""
-        self.hello_close = b""
-        self.hello_head_keep = b""
-        self.hello_head_close = b""
-        self.tick()
+        self.keep = self.close = self.head_keep = self.head_close = b""
+        self.refresh(date)
 
-    def tick(self) -> None:
-        """Once per sweep (≤ 1 s): the coarse clock and the cached Date header."""
-        self.now = time.monotonic()
-        date = formatdate(usegmt=True).encode()
+    def refresh(self, date: bytes) -> None:
         if date == self.date:
             return
         self.date = date
         head = b"HTTP/1.1 200 OK\r\nDate: %s\r\nContent-Length: %d\r\n" % (date, len(HELLO_BODY))
         head += b"Content-Type: text/plain; charset=utf-8\r\n"
-        self.hello_head_keep = head + b"\r\n"
-        self.hello_head_close = head + b"Connection: close\r\n\r\n"
-        self.hello_keep = self.hello_head_keep + HELLO_BODY
-        self.hello_close = self.hello_head_close + HELLO_BODY
-
-    def connection_closed(self, conn: BaseProtocol) -> None:
-        self.connections.discard(conn)
-        self.stats.open_connections -= 1
-        if self.all_closed is not None and not self.connections:
-            self.all_closed.set()
+        self.head_keep = head + b"\r\n"
+        self.head_close = head + b"Connection: close\r\n\r\n"
+        self.keep = self.head_keep + HELLO_BODY
+        self.close = self.head_close + HELLO_BODY
 
 
 class StopParsing(Exception):
@@ -122,7 +84,6 @@ class BaseProtocol(asyncio.Protocol):
     # what changes (a new connection costs fewer stores: measured per handshake).
     transport: asyncio.Transport | None = None
     session: TLSSession | None = None
-    tls: TLSState | None = None
     _peer: tuple[str, int] | None = None
     handshaking = True
     closed = False
@@ -137,10 +98,14 @@ class BaseProtocol(asyncio.Protocol):
     write_paused = False
     read_paused = False
 
-    def __init__(self, shared: Shared) -> None:
-        self.shared = shared
-        self.started = self.last_active = shared.now
-        self.allowed: bool | None = None if shared.check_access else True
+    def __init__(self, server_state: ServerState, rules: ConnectionRules, tls: TLSState) -> None:
+        self.server_state = server_state
+        self.rules = rules
+        self.tls: TLSState = (
+            tls  # the state current at accept time: a reload affects new connections
+        )
+        self.started = self.last_active = server_state.now
+        self.allowed: bool | None = None if rules.check_access else True
         self._out: list[bytes] = []
         self._drain_waiters: list[asyncio.Future[None]] = []
 
@@ -148,20 +113,16 @@ class BaseProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        shared = self.shared
-        self.tls = state = shared.holder.current  # read once: a reload affects new connections
-        self.session = state.new_session()
-        shared.connections.add(self)
-        stats = shared.stats
-        stats.connections_total += 1
-        stats.open_connections += 1
-        if shared.draining:
+        self.session = self.tls.new_session()
+        server_state = self.server_state
+        server_state.connection_opened(self)
+        if server_state.draining:
             self.close()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self.last_active = self.shared.now
+        self.last_active = self.server_state.now
         session = self.session
         assert session is not None
         try:
@@ -204,9 +165,9 @@ class BaseProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.handshaking and not self.closed:
-            self.shared.stats.handshake_failed("eof")
+            self.server_state.stats.handshake_failed("eof")
         self.closed = True
-        self.shared.connection_closed(self)
+        self.server_state.connection_closed(self)
         self._wake_drainers()
         self.lost()
         # The parser refers back to this protocol: without this cycle the connection and
@@ -241,11 +202,11 @@ class BaseProtocol(asyncio.Protocol):
 
     def _handshake_done(self) -> None:
         self.handshaking = False
-        self.shared.stats.handshakes_ok += 1
+        self.server_state.stats.handshakes_ok += 1
         self.parser = httptools.HttpRequestParser(self)
 
     def _handshake_failed(self, failure: TLSFailure) -> None:
-        self.shared.stats.handshake_failed(failure.reason)
+        self.server_state.stats.handshake_failed(failure.reason)
         if failure.reason not in ("eof", "timeout"):
             log.info(
                 "TLS handshake error from %s: %s (%s)",
@@ -260,7 +221,7 @@ class BaseProtocol(asyncio.Protocol):
 
     def handshake_timed_out(self) -> None:
         if self.handshaking and not self.closed:
-            self.shared.stats.handshake_failed("timeout")
+            self.server_state.stats.handshake_failed("timeout")
             self.closed = True
             assert self.transport is not None
             self.transport.abort()
@@ -298,7 +259,7 @@ class BaseProtocol(asyncio.Protocol):
         """Write and flush (outside data_received, e.g. from an ASGI task)."""
         if self.closed:
             return
-        self.last_active = self.shared.now
+        self.last_active = self.server_state.now
         self._out.append(data)
         try:
             self.flush()
@@ -372,7 +333,7 @@ class BaseProtocol(asyncio.Protocol):
             # A head begun in an earlier chunk is still incomplete: all of this chunk is
             # head the parser buffers (the callbacks count only complete fields).
             self.head_bytes += len(plain)
-            if self.head_bytes > self.shared.max_header_bytes:
+            if self.head_bytes > self.rules.max_header_bytes:
                 self.http_error(431)
 
     def refuse_upgrade(self) -> None:
@@ -380,7 +341,7 @@ class BaseProtocol(asyncio.Protocol):
 
     def http_error(self, status: int) -> None:
         """Answer a malformed (400) or oversized (431) request and close."""
-        self.shared.stats.bad_requests += 1
+        self.server_state.stats.bad_requests += 1
         self.in_request = False
         self.write(RESPONSE_431 if status == 431 else RESPONSE_400)
         self.close_after_response()
@@ -395,7 +356,7 @@ class BaseProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_bytes += len(url)
-        if self.head_bytes > self.shared.max_header_bytes:
+        if self.head_bytes > self.rules.max_header_bytes:
             self.error_status = 431
             raise StopParsing
 
@@ -403,8 +364,8 @@ class BaseProtocol(asyncio.Protocol):
         self.header_count += 1
         self.head_bytes += len(name) + len(value) + 4
         if (
-            self.head_bytes > self.shared.max_header_bytes
-            or self.header_count > self.shared.max_headers
+            self.head_bytes > self.rules.max_header_bytes
+            or self.header_count > self.rules.max_headers
         ):
             self.error_status = 431
             raise StopParsing
@@ -426,7 +387,7 @@ class BaseProtocol(asyncio.Protocol):
     def access_allowed(self) -> bool:
         """Apply --allow-cn/--allow-san once per connection; log a refusal once."""
         ident = self.identity
-        allowed = ident is not None and self.shared.policy.allows(ident)
+        allowed = ident is not None and self.rules.policy.allows(ident)
         if not allowed:
             who = ident.describe() if ident else "a client without certificate"
             log.warning(
@@ -438,7 +399,7 @@ class BaseProtocol(asyncio.Protocol):
         return allowed
 
     def refuse(self) -> None:
-        self.shared.stats.requests_refused += 1
+        self.server_state.stats.requests_refused += 1
         self.in_request = False
         self.write(RESPONSE_403)
         self.close_after_response()
@@ -492,13 +453,20 @@ class BaseProtocol(asyncio.Protocol):
 class HelloProtocol(BaseProtocol):
     """The seed's app: 200 ``hello world \\n`` for any path and method, from the callbacks."""
 
+    def __init__(
+        self,
+        server_state: ServerState,
+        rules: ConnectionRules,
+        tls: TLSState,
+        responses: HelloResponses,
+    ) -> None:
+        super().__init__(server_state, rules, tls)
+        self.responses = responses
+
     def refuse_upgrade(self) -> None:
         if self._out:  # the response to the upgrade request is the last one queued
-            shared = self.shared
-            swap = {
-                shared.hello_keep: shared.hello_close,
-                shared.hello_head_keep: shared.hello_head_close,
-            }
+            r = self.responses
+            swap = {r.keep: r.close, r.head_keep: r.head_close}
             self._out[-1] = swap.get(self._out[-1], self._out[-1])
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -513,15 +481,18 @@ class HelloProtocol(BaseProtocol):
         if not self.allowed:
             self.refuse()
             return
-        shared = self.shared
-        shared.stats.requests += 1
+        server_state = self.server_state
+        server_state.stats.requests += 1
         method = self.parser.get_method()
-        if not shared.quiet:
+        if not self.rules.quiet:
             self.log_request(method)
-        keep = self.parser.should_keep_alive() and not shared.draining and not self._close_after
+        keep = (
+            self.parser.should_keep_alive() and not server_state.draining and not self._close_after
+        )
+        r = self.responses
         if method == b"HEAD":
-            self.write(shared.hello_head_keep if keep else shared.hello_head_close)
+            self.write(r.head_keep if keep else r.head_close)
         else:
-            self.write(shared.hello_keep if keep else shared.hello_close)
+            self.write(r.keep if keep else r.close)
         if not keep:
             self.close_after_response()

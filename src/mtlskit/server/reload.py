@@ -36,7 +36,6 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -44,10 +43,7 @@ from mtlskit.errors import MtlsError, PKIError
 from mtlskit.pki.crl import check_crl, read_crl
 from mtlskit.pki.load import read_certificates
 from mtlskit.server.config import DEFAULT_SESSION_CACHE
-from mtlskit.server.tlsstate import TLSState, build_state
-
-if TYPE_CHECKING:
-    from mtlskit.server.tlsstate import ContextHolder
+from mtlskit.server.tlsstate import ContextHolder, TLSState, build_state
 
 __all__ = [
     "INTERVAL",

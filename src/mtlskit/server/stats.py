@@ -11,7 +11,7 @@ from typing import Any
 
 __all__ = ["HANDSHAKE_FAILURE_REASONS", "Stats"]
 
-# Stable, low-cardinality labels for handshake failures (see engine.failure_reason).
+# Stable, low-cardinality labels for handshake failures (see engine.failure_from_ssl_error).
 HANDSHAKE_FAILURE_REASONS = (
     "no_client_cert",
     "cert_untrusted",

@@ -33,6 +33,7 @@ from mtlskit.pki.names import format_san, parse_sans
 from mtlskit.service import tokens
 from mtlskit.service.issuance import (
     check_csr,
+    counted,
     issue_from_csr,
     load_request_csr,
     requested_sans,
@@ -117,17 +118,18 @@ def enroll_with_token(
     state: ServiceState, token: str, csr_pem: str, address: str
 ) -> dict[str, Any]:
     """Check the token and the CSR, spend the token, issue; nothing issued on refusal."""
-    state.check_rate(f"addr:{address}", f"token:{tokens.token_hash(token)[:16]}")
-    now = state.now()
-    record = tokens.find_token(state.db, token, now=now)
-    csr = load_request_csr(csr_pem)
-    check_csr(csr)
-    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, record.name)])
-    _check_subject(csr, subject, "the token")
-    allowed = list(record.sans)
-    _check_sans(csr, allowed, "the token")
-    names = _names(requested_sans(csr)) or allowed
-    tokens.spend(state.db, record, now=now)
+    with counted(state, "enroll"):
+        state.check_rate(f"addr:{address}", f"token:{tokens.token_hash(token)[:16]}")
+        now = state.now()
+        record = tokens.find_token(state.db, token, now=now)
+        csr = load_request_csr(csr_pem)
+        check_csr(csr)
+        subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, record.name)])
+        _check_subject(csr, subject, "the token")
+        allowed = list(record.sans)
+        _check_sans(csr, allowed, "the token")
+        names = _names(requested_sans(csr)) or allowed
+        tokens.spend(state.db, record, now=now)
     try:
         chain, serial = issue_from_csr(
             state,
@@ -167,36 +169,39 @@ def renew_with_certificate(
     state: ServiceState, current: x509.Certificate, csr_pem: str, address: str
 ) -> dict[str, Any]:
     """A certificate like ``current`` (verified in the handshake) for the CSR's new key."""
-    serial = serial_hex(current.serial_number)
-    state.check_rate(f"addr:{address}", f"cert:{serial}")
-    if not issued_by(current, state.ca.certificate):
-        raise RefusedError(
-            "the client certificate was not issued by this CA", status=403, hint="enroll first"
-        )
-    record = state.inventory().find(current)
-    if record is None:
-        raise RefusedError(
-            f"certificate {serial} is not in this CA's inventory", status=403, hint="enroll again"
-        )
-    if record.status == "revoked":
-        raise RefusedError(
-            f"certificate {serial} is revoked", status=403, hint="enroll again with a new token"
-        )
-    if record.profile not in ("server", "client", "server-client"):
-        raise RefusedError(f"a {record.profile} certificate cannot be renewed here", status=403)
-    if state.now() >= current.not_valid_after_utc:
-        raise RefusedError(f"certificate {serial} has expired", status=403, hint="enroll again")
-    csr = load_request_csr(csr_pem)
-    check_csr(csr)
-    if public_key_der(csr.public_key()) == public_key_der(current.public_key()):  # type: ignore[arg-type]
-        raise RefusedError(
-            "the CSR carries the current certificate's key; renewal needs a new key",
-            status=403,
-            hint="make a new key for each renewal (mtlskit agent does)",
-        )
-    _check_subject(csr, current.subject, "the current certificate")
-    names = list(record.sans)
-    _check_sans(csr, names, "the current certificate")
+    with counted(state, "renew"):
+        serial = serial_hex(current.serial_number)
+        state.check_rate(f"addr:{address}", f"cert:{serial}")
+        if not issued_by(current, state.ca.certificate):
+            raise RefusedError(
+                "the client certificate was not issued by this CA", status=403, hint="enroll first"
+            )
+        record = state.inventory().find(current)
+        if record is None:
+            raise RefusedError(
+                f"certificate {serial} is not in this CA's inventory",
+                status=403,
+                hint="enroll again",
+            )
+        if record.status == "revoked":
+            raise RefusedError(
+                f"certificate {serial} is revoked", status=403, hint="enroll again with a new token"
+            )
+        if record.profile not in ("server", "client", "server-client"):
+            raise RefusedError(f"a {record.profile} certificate cannot be renewed here", status=403)
+        if state.now() >= current.not_valid_after_utc:
+            raise RefusedError(f"certificate {serial} has expired", status=403, hint="enroll again")
+        csr = load_request_csr(csr_pem)
+        check_csr(csr)
+        if public_key_der(csr.public_key()) == public_key_der(current.public_key()):  # type: ignore[arg-type]
+            raise RefusedError(
+                "the CSR carries the current certificate's key; renewal needs a new key",
+                status=403,
+                hint="make a new key for each renewal (mtlskit agent does)",
+            )
+        _check_subject(csr, current.subject, "the current certificate")
+        names = list(record.sans)
+        _check_sans(csr, names, "the current certificate")
     chain, new_serial = issue_from_csr(
         state,
         csr,

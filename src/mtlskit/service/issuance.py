@@ -12,8 +12,9 @@ inventory before it leaves, and has one audit line.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -25,7 +26,7 @@ from mtlskit.pki.inventory import format_time, serial_hex
 from mtlskit.pki.names import format_san, parse_sans
 from mtlskit.service.state import ServiceState
 
-__all__ = ["MIN_RSA_BITS", "check_csr", "issue_from_csr", "load_request_csr"]
+__all__ = ["MIN_RSA_BITS", "check_csr", "counted", "issue_from_csr", "load_request_csr"]
 
 MIN_RSA_BITS = 2048
 
@@ -99,6 +100,16 @@ def _outcome(exc: BaseException) -> str:
     return (
         "failed" if isinstance(exc, StorageError) or not isinstance(exc, MtlsError) else "refused"
     )
+
+
+@contextlib.contextmanager
+def counted(state: ServiceState, route: str) -> Iterator[None]:
+    """Count a request refused (or failed) before it reaches :func:`issue_from_csr`."""
+    try:
+        yield
+    except BaseException as exc:
+        state.metrics.count_issuance(route, _outcome(exc))
+        raise
 
 
 def issue_from_csr(

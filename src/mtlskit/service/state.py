@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mtlskit.database import Database, open_database
-from mtlskit.errors import ConfigError, PKIError, RefusedError
+from mtlskit.database import Database
+from mtlskit.errors import PKIError, RefusedError
 from mtlskit.pki.ca import CA, cert_pem
 from mtlskit.pki.inventory import Inventory, create_inventory, format_time, issued_by
 from mtlskit.pki.load import read_certificates
@@ -68,19 +68,10 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def open_service_database(ca_dir: Path, db: str | None = None) -> Database:
-    """The CA's database (``db`` or CA_DIR/ca.db), with the inventory made when a CA folder
-    has none yet, migrated to the schema this build knows."""
-    if db is not None:
-        raise ConfigError(
-            "--db needs the inventory on mtlskit.database (not in this build yet)",
-            hint="leave out --db to use CA_DIR/ca.db",
-        )
-    if not (ca_dir / "ca.db").exists():
-        ca_cert = read_certificates(ca_dir / "ca.crt")[0]
-        create_inventory(ca_dir, ca_cert)
-    database = open_database(str(ca_dir / "ca.db"))
-    database.migrate()
-    return database
+    """The CA's database (``db``: a ``postgresql://`` URL or SQLite path; default
+    CA_DIR/ca.db), made and claimed for the CA in ``ca_dir`` when it has none yet."""
+    ca_cert = read_certificates(ca_dir / "ca.crt")[0]
+    return create_inventory(ca_dir, ca_cert, db=db).database
 
 
 def _audit_value(value: object) -> str:
@@ -102,7 +93,7 @@ class ServiceState:
     """The shared state of one CA service process (see the module docstring)."""
 
     def __init__(self, config: ServiceConfig, ca: CA, db: Database) -> None:
-        if ca.dir is None:
+        if ca.dir is None or ca.inventory is None:
             raise PKIError("the CA service needs a CA loaded from its folder (CA.load)")
         self.config = config
         self.ca = ca
@@ -120,9 +111,13 @@ class ServiceState:
     @classmethod
     def open(cls, config: ServiceConfig, *, passphrase: bytes | None = None) -> ServiceState:
         """Unlock the CA, open and migrate its database; every failure is one MtlsError."""
-        ca = CA.load(config.ca_dir, passphrase=passphrase)
-        db = open_service_database(config.ca_dir, config.db)
-        return cls(config, ca, db)
+        ca = CA.load(config.ca_dir, passphrase=passphrase, db=config.db)
+        # Made (adopting the folder) when a CA folder has none yet, migrated, checked.
+        loaded = ca.inventory
+        ca.inventory = create_inventory(config.ca_dir, ca.certificate, db=config.db)
+        if loaded is not None:
+            loaded.close()
+        return cls(config, ca, ca.inventory.database)
 
     def close(self) -> None:
         self.db.close()
@@ -131,8 +126,8 @@ class ServiceState:
         return dt.datetime.now(dt.UTC)
 
     def inventory(self) -> Inventory:
-        assert self.ca.dir is not None
-        return Inventory.open(self.ca.dir, self.ca.certificate)
+        assert self.ca.inventory is not None
+        return self.ca.inventory
 
     # -- audit -----------------------------------------------------------------------
 

@@ -1,0 +1,18 @@
+"""The types of an ASGI 3 application (the asgiref specification), in a module of their own.
+
+The host (server/asgi.py) and :class:`~mtlskit.server.config.ServerConfig`, whose
+``app`` may be one, both use them; this module imports nothing of the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]

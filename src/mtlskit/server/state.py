@@ -1,0 +1,100 @@
+"""What one worker's connections share, one object per concern (cf. uvicorn's ServerState).
+
+::
+
+    ServerState      what changes while the worker runs: the open connections, whether
+                     it is draining, the coarse clock and the Date header, the counters
+    ConnectionRules  what every connection enforces, read once from ServerConfig: the
+                     access rules, the request-head limits, whether requests are logged
+
+The TLS state a connection handshakes with comes from the
+:class:`~mtlskit.server.tlsstate.ContextHolder` at accept time; the app a worker
+hosts is :class:`~mtlskit.server.asgi.HostedApp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Protocol
+
+from mtlskit.identity import AccessPolicy
+from mtlskit.server.config import ServerConfig
+from mtlskit.server.stats import Stats
+
+__all__ = ["Connection", "ConnectionRules", "ServerState"]
+
+
+class Connection(Protocol):
+    """What the worker needs of a connection to sweep and drain it
+    (:class:`mtlskit.server.protocol.BaseProtocol` is one)."""
+
+    closed: bool
+    handshaking: bool
+    started: float
+    last_active: float
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def shutdown_if_idle(self) -> None: ...
+
+    def handshake_timed_out(self) -> None: ...
+
+    def waiting_on_peer(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRules:
+    """What every connection enforces: who may send requests, how large a request head
+    may be, whether each request gets a log line."""
+
+    policy: AccessPolicy
+    check_access: bool  # False when the policy lets every verified client in
+    max_header_bytes: int
+    max_headers: int
+    quiet: bool
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> ConnectionRules:
+        policy = AccessPolicy(config.allow_cn, config.allow_san)
+        return cls(
+            policy=policy,
+            check_access=not policy.allows_everyone,
+            max_header_bytes=config.max_header_bytes,
+            max_headers=config.max_headers,
+            quiet=config.quiet,
+        )
+
+
+class ServerState:
+    """One worker's open connections, its draining flag, its coarse clock and counters."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self.all_closed: asyncio.Event | None = None  # set by the lifecycle while draining
+        self.now = 0.0
+        self.date = b""
+        self.tick()
+
+    def tick(self) -> None:
+        """Once per sweep (≤ 1 s): the coarse clock and the cached Date header value."""
+        self.now = time.monotonic()
+        self.date = formatdate(usegmt=True).encode()
+
+    def connection_opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        stats = self.stats
+        stats.connections_total += 1
+        stats.open_connections += 1
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.stats.open_connections -= 1
+        if self.all_closed is not None and not self.connections:
+            self.all_closed.set()
