@@ -25,7 +25,8 @@ database cannot be reached), :class:`IntegrityError` for a violated ``UNIQUE``
 or ``CHECK`` constraint, or :class:`UnusableDatabaseError` for a file that is
 not an SQLite database, so callers never see a driver's exception types.
 
-Opening never creates or changes anything; the first transaction on a SQLite
+psycopg is imported only for a ``postgresql://`` URL: it is an optional
+dependency (``mtlskit[postgresql]``). Opening never creates or changes anything; the first transaction on a SQLite
 path that does not exist creates the file, so callers that must not create one
 check first (:mod:`mtlskit.pki.inventory` does).
 """
