@@ -17,6 +17,7 @@ from bench.acme_client import AcmeClient, Http01Responder, make_csr, sign
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from mtlskit.database import open_database
 from mtlskit.pki.seed import init_seed
 from tests.acme_support import (
     NAME,
@@ -366,3 +367,19 @@ def test_revoke_garbage(client: AcmeClient) -> None:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert problem_type(client.post(url, {"certificate": b64(der)}, check=False)) == "malformed"
+
+
+def test_expired_nonce(server: AcmeServer, client: AcmeClient) -> None:
+    assert server.service is not None
+    nonce = client.nonce()
+    db = open_database(server.service.ca_dir / "ca.db")
+    try:
+        with db.transaction() as tx:
+            tx.execute(
+                "UPDATE acme_nonces SET expires_at = '2000-01-01T00:00:00Z' WHERE nonce = ?",
+                (nonce,),
+            )
+    finally:
+        db.close()
+    response = client.post(client.kid, None, nonce=nonce, check=False)  # type: ignore[arg-type]
+    assert problem_type(response) == "badNonce"

@@ -24,12 +24,14 @@ from bench.acme_client import (
     AcmeError,
     Http01Responder,
     TlsAlpn01Responder,
+    identifier,
     make_csr,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from mtlskit.database import open_database
 from mtlskit.pki.seed import init_seed
 from tests.acme_support import (
     NAME,
@@ -41,7 +43,7 @@ from tests.acme_support import (
     problem_type,
     start_mtlskit_acme,
 )
-from tests.conftest import free_port
+from tests.conftest import PostgresCluster, free_port
 from tests.service_support import Service, start_service
 
 __all__ = ["module_procs"]  # the fixture, imported for this module's tests
@@ -479,3 +481,69 @@ def test_metrics(server: AcmeServer, http: httpx.Client) -> None:
         if line.startswith("mtlskit_acme_validation_seconds_count")
     ]
     assert count and float(count[0].split()[-1]) > 0
+
+
+def test_stale_validation_is_started_again(
+    server: AcmeServer,
+    http: httpx.Client,
+    responders: tuple[Http01Responder, TlsAlpn01Responder],
+) -> None:
+    """A challenge left "processing" (its replica died before saving the result) is
+    validated again by the next replica that looks at it once it is stale."""
+    assert server.service is not None
+    client = account(server, http)
+    order_url, order = client.new_order([NAME])
+    authz_url = order["authorizations"][0]
+    chall = next(c for c in client.get(authz_url)["challenges"] if c["type"] == "http-01")
+    chall_id = chall["url"].rsplit("/", 1)[1]
+    db = open_database(server.service.ca_dir / "ca.db")
+    try:
+        with db.transaction() as tx:  # as a replica that claimed it, then died
+            tx.execute(
+                "UPDATE acme_challenges SET status = 'processing', body = ? WHERE id = ?",
+                ('{"processing_since": "2000-01-01T00:00:00Z"}', chall_id),
+            )
+    finally:
+        db.close()
+    responders[0].add(NAME, chall["token"], client.key_authorization(chall["token"]))
+    assert client.poll(authz_url, until=("valid",))["status"] == "valid"
+    assert client.get(order_url)["status"] == "ready"
+
+
+@pytest.mark.slow
+def test_database_down_then_back(
+    tmp_path: Path,
+    procs: list[subprocess.Popen[bytes]],
+    postgres_cluster: PostgresCluster,
+    postgres_url: str,
+) -> None:
+    """PostgreSQL stops: ACME answers 503 serverInternal with Retry-After, no traceback,
+    nothing half-written; once it is back, the same client goes on."""
+    ca_dir = tmp_path / "ca"
+    init_seed(ca_dir)
+    server = start_mtlskit_acme(procs, ca_dir, "--db", postgres_url, "--rate-limit", "10000")
+    http01 = Http01Responder(server.http_port)
+    try:
+        with server.client() as http:
+            client = account(server, http)
+            postgres_cluster.stop()
+            try:
+                for url, body in (
+                    (client.directory["newOrder"], {"identifiers": [identifier(NAME)]}),
+                    (client.kid, None),
+                ):
+                    response = client.post(url, body, check=False, nonce="any")
+                    assert response.status_code == 503, response.text
+                    assert response.headers["content-type"].startswith("application/problem+json")
+                    assert response.json()["type"].endswith(":serverInternal")
+                    assert int(response.headers["Retry-After"]) > 0
+                    assert "Traceback" not in response.text
+                down = http.head(client.directory["newNonce"])
+                assert down.status_code == 503 and "Replay-Nonce" not in down.headers
+            finally:
+                postgres_cluster.start()
+            client.nonces.clear()
+            _, chain, _ = client.obtain([NAME], responder=http01)
+            assert chain.startswith("-----BEGIN CERTIFICATE-----")
+    finally:
+        http01.close()
