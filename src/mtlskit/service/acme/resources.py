@@ -4,10 +4,10 @@ Each public method handles one resource and returns a :class:`Reply`; the route
 wrapper in :mod:`mtlskit.service.acme` reads the body, runs the method in the
 thread pool, turns refusals into problem documents and adds a ``Replay-Nonce``.
 
-A signed request is checked in this order (:meth:`Acme.authenticate`): the JWS's
-shape and algorithm, its ``url`` against the URL it was sent to, ``jwk`` or
-``kid`` as the resource requires, then in one transaction the account, the
-signature, the nonce (used up), the rate limit, and the nonce for the reply.
+A signed request is checked in this order (:meth:`Acme.signed`): the JWS's shape
+and algorithm, its ``url`` against the URL it was sent to, ``jwk`` or ``kid`` as
+the resource requires, then in one transaction the account, the signature, the
+nonce (used up), the rate limit, the nonce for the reply, and the resource's work.
 """
 
 from __future__ import annotations
@@ -700,13 +700,6 @@ class Acme:
                     VALIDATION_THREADS, thread_name_prefix="acme-validate"
                 )
             return self._executor
-
-    def close(self) -> None:
-        """Stop taking validations; wait for those under way (each is bounded in time)."""
-        with self._executor_lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
 
     def _start_validation(
         self, challenge: Challenge, authz: Authz, jwk: JWK

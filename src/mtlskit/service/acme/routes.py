@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from mtlskit.errors import MtlsError, RefusedError, StorageError
 from mtlskit.service.acme.problems import AcmeProblem
 from mtlskit.service.acme.resources import Acme, Incoming, Reply
+from mtlskit.service.app import RETRY_AFTER_DB
 from mtlskit.service.state import ServiceState
 
 __all__ = ["routes"]
@@ -24,7 +25,6 @@ log = logging.getLogger("mtlskit.service.acme")
 JOSE_JSON = "application/jose+json"
 PROBLEM_JSON = "application/problem+json"
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-UNAVAILABLE_RETRY_AFTER = 5
 # How long a challenge POST waits for the validation it started before answering
 # "processing" (the client then polls); validations on a LAN take milliseconds.
 VALIDATION_WAIT = 1.0
@@ -125,16 +125,16 @@ class _Routes:
         except AcmeProblem as exc:
             reply, outcome = self._problem_reply(exc), exc.type
         except StorageError as exc:
+            # As the rest of the service: the database failed, nothing was half-written
+            # (the transaction rolled back), retry shortly.
             log.error("acme %s: %s", kind, exc)
-            if exc.unavailable:
-                failure = AcmeProblem(
-                    "serverInternal",
-                    "the CA's database is unavailable; retry shortly",
-                    status=503,
-                    retry_after=UNAVAILABLE_RETRY_AFTER,
-                )
-            else:
-                failure = AcmeProblem("serverInternal", "the CA's database failed; see its log")
+            self.state.metrics.count_db_error()
+            failure = AcmeProblem(
+                "serverInternal",
+                "the CA's database is unavailable; nothing was changed: retry shortly",
+                status=503,
+                retry_after=RETRY_AFTER_DB,
+            )
             reply, outcome = self._problem_reply(failure), "serverInternal"
         except MtlsError as exc:
             log.error("acme %s: %s", kind, exc)
