@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-
 from bench.acme_client import AcmeClient, Http01Responder  # noqa: E402
 from bench.harness import Server, _spawn, cpu_seconds, free_port, wait_for_port  # noqa: E402
 
@@ -52,9 +51,11 @@ def start_pebble(tls: Path, http_port: int) -> tuple[Server, Server]:
     work = Path(tempfile.mkdtemp(prefix="bench-pebble-"))
     chall = _spawn(
         "challtestsrv",
-        ["pebble-challtestsrv", "-dns01", f"127.0.0.1:{dns}", "-management"]
-        + [f"127.0.0.1:{dns_mgmt}", "-http01", "", "-https01", "", "-tlsalpn01", ""]
-        + ["-defaultIPv6", ""],
+        [
+            "pebble-challtestsrv",
+            *("-dns01", f"127.0.0.1:{dns}", "-management", f"127.0.0.1:{dns_mgmt}"),
+            *("-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv6", ""),
+        ],
         dns_mgmt,
         "0",
         work,
@@ -172,11 +173,18 @@ def main() -> None:
     try:
         for _ in range(args.rounds):
             rows.append(
-                measure("mtlskit", [mtlskit], ca / "ca.crt", http_mtlskit, args.workers, args.seconds)
+                measure(
+                    "mtlskit", [mtlskit], ca / "ca.crt", http_mtlskit, args.workers, args.seconds
+                )
             )
             rows.append(
                 measure(
-                    "pebble", [pebble, chall], ca / "ca.crt", http_pebble, args.workers, args.seconds
+                    "pebble",
+                    [pebble, chall],
+                    ca / "ca.crt",
+                    http_pebble,
+                    args.workers,
+                    args.seconds,
                 )
             )
     finally:
