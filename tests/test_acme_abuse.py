@@ -19,16 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mtlskit.database import open_database
 from mtlskit.pki.seed import init_seed
-from tests.acme_support import (
+from tests.support.acme import (
     NAME,
     AcmeServer,
     issued_count,
-    module_procs,
     problem_type,
     start_mtlskit_acme,
 )
-
-__all__ = ["module_procs"]
 
 pytestmark = pytest.mark.interop
 

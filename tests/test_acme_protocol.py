@@ -33,20 +33,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtlskit.database import open_database
 from mtlskit.pki.seed import init_seed
-from tests.acme_support import (
+from tests.support.acme import (
     NAME,
     AcmeServer,
     cert_status,
     issued_count,
-    module_procs,
     need,
     problem_type,
     start_mtlskit_acme,
 )
-from tests.conftest import PostgresCluster, free_port
-from tests.service_support import Service, start_service
-
-__all__ = ["module_procs"]  # the fixture, imported for this module's tests
+from tests.support.processes import PostgresCluster, free_port
+from tests.support.service import Service, start_service
 
 pytestmark = pytest.mark.interop
 

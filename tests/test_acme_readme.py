@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from mtlskit.database import open_database
-from tests.acme_support import need
-from tests.conftest import ROOT, free_port
+from tests.support.acme import need
+from tests.support.processes import ROOT, free_port
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
