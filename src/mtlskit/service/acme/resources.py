@@ -1,7 +1,7 @@
 """The ACME resources (RFC 8555 section 7): what each URL does with a verified request.
 
 Each public method handles one resource and returns a :class:`Reply`; the route
-wrapper in :mod:`mtlskit.service.acme` reads the body, runs the method in the
+wrapper in :mod:`mtlskit.service.acme.routes` reads the body, runs the method in the
 thread pool, turns refusals into problem documents and adds a ``Replay-Nonce``.
 
 A signed request is checked in this order (:meth:`Acme.signed`): the JWS's shape
