@@ -84,6 +84,11 @@ __all__ = ["serve"]
     metavar="N",
     help="TLS 1.3 sessions kept for resumption, ~9 KiB each (0: stateless tickets).",
 )
+@click.option(
+    "--no-client-ca-names",
+    is_flag=True,
+    help="Do not name the CA bundle's CAs in the CertificateRequest (for very large bundles).",
+)
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
@@ -104,6 +109,7 @@ def serve(
     watch_interval: float,
     ticket_key_rotation: float,
     session_cache: int,
+    no_client_ca_names: bool,
     metrics_port: int | None,
     metrics_host: str,
     handshake_timeout: float,
@@ -127,6 +133,7 @@ def serve(
         watch_interval=watch_interval,
         ticket_key_rotation=ticket_key_rotation,
         session_cache=session_cache,
+        client_ca_names=not no_client_ca_names,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )

@@ -40,7 +40,7 @@ from mtlskit.server.protocol import BaseProtocol, HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
-from mtlskit.server.tlsstate import ContextHolder
+from mtlskit.server.tlsstate import ContextHolder, default_engine_selected
 
 if sys.platform != "win32":
     import resource
@@ -232,9 +232,27 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, ASGIApp | None]:
         session_cache=config.session_cache,
         require_client_cert=config.client_cert == "required",
         any_client_purpose=config.client_cert_any_purpose,
+        client_ca_names=config.client_ca_names,
     )
+    if not default_engine_selected():
+        _note_stdlib_engine(config)
     app = load_app(config.app) if isinstance(config.app, str) else config.app
     return holder, app
+
+
+def _note_stdlib_engine(config: ServerConfig) -> None:
+    """Say at start-up what the stdlib ssl engine cannot do that the default one does."""
+    if config.client_ca_names:
+        log.warning(
+            "the stdlib TLS engine sends no CA names in the CertificateRequest (the ssl "
+            "module cannot set them): clients that hold several certificates may offer "
+            "the wrong one"
+        )
+    if config.crl is not None:
+        log.warning(
+            "the stdlib TLS engine checks the CRL with OpenSSL's X509 store: each full "
+            "handshake costs more the more entries the CRL has"
+        )
 
 
 async def _serve_worker(

@@ -16,8 +16,10 @@ function, :data:`AVAILABLE` is false and the server keeps the stdlib engine.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,11 @@ from mtlskit.server.engine import (
     failure_from_openssl_reason,
     failure_from_verify_result,
 )
+from mtlskit.server.revocation import Revocation, RevokedSerials
 
 __all__ = ["AVAILABLE", "OpenSSLContext", "OpenSSLSession", "context_from"]
+
+log = logging.getLogger("mtlskit.server")
 
 _NEEDED = [
     "SSL_CTX_new",
@@ -86,6 +91,17 @@ _NEEDED = [
     "BIO_new_mem_buf",
     "d2i_X509_bio",
     "X509_STORE_set_purpose",
+    "SSL_load_client_CA_file",
+    "SSL_CTX_set_client_CA_list",
+    "X509_STORE_CTX_get_error_depth",
+    "X509_STORE_CTX_get_current_cert",
+    "X509_STORE_CTX_get1_chain",
+    "X509_STORE_CTX_set_error",
+    "X509_get_serialNumber",
+    "ASN1_STRING_get0_data",
+    "ASN1_STRING_length",
+    "ASN1_STRING_type",
+    "sk_X509_free",
 ]
 
 try:
@@ -119,12 +135,14 @@ _TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POL
 
 
 class OpenSSLContext:
-    """An ``SSL_CTX`` of the bundled OpenSSL, freed with this object."""
+    """An ``SSL_CTX`` of the bundled OpenSSL, freed with this object (with the verify
+    callback it calls, when it checks revocation)."""
 
-    __slots__ = ("ptr",)
+    __slots__ = ("_verify_callback", "ptr")
 
-    def __init__(self, ptr: Any) -> None:
+    def __init__(self, ptr: Any, verify_callback: Any = None) -> None:
         self.ptr = ptr
+        self._verify_callback = verify_callback
 
 
 def _check(ok: int, what: str, path: str | os.PathLike[str]) -> None:
@@ -147,6 +165,7 @@ def context_from(
     crl: str | os.PathLike[str] | None = None,
     session_cache: int = DEFAULT_SESSION_CACHE,
     any_client_purpose: bool = False,
+    client_ca_names: bool = True,
 ) -> OpenSSLContext:
     """The bundled-OpenSSL twin of ``policy`` (from :func:`mtlskit.tls.server_context`).
 
@@ -154,6 +173,8 @@ def context_from(
     ``any_client_purpose``: verify client chains without OpenSSL's "ssl_client" purpose
     check (extendedKeyUsage clientAuth), for the CA service's renewal of server-only
     certificates; signatures, validity, CA flags and the CRL are checked as always.
+    ``client_ca_names``: name the CAs of the ``ca`` bundle in the CertificateRequest
+    (False for a bundle too large to send in every handshake).
     """
     raw = lib.SSL_CTX_new(lib.TLS_server_method())
     if raw == ffi.NULL:
@@ -204,15 +225,17 @@ def context_from(
             lib.X509_free(x509)
             _check(0, "cannot add an intermediate CA certificate", ca)
     _check(lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(ca), ffi.NULL), "cannot load CA", ca)
-    if crl is not None:
-        # A PEM file of CRLs loads like CA certificates, as the ssl module does it.
-        _check(
-            lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(crl), ffi.NULL),
-            "cannot load CRL",
-            crl,
-        )
-    if policy.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF:
-        lib.X509_STORE_set_flags(lib.SSL_CTX_get_cert_store(ctx), lib.X509_V_FLAG_CRL_CHECK)
+    if client_ca_names:
+        # The CertificateRequest names the CAs whose clients are accepted, as Go (ClientCAs)
+        # and nginx (ssl_client_certificate) do: a client with several certificates
+        # (browsers, Java, curl with a keychain) offers the one such a CA issued.
+        names = lib.SSL_load_client_CA_file(os.fsencode(ca))
+        if names == ffi.NULL:
+            _check(0, "cannot read the CA names", ca)
+        lib.SSL_CTX_set_client_CA_list(ctx, names)  # takes the list
+    # Revocation: the CRL's serials in a set, looked up by the verify callback (its cost
+    # does not grow with the CRL's size, unlike OpenSSL's CRL check: server/revocation.py).
+    callback = _revocation_callback(RevokedSerials.from_files(crl, ca)) if crl else ffi.NULL
     if any_client_purpose:
         # The store's purpose is inherited by each verification before the SSL layer's
         # "ssl_client" default, which only fills what is unset (X509_VERIFY_PARAM_inherit).
@@ -226,11 +249,69 @@ def context_from(
         mode = lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
     elif policy.verify_mode == ssl.CERT_OPTIONAL:
         mode = lib.SSL_VERIFY_PEER
-    lib.SSL_CTX_set_verify(ctx, mode, ffi.NULL)
+    lib.SSL_CTX_set_verify(ctx, mode, callback)
     # Resumption of sessions that carry a client certificate needs a session id context.
     sid = b"mtlskit"
     lib.SSL_CTX_set_session_id_context(ctx, sid, len(sid))
-    return OpenSSLContext(ctx)
+    return OpenSSLContext(ctx, callback if crl else None)
+
+
+_V_ASN1_NEG = 0x100  # asn1.h: the type bit of a negative INTEGER (a serial may be one)
+
+# What OpenSSL's own CRL check reports in each case (x509_vfy.c): the same codes give
+# the same alert to the client and the same log line (engine.failure_from_verify_result).
+if AVAILABLE:
+    _VERIFY_ERRORS = {
+        Revocation.REVOKED: lib.X509_V_ERR_CERT_REVOKED,
+        Revocation.NO_CRL: lib.X509_V_ERR_UNABLE_TO_GET_CRL,
+        Revocation.CRL_EXPIRED: lib.X509_V_ERR_CRL_HAS_EXPIRED,
+        Revocation.CRL_NOT_YET_VALID: lib.X509_V_ERR_CRL_NOT_YET_VALID,
+    }
+
+
+def _revocation_callback(revoked: RevokedSerials) -> Any:
+    """The verify callback (``SSL_CTX_set_verify(3)``) that refuses a revoked client.
+
+    OpenSSL calls it for each certificate of the chain it has verified, the client's
+    own last (depth 0); returning 0 with an error set fails the handshake with that
+    error, as its CRL check would.
+    """
+
+    def verify(ok: int, store: Any) -> int:
+        if not ok or lib.X509_STORE_CTX_get_error_depth(store) != 0:
+            return ok
+        status = revoked.check(*_serial_and_issuer(store), time.time())
+        if status is Revocation.GOOD:
+            return 1
+        lib.X509_STORE_CTX_set_error(store, _VERIFY_ERRORS[status])
+        return 0
+
+    def on_error(_type: object, exc: BaseException | None, _tb: object) -> None:
+        log.error("internal error in the revocation check: %r", exc)
+
+    # An exception in the callback (a bug) refuses the client (returns 0), never admits it.
+    return ffi.callback("int (*)(int, X509_STORE_CTX *)", verify, error=0, onerror=on_error)
+
+
+def _serial_and_issuer(store: Any) -> tuple[int, bytes]:
+    """The serial number of the certificate being verified, and its issuer's DER (the
+    next certificate of the verified chain; the certificate itself when it is alone)."""
+    cert = lib.X509_STORE_CTX_get_current_cert(store)
+    asn1 = ffi.cast("ASN1_STRING *", lib.X509_get_serialNumber(cert))  # an ASN1_INTEGER is one
+    data = ffi.buffer(lib.ASN1_STRING_get0_data(asn1), lib.ASN1_STRING_length(asn1))
+    serial = int.from_bytes(data, "big")
+    if lib.ASN1_STRING_type(asn1) & _V_ASN1_NEG:
+        serial = -serial
+    chain = lib.X509_STORE_CTX_get1_chain(store)  # a copy that holds a reference to each
+    if chain == ffi.NULL:
+        return serial, b""
+    try:
+        n = lib.sk_X509_num(chain)
+        return serial, _der(lib.sk_X509_value(chain, 1 if n > 1 else 0)) if n else b""
+    finally:
+        for i in range(lib.sk_X509_num(chain)):
+            lib.X509_free(lib.sk_X509_value(chain, i))
+        lib.sk_X509_free(chain)
 
 
 def _intermediates(cert: str | os.PathLike[str], ca: str | os.PathLike[str]) -> list[bytes]:
