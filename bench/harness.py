@@ -210,11 +210,15 @@ def start_mtlskit(
     workers: int = 1,
     env: dict[str, str] | None = None,
     launcher: list[str] | None = None,
+    args: list[str] | None = None,
+    host: str = "127.0.0.1",
 ) -> Server:
-    """``mtlskit serve`` (or ``launcher serve``: an experiment that patches the server)."""
+    """``mtlskit serve`` (or ``launcher serve``: an experiment that patches the server),
+    with more ``args`` (``--crl FILE`` …); ``host`` "" listens on every address (so
+    clients from 127.0.0.N reach it)."""
     port = free_port()
     argv = [*(launcher or [sys.executable, "-m", "mtlskit"]), "serve", "--certs", str(certs)]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--quiet"]
+    argv += ["--host", host, "--port", str(port), "--quiet", *(args or [])]
     if workers > 1:
         argv += ["--workers", str(workers)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-mtlskit-"))

@@ -35,9 +35,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def ca_names(port: int, certs: Path, *args: str) -> list[str]:
     """The CA names ``openssl s_client`` reads in the server's CertificateRequest."""
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost"]
     r = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost"]
-        + ["-CAfile", str(certs / "ca.crt"), *args],
+        [*argv, "-CAfile", str(certs / "ca.crt"), *args],
         input="",
         capture_output=True,
         text=True,
