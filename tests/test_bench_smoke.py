@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, go_binary
+from tests.support.processes import ROOT, go_binary
 
 MODES = {"keepalive", "handshake", "resume"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server_support import client_ctx, fetch_tls13, start_serve
+from tests.support.server import client_ctx, fetch_tls13, start_serve
 
 
 @pytest.mark.parametrize("engine", ["default", "default-stateless", "stdlib"])
@@ -46,7 +46,7 @@ def test_tickets_resume_until_the_keys_rotate(
 
 
 def test_ticket_key_rotation_must_not_be_negative(tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from tests.support.processes import run_cli
 
     r = run_cli("serve", "--certs", tmp_path, "--ticket-key-rotation", "-1")
     assert r.returncode == 2
@@ -54,7 +54,7 @@ def test_ticket_key_rotation_must_not_be_negative(tmp_path: Path) -> None:
 
 
 def test_session_cache_must_not_be_negative(tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from tests.support.processes import run_cli
 
     r = run_cli("serve", "--certs", tmp_path, "--session-cache", "-1")
     assert r.returncode == 2

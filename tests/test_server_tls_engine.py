@@ -21,7 +21,7 @@ from mtlskit.pki.seed import init_seed
 from mtlskit.server.engine import StdlibSession, TLSClosed, TLSFailure, TLSSession
 from mtlskit.server.openssl_engine import AVAILABLE, OpenSSLSession, context_from
 from mtlskit.tls import server_context
-from tests.test_server_support import (
+from tests.support.server import (
     client_ctx,
     fetch_tls13,
     https,

@@ -18,8 +18,8 @@ from mtlskit.pki.seed import init_seed
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.lifecycle import Server, prepare
 from mtlskit.tls import client_context, pinning_context
-from tests.conftest import free_port, run_cli
-from tests.service_support import Service, error_of, start_service
+from tests.support.processes import free_port, run_cli
+from tests.support.service import Service, error_of, start_service
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from mtlskit.pki.inventory import Inventory
 from mtlskit.pki.seed import init_seed
 from mtlskit.service.state import open_service_database
 from mtlskit.service.tokens import create_token
-from tests.conftest import run_cli
-from tests.service_support import Service, error_of, start_service
+from tests.support.processes import run_cli
+from tests.support.service import Service, error_of, start_service
 
 
 @pytest.fixture

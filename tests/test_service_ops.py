@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from mtlskit.pki.inventory import Inventory
 from mtlskit.pki.seed import init_seed
-from tests.conftest import free_port, run_cli
-from tests.service_support import Service, error_of, start_service
+from tests.support.processes import free_port, run_cli
+from tests.support.service import Service, error_of, start_service
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from mtlskit.pki.inventory import Inventory, serial_hex
 from mtlskit.pki.seed import init_seed
 from mtlskit.pki.store import CERT_MODE, KEY_MODE, write_many
 from mtlskit.tls import client_context
-from tests.conftest import ROOT, free_port, run_cli, wait_for_port
-from tests.service_support import Service, error_of, start_service
+from tests.support.processes import ROOT, free_port, run_cli, wait_for_port
+from tests.support.service import Service, error_of, start_service
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from mtlskit.errors import ConfigError, PKIError
-from mtlskit.pki.keys import PrivateKey, _pem_kind, signature_hash
+from mtlskit.pki.keys import PrivateKey, describe_pem_block, signature_hash
 from mtlskit.pki.store import CERT_MODE, read_file, write_atomic
 
 __all__ = [
@@ -188,7 +188,9 @@ def load_crl(
         if b"-----BEGIN" in data:
             if b"-----BEGIN X509 CRL-----" not in data:
                 raise PKIError(
-                    f"expected a CRL, found {_pem_kind(data)}", file=file, hint="pass a .crl file"
+                    f"expected a CRL, found {describe_pem_block(data)}",
+                    file=file,
+                    hint="pass a .crl file",
                 )
             return x509.load_pem_x509_crl(data)
         return x509.load_der_x509_crl(data)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mtlskit.pki.ca import CA
 from mtlskit.pki.keys import private_key_pem
 from mtlskit.tls import client_context
-from tests.conftest import ROOT, free_port, wait_for_port
+from tests.support.processes import ROOT, free_port, wait_for_port
 
 
 @dataclass

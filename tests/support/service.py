@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mtlskit.caclient import Response, request
 from mtlskit.tls import client_context
-from tests.conftest import ROOT, free_port, run_cli, wait_for_port
+from tests.support.processes import ROOT, free_port, run_cli, wait_for_port
 
 
 @dataclass

@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from mtlskit.database import open_database
-from tests.conftest import free_port, wait_for_port
-from tests.service_support import Service, start_service
+from tests.support.processes import free_port, wait_for_port
+from tests.support.service import Service, start_service
 
 NAME = "app.internal"
 
