@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server_support import make_pki, start_serve
+from tests.support.server import make_pki, start_serve
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

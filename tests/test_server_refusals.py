@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from mtlskit.server.protocol import LINGER_SECONDS
-from tests.test_server_support import Served, client_ctx, make_pki, start_serve, stop_all
+from tests.support.server import Served, client_ctx, make_pki, start_serve, stop_all
 
 REFUSALS = 200
 

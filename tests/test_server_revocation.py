@@ -32,9 +32,8 @@ from mtlskit.pki.seed import init_seed
 from mtlskit.server.engine import TLSSession
 from mtlskit.server.revocation import Revocation, RevokedSerials
 from mtlskit.tls import client_context
-from tests.conftest import run_cli
-from tests.test_server_support import Served, https, start_serve, stop_all
-from tests.test_server_tls_engine import engines, talk
+from tests.support.processes import run_cli
+from tests.support.server import Served, engines, https, start_serve, stop_all, talk
 
 ENTRIES = 100_000
 
