@@ -44,6 +44,12 @@ __all__ = ["serve"]
 @click.option("--quiet", is_flag=True, help="Do not log each request.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes (SO_REUSEPORT).")
 @click.option(
+    "--no-worker-affinity",
+    is_flag=True,
+    help="With --workers: spread each client's connections over the workers instead of "
+    "keeping them on one by client address (clients behind one address; fewer resumptions).",
+)
+@click.option(
     "--allow-cn",
     multiple=True,
     metavar="PATTERN",
@@ -103,6 +109,7 @@ def serve(
     port: int,
     quiet: bool,
     workers: int,
+    no_worker_affinity: bool,
     allow_cn: tuple[str, ...],
     allow_san: tuple[str, ...],
     crl: Path | None,
@@ -125,6 +132,7 @@ def serve(
         app=app,
         quiet=quiet,
         workers=workers,
+        worker_affinity=not no_worker_affinity,
         allow_cn=allow_cn,
         allow_san=allow_san,
         handshake_timeout=handshake_timeout,

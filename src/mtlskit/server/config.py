@@ -33,6 +33,9 @@ class ServerConfig:
     app: str | ASGIApp | None = None
     quiet: bool = False  # no per-request log line
     workers: int = 1
+    # With workers > 1: a client's connections go to one worker, chosen by its IP address,
+    # so that it resumes its TLS session there (server/affinity.py).
+    worker_affinity: bool = True
     allow_cn: tuple[str, ...] = ()
     allow_san: tuple[str, ...] = ()
     handshake_timeout: float = 10.0

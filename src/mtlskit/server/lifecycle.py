@@ -32,6 +32,7 @@ from typing import Any
 
 from mtlskit.errors import ServerError
 from mtlskit.identity import AccessPolicy
+from mtlskit.server.affinity import attach_client_affinity
 from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
 from mtlskit.server.asgi_types import ASGIApp
 from mtlskit.server.config import ServerConfig
@@ -111,7 +112,23 @@ class Server:
             raise _listen_error(self.config, exc) from None
         self._servers.append(server)
         self.sockets = [s for srv in self._servers for s in getattr(srv, "sockets", ())]
+        if reuse_port and self.config.workers > 1 and self.config.worker_affinity:
+            self._keep_clients_on_one_worker()
         self._sweeper = loop.create_task(self._sweep())
+
+    def _keep_clients_on_one_worker(self) -> None:
+        """Steer the port's SO_REUSEPORT group by client address (server/affinity.py)."""
+        for sock in self.sockets:
+            try:
+                attach_client_affinity(sock, self.config.workers)
+            except OSError as exc:
+                log.warning(
+                    "cannot keep each client on one worker (%s): a client resumes its "
+                    "TLS session 1 time in %d",
+                    exc.strerror or exc,
+                    self.config.workers,
+                )
+                return
 
     def _protocol_factory(self) -> Callable[[], BaseProtocol]:
         """Called at each accept: the connection handshakes with the TLS state current then."""
