@@ -100,7 +100,9 @@ _NEEDED = [
     "X509_get_serialNumber",
     "ASN1_STRING_get0_data",
     "ASN1_STRING_length",
-    "ASN1_STRING_type",
+    "X509_NAME_cmp",
+    "X509_get_issuer_name",
+    "X509_get_subject_name",
     "sk_X509_free",
 ]
 
@@ -138,11 +140,11 @@ class OpenSSLContext:
     """An ``SSL_CTX`` of the bundled OpenSSL, freed with this object (with the verify
     callback it calls, when it checks revocation)."""
 
-    __slots__ = ("_verify_callback", "ptr")
+    __slots__ = ("_keepalive", "ptr")
 
-    def __init__(self, ptr: Any, verify_callback: Any = None) -> None:
+    def __init__(self, ptr: Any, keepalive: Any = None) -> None:
         self.ptr = ptr
-        self._verify_callback = verify_callback
+        self._keepalive = keepalive  # what the SSL_CTX calls or points to
 
 
 def _check(ok: int, what: str, path: str | os.PathLike[str]) -> None:
@@ -235,7 +237,9 @@ def context_from(
         lib.SSL_CTX_set_client_CA_list(ctx, names)  # takes the list
     # Revocation: the CRL's serials in a set, looked up by the verify callback (its cost
     # does not grow with the CRL's size, unlike OpenSSL's CRL check: server/revocation.py).
-    callback = _revocation_callback(RevokedSerials.from_files(crl, ca)) if crl else ffi.NULL
+    callback, issuer = (
+        _revocation_callback(RevokedSerials.from_files(crl, ca)) if crl else (ffi.NULL, None)
+    )
     if any_client_purpose:
         # The store's purpose is inherited by each verification before the SSL layer's
         # "ssl_client" default, which only fills what is unset (X509_VERIFY_PARAM_inherit).
@@ -253,10 +257,8 @@ def context_from(
     # Resumption of sessions that carry a client certificate needs a session id context.
     sid = b"mtlskit"
     lib.SSL_CTX_set_session_id_context(ctx, sid, len(sid))
-    return OpenSSLContext(ctx, callback if crl else None)
+    return OpenSSLContext(ctx, (callback, issuer) if crl else None)
 
-
-_V_ASN1_NEG = 0x100  # asn1.h: the type bit of a negative INTEGER (a serial may be one)
 
 # What OpenSSL's own CRL check reports in each case (x509_vfy.c): the same codes give
 # the same alert to the client and the same log line (engine.failure_from_verify_result).
@@ -269,18 +271,59 @@ if AVAILABLE:
     }
 
 
-def _revocation_callback(revoked: RevokedSerials) -> Any:
-    """The verify callback (``SSL_CTX_set_verify(3)``) that refuses a revoked client.
+def _revocation_callback(revoked: RevokedSerials) -> tuple[Any, Any]:
+    """The verify callback (``SSL_CTX_set_verify(3)``) that refuses a revoked client, and
+    the issuer certificate it compares with (to keep alive as long as the callback).
 
-    OpenSSL calls it for each certificate of the chain it has verified, the client's
-    own last (depth 0); returning 0 with an error set fails the handshake with that
-    error, as its CRL check would.
+    OpenSSL calls it for each certificate of the verified chain, from the top (the
+    trust anchor) down to the client's own (depth 0), with ``preverify_ok`` 1 when the
+    level is sound; returning 0 with an error set there fails the handshake with that
+    error, as OpenSSL's CRL check would. It runs in every full handshake with the
+    caches cold from the public-key operations, where each Python step costs about a
+    microsecond: the usual case (a good client of the CRL's CA) takes the fewest steps,
+    with everything looked up once here (bench/revocation.py measures it).
     """
+    issuer = _x509_from_der(revoked.issuer_der)
+    issuer_name = lib.X509_get_subject_name(issuer)
+    issuer_der, unique = revoked.issuer_der, revoked.issuer_name_unique
+    serials, check = revoked.serials, revoked.check
+    last_update, next_update = revoked.last_update, revoked.next_update or float("inf")
+    get_depth = lib.X509_STORE_CTX_get_error_depth
+    get_cert = lib.X509_STORE_CTX_get_current_cert
+    get_issuer_name, name_cmp = lib.X509_get_issuer_name, lib.X509_NAME_cmp
+    get_serial, get_data, get_length = (
+        lib.X509_get_serialNumber,
+        lib.ASN1_STRING_get0_data,
+        lib.ASN1_STRING_length,
+    )
+    cast, unpack, now = ffi.cast, ffi.unpack, time.time
+    asn1_string, char_p = ffi.typeof("ASN1_STRING *"), ffi.typeof("char *")
+    # The top of the chain being verified, and the depth its next level will have.
+    top, below = [0], [-1]
 
     def verify(ok: int, store: Any) -> int:
-        if not ok or lib.X509_STORE_CTX_get_error_depth(store) != 0:
-            return ok
-        status = revoked.check(*_serial_and_issuer(store), time.time())
+        if not ok:
+            return 0
+        depth = get_depth(store)
+        if depth:
+            if depth != below[0]:
+                top[0] = depth  # a new chain starts at its top
+            below[0] = depth - 1
+            return 1
+        below[0] = -1
+        cert = get_cert(store)
+        # The CRL's CA issued it: the same name, and then, unless that is the trust
+        # anchor right above (the bundle's only certificate of that name), the same
+        # certificate (OpenSSL would find this CRL by name, and fail its signature).
+        by_issuer = name_cmp(get_issuer_name(cert), issuer_name) == 0
+        if by_issuer and not (unique and top[0] == 1):
+            by_issuer = _issuer_der(store) == issuer_der
+        asn1 = cast(asn1_string, get_serial(cert))  # an ASN1_INTEGER is an ASN1_STRING
+        serial = int.from_bytes(unpack(cast(char_p, get_data(asn1)), get_length(asn1)))
+        t = now()
+        if by_issuer and serial not in serials and last_update <= t <= next_update:
+            return 1  # RevokedSerials.check would say GOOD: spare the call
+        status = check(serial, by_issuer, t)
         if status is Revocation.GOOD:
             return 1
         lib.X509_STORE_CTX_set_error(store, _VERIFY_ERRORS[status])
@@ -290,24 +333,28 @@ def _revocation_callback(revoked: RevokedSerials) -> Any:
         log.error("internal error in the revocation check: %r", exc)
 
     # An exception in the callback (a bug) refuses the client (returns 0), never admits it.
-    return ffi.callback("int (*)(int, X509_STORE_CTX *)", verify, error=0, onerror=on_error)
+    callback = ffi.callback("int (*)(int, X509_STORE_CTX *)", verify, error=0, onerror=on_error)
+    return callback, issuer
 
 
-def _serial_and_issuer(store: Any) -> tuple[int, bytes]:
-    """The serial number of the certificate being verified, and its issuer's DER (the
-    next certificate of the verified chain; the certificate itself when it is alone)."""
-    cert = lib.X509_STORE_CTX_get_current_cert(store)
-    asn1 = ffi.cast("ASN1_STRING *", lib.X509_get_serialNumber(cert))  # an ASN1_INTEGER is one
-    data = ffi.buffer(lib.ASN1_STRING_get0_data(asn1), lib.ASN1_STRING_length(asn1))
-    serial = int.from_bytes(data, "big")
-    if lib.ASN1_STRING_type(asn1) & _V_ASN1_NEG:
-        serial = -serial
+def _x509_from_der(der: bytes) -> Any:
+    bio = lib.BIO_new_mem_buf(der, len(der))
+    x509 = lib.d2i_X509_bio(bio, ffi.NULL)
+    lib.BIO_free(bio)
+    if x509 == ffi.NULL:
+        raise PKIError("cannot load the CRL's CA certificate")
+    return ffi.gc(x509, lib.X509_free)
+
+
+def _issuer_der(store: Any) -> bytes:
+    """The DER of the certificate after the one being verified in the verified chain
+    (the issuer; the certificate itself when it stands alone)."""
     chain = lib.X509_STORE_CTX_get1_chain(store)  # a copy that holds a reference to each
     if chain == ffi.NULL:
-        return serial, b""
+        return b""
     try:
         n = lib.sk_X509_num(chain)
-        return serial, _der(lib.sk_X509_value(chain, 1 if n > 1 else 0)) if n else b""
+        return _der(lib.sk_X509_value(chain, 1 if n > 1 else 0)) if n else b""
     finally:
         for i in range(lib.sk_X509_num(chain)):
             lib.X509_free(lib.sk_X509_value(chain, i))

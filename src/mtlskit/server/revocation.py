@@ -48,7 +48,8 @@ class RevokedSerials:
     """The serial numbers one CA's CRL revokes, built once per load of the files."""
 
     issuer_der: bytes  # the CA certificate (in the bundle) that signed the CRL
-    serials: frozenset[int]
+    issuer_name_unique: bool  # no other certificate of the bundle has its subject
+    serials: frozenset[int]  # magnitudes (the sign of a serial is ignored: see from_files)
     last_update: float  # POSIX seconds
     next_update: float | None
 
@@ -60,7 +61,8 @@ class RevokedSerials:
         :func:`mtlskit.server.reload.check_files`. Raises :class:`~mtlskit.errors.PKIError`.
         """
         revocations = read_crl(crl)
-        issuer = check_crl(revocations, read_certificates(ca), file=crl, check_time=False)
+        cas = read_certificates(ca)
+        issuer = check_crl(revocations, cas, file=crl, check_time=False)
         try:
             revocations.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
         except x509.ExtensionNotFound:
@@ -72,19 +74,23 @@ class RevokedSerials:
                 hint="pass the CA's full CRL (mtlskit crl makes one)",
             )
         next_update = revocations.next_update_utc
+        # Serial numbers are positive (RFC 5280 4.1.2.2); should one be negative, its
+        # magnitude revokes both signs: never a revoked certificate let through.
         return cls(
             issuer_der=issuer.public_bytes(serialization.Encoding.DER),
-            serials=frozenset(entry.serial_number for entry in revocations),
+            issuer_name_unique=sum(c.subject == issuer.subject for c in cas) == 1,
+            serials=frozenset(abs(entry.serial_number) for entry in revocations),
             last_update=revocations.last_update_utc.timestamp(),
             next_update=next_update.timestamp() if next_update is not None else None,
         )
 
-    def check(self, serial: int, issuer_der: bytes, now: float) -> Revocation:
-        """The status of the certificate ``serial`` issued by ``issuer_der`` at ``now``."""
-        if issuer_der != self.issuer_der:
+    def check(self, serial: int, by_issuer: bool, now: float) -> Revocation:
+        """The status at ``now`` of the certificate ``serial``; ``by_issuer``: whether the
+        CA that signed the CRL issued it."""
+        if not by_issuer:
             return Revocation.NO_CRL
         if now < self.last_update:
             return Revocation.CRL_NOT_YET_VALID
         if self.next_update is not None and now > self.next_update:
             return Revocation.CRL_EXPIRED
-        return Revocation.REVOKED if serial in self.serials else Revocation.GOOD
+        return Revocation.REVOKED if abs(serial) in self.serials else Revocation.GOOD
