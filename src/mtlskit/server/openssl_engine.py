@@ -228,13 +228,7 @@ def context_from(
             _check(0, "cannot add an intermediate CA certificate", ca)
     _check(lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(ca), ffi.NULL), "cannot load CA", ca)
     if client_ca_names:
-        # The CertificateRequest names the CAs whose clients are accepted, as Go (ClientCAs)
-        # and nginx (ssl_client_certificate) do: a client with several certificates
-        # (browsers, Java, curl with a keychain) offers the one such a CA issued.
-        names = lib.SSL_load_client_CA_file(os.fsencode(ca))
-        if names == ffi.NULL:
-            _check(0, "cannot read the CA names", ca)
-        lib.SSL_CTX_set_client_CA_list(ctx, names)  # takes the list
+        _name_client_cas(ctx, ca)
     # Revocation: the CRL's serials in a set, looked up by the verify callback (its cost
     # does not grow with the CRL's size, unlike OpenSSL's CRL check: server/revocation.py).
     callback, issuer = (
@@ -258,6 +252,15 @@ def context_from(
     sid = b"mtlskit"
     lib.SSL_CTX_set_session_id_context(ctx, sid, len(sid))
     return OpenSSLContext(ctx, (callback, issuer) if crl else None)
+
+
+def _name_client_cas(ctx: Any, ca: str | os.PathLike[str]) -> None:
+    """Name the CAs of the ``ca`` bundle in the CertificateRequest, as Go (ClientCAs) and
+    nginx (ssl_client_certificate) do: a client with several certificates (browsers,
+    Java, curl with a keychain) offers the one such a CA issued."""
+    names = lib.SSL_load_client_CA_file(os.fsencode(ca))
+    _check(names != ffi.NULL, "cannot read the CA names", ca)
+    lib.SSL_CTX_set_client_CA_list(ctx, names)  # void; takes the list
 
 
 # What OpenSSL's own CRL check reports in each case (x509_vfy.c): the same codes give
