@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 
 from mtlskit.pki.seed import init_seed
-from tests.acme_support import (
+from tests.support.acme import (
     NAME,
     AcmeServer,
     cert_status,
@@ -26,7 +26,7 @@ from tests.acme_support import (
     start_mtlskit_acme,
     start_pebble,
 )
-from tests.conftest import free_port, run_cli, wait_for_port
+from tests.support.processes import free_port, run_cli, wait_for_port
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 

@@ -35,19 +35,12 @@ from mtlskit.pki import profiles
 from mtlskit.pki.ca import CA
 from mtlskit.pki.keys import generate_key, private_key_pem
 from mtlskit.tls import client_context
-from tests.conftest import free_port, run_cli
-from tests.test_client_support import (  # noqa: F401 (fixtures)
+from tests.support.client import (
     EchoServer,
     OtherPKI,
-    canned_server_fixture,
-    echo_server_fixture,
-    full_backlog_port_fixture,
-    mtlskit_server_fixture,
     one_line_error,
-    other_pki_fixture,
-    seed_server_fixture,
-    silent_port_fixture,
 )
+from tests.support.processes import free_port, run_cli
 
 TLS_VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
 

@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_client_support import (  # noqa: F401 (fixtures)
+from tests.support.client import (
     ANSWERS,
     EchoServer,
     OtherPKI,
-    canned_server_fixture,
-    echo_server_fixture,
-    mtlskit_server_fixture,
     one_line_error,
-    other_pki_fixture,
-    seed_server_fixture,
 )
+from tests.support.processes import run_cli
 
 HELLO = b"hello world \n"
 
@@ -47,7 +42,7 @@ def test_get_prints_body_like_the_go_client(
     # Byte for byte what the seed's Go client prints, run from a folder laid out as the seed's.
     import subprocess
 
-    from tests.conftest import go_binary
+    from tests.support.processes import go_binary
 
     go = subprocess.run(
         [go_binary("seed-client"), "-url", url, "-certs", certs], capture_output=True, check=True

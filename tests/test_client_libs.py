@@ -12,12 +12,8 @@ import pytest
 from mtlskit import client_context
 from mtlskit.client import get, request, requests_session, ssl_context
 from mtlskit.errors import ConfigError
-from tests.test_client_support import (  # noqa: F401 (fixtures)
-    EchoServer,
+from tests.support.client import (
     OtherPKI,
-    echo_server_fixture,
-    other_pki_fixture,
-    seed_server_fixture,
 )
 
 HELLO = "hello world \n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.conftest import run_cli
-from tests.test_client_support import one_line_error
+from tests.support.client import one_line_error
+from tests.support.processes import run_cli
 
 
 def test_demo_prints_hello_world() -> None:

@@ -105,3 +105,16 @@ def test_a_bad_import_breaks_its_contract(
     assert result.returncode != 0, result.stdout
     assert " BROKEN" in result.stdout
     assert reported in result.stdout, result.stdout
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/support/ (fixtures registered in conftest.py)."""
+    offenders = [
+        f"{path.name}: {line.strip()}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for line in path.read_text().splitlines()
+        if line.lstrip().startswith(
+            ("from tests.test_", "import tests.test_", "from tests.conftest")
+        )
+    ]
+    assert offenders == []

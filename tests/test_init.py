@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.conftest import run_cli
+from tests.support.processes import run_cli
 
 FILES = [
     "ca.key",

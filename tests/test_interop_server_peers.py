@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import go_binary
-from tests.test_server_support import (
+from tests.support.processes import go_binary
+from tests.support.server import (
     Served,
     client_ctx,
     https,

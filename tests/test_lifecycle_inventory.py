@@ -17,7 +17,7 @@ from mtlskit.pki import inventory as inventory_mod
 from mtlskit.pki.ca import CA
 from mtlskit.pki.inventory import DB_NAME, Inventory, serial_hex
 from mtlskit.pki.seed import init_seed
-from tests.conftest import ROOT, run_cli
+from tests.support.processes import ROOT, run_cli
 
 WORKER = """
 import sys

@@ -22,8 +22,8 @@ from mtlskit.server.metrics import render, start_metrics_server
 from mtlskit.server.reload import FileWatcher, checked_build
 from mtlskit.server.stats import Stats
 from mtlskit.server.tlsstate import ContextHolder
-from tests.conftest import free_port
-from tests.test_lifecycle_renew import aged
+from tests.support.pki import aged
+from tests.support.processes import free_port
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from mtlskit.pki.crl import (
 from mtlskit.pki.inventory import DB_NAME, Inventory, serial_hex
 from mtlskit.pki.seed import init_seed
 from mtlskit.tls import client_context, server_context
-from tests.conftest import run_cli
+from tests.support.processes import run_cli
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ from mtlskit.pki.inventory import Inventory, serial_hex
 from mtlskit.pki.seed import SEED_SERVER_SANS, SEED_SERVER_SUBJECT, init_seed
 from mtlskit.pki.store import write_atomic
 from mtlskit.tls import client_context
-from tests.conftest import free_port, go_binary, run_cli, wait_for_port
-from tests.test_lifecycle_renew import aged
+from tests.support.pki import aged
+from tests.support.processes import free_port, go_binary, run_cli, wait_for_port
 
 ROUNDS = 20
 

@@ -16,8 +16,8 @@ from mtlskit.pki.ca import CA, SEED_CA_SUBJECT
 from mtlskit.pki.crl import build_crl, make_crl, write_crl
 from mtlskit.pki.seed import init_seed
 from mtlskit.pki.status import folder_status, parse_duration
-from tests.conftest import run_cli
-from tests.test_lifecycle_renew import aged
+from tests.support.pki import aged
+from tests.support.processes import run_cli
 
 
 @pytest.fixture

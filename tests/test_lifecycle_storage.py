@@ -24,7 +24,7 @@ from mtlskit.pki.crl import is_revoked, read_crl
 from mtlskit.pki.inventory import DB_NAME, Inventory, ca_id, serial_hex
 from mtlskit.pki.load import read_certificates
 from mtlskit.pki.seed import init_seed
-from tests.conftest import ROOT, PostgresCluster, Result, run_cli
+from tests.support.processes import ROOT, PostgresCluster, Result, run_cli
 
 
 @dataclass

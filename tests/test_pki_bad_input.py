@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Result, run_cli
+from tests.support.processes import Result, run_cli
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import run_cli
+from tests.support.processes import run_cli
 
 pytestmark = pytest.mark.interop  # real openssl reads what we write
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.support.processes import run_cli
 
 pytestmark = pytest.mark.interop  # real openssl reads what we write
 

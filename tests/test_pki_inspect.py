@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from mtlskit.pki.ca import CA
 from mtlskit.pki.inspect import describe
-from tests.conftest import run_cli
+from tests.support.processes import run_cli
 
 
 def test_certificate_text_matches_openssl(seed_certs_p256: Path) -> None:

@@ -20,7 +20,7 @@ from mtlskit.pki.verify import (
     verify_certificate,
     verify_files,
 )
-from tests.conftest import run_cli
+from tests.support.processes import run_cli
 
 
 def verify(*args: str | Path) -> tuple[int, str, str]:

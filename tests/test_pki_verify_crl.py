@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.support.processes import run_cli
 
 
 def _pki(tmp_path: Path) -> Path:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.conftest import free_port
-from tests.test_server_support import (
+from tests.support.processes import free_port
+from tests.support.server import (
     Served,
     client_ctx,
     https,

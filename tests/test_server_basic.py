@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, run_cli
-from tests.test_server_support import (
+from tests.support.processes import ROOT, free_port, run_cli
+from tests.support.server import (
     Served,
     client_ctx,
     https,

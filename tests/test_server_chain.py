@@ -17,7 +17,7 @@ import pytest
 
 from mtlskit.pki.ca import CA, cert_pem
 from mtlskit.tls import client_context
-from tests.test_server_support import https, start_serve, write_files
+from tests.support.server import https, start_serve, write_files
 
 ENGINES = ["openssl", "stdlib"]
 

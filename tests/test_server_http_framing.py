@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_server_support import (
+from tests.support.server import (
     Served,
     client_ctx,
     make_pki,
@@ -461,7 +461,7 @@ def test_the_default_limit_is_1_mib(
 
 
 def test_size_and_timeout_options_are_checked(tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from tests.support.processes import run_cli
 
     for args, words in [
         (("--max-body-size", "ten"), "is not a size"),

@@ -15,7 +15,7 @@ from cryptography import x509
 from mtlskit.errors import PKIError
 from mtlskit.pki.ca import CA
 from mtlskit.server import ContextHolder, Server, ServerConfig
-from tests.test_server_support import client_ctx, https, read_responses, tls_socket, write_files
+from tests.support.server import client_ctx, https, read_responses, tls_socket, write_files
 
 
 @contextmanager

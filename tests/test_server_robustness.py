@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server_support import (
+from tests.support.server import (
     Served,
     client_ctx,
     https,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server_support import client_ctx, fetch_tls13, start_serve
+from tests.support.server import client_ctx, fetch_tls13, start_serve
 
 
 @pytest.mark.parametrize("engine", ["default", "default-stateless", "stdlib"])
@@ -47,7 +47,7 @@ def test_tickets_resume_until_the_keys_rotate(
 
 
 def test_ticket_key_rotation_must_not_be_negative(tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from tests.support.processes import run_cli
 
     r = run_cli("serve", "--certs", tmp_path, "--ticket-key-rotation", "-1")
     assert r.returncode == 2
@@ -55,7 +55,7 @@ def test_ticket_key_rotation_must_not_be_negative(tmp_path: Path) -> None:
 
 
 def test_session_cache_must_not_be_negative(tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from tests.support.processes import run_cli
 
     r = run_cli("serve", "--certs", tmp_path, "--session-cache", "-1")
     assert r.returncode == 2
@@ -68,7 +68,7 @@ def test_session_cache_is_deprecated_and_still_means_what_it_did(
     """--session-cache 0 was stateless tickets and still is; N > 0 cannot size OpenSSL's
     cache through the bindings' exports any more: stateful, with a one-line warning."""
     from mtlskit.server import openssl_engine
-    from tests.conftest import run_cli
+    from tests.support.processes import run_cli
 
     s = start_serve(procs, seed_certs_p256, tmp_path, "--quiet", "--session-cache", "0")
     s.wait_log("--session-cache is deprecated: use --session-tickets stateless (the number")

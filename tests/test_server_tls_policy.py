@@ -27,9 +27,17 @@ from mtlskit.server import engine, openssl_engine
 from mtlskit.server.engine import TLSFailure, TLSSession
 from mtlskit.server.openssl_engine import AVAILABLE, OpenSSLSession, context_from
 from mtlskit.tls import server_context
-from tests.conftest import ROOT, run_cli
-from tests.test_server_support import Served, client_ctx, https, make_pki, start_serve, stop_all
-from tests.test_server_tls_engine import engines, talk
+from tests.support.processes import ROOT, run_cli
+from tests.support.server import (
+    Served,
+    client_ctx,
+    engines,
+    https,
+    make_pki,
+    start_serve,
+    stop_all,
+    talk,
+)
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="cryptography lacks the SSL bindings")
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port
+from tests.support.processes import ROOT, free_port
 
 
 def readme_block() -> str:

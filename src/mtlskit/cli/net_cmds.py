@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Literal, cast
 
 import click
 
-from mtlskit.cli.common import setup_logging
-from mtlskit.errors import ConfigError
+from mtlskit.cli.common import (
+    SESSION_TICKETS_OPTIONS,
+    session_tickets_choice,
+    setup_logging,
+    warn_session_cache,
+)
 from mtlskit.server import ServerConfig, run
 
 __all__ = ["byte_size", "serve"]
@@ -59,6 +61,12 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--quiet", is_flag=True, help="Do not log each request.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes (SO_REUSEPORT).")
 @click.option(
+    "--no-worker-affinity",
+    is_flag=True,
+    help="With --workers: spread each client's connections over the workers instead of "
+    "keeping them on one by client address (clients behind one address; fewer resumptions).",
+)
+@click.option(
     "--allow-cn",
     multiple=True,
     metavar="PATTERN",
@@ -91,19 +99,11 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     metavar="S",
     help="Start new TLS sessions and ticket keys this often; older tickets stop resuming (0: never).",
 )
+@SESSION_TICKETS_OPTIONS
 @click.option(
-    "--session-tickets",
-    type=click.Choice(["stateful", "stateless"]),
-    default=None,
-    help="TLS 1.3 resumption: sessions kept in the worker (faster, up to 20480) or carried "
-    "encrypted by the client (no server memory)  [default: stateful]",
-)
-@click.option(
-    "--session-cache",
-    type=click.IntRange(min=0),
-    default=None,
-    hidden=True,
-    help="Deprecated: 0 is --session-tickets stateless; the size is OpenSSL's own.",
+    "--no-client-ca-names",
+    is_flag=True,
+    help="Do not name the CA bundle's CAs in the CertificateRequest (for very large bundles).",
 )
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
@@ -151,6 +151,7 @@ def serve(
     port: int,
     quiet: bool,
     workers: int,
+    no_worker_affinity: bool,
     allow_cn: tuple[str, ...],
     allow_san: tuple[str, ...],
     crl: Path | None,
@@ -158,6 +159,7 @@ def serve(
     ticket_key_rotation: float,
     session_tickets: str | None,
     session_cache: int | None,
+    no_client_ca_names: bool,
     metrics_port: int | None,
     metrics_host: str,
     handshake_timeout: float,
@@ -167,7 +169,7 @@ def serve(
     write_timeout: float,
     max_body_size: int,
 ) -> None:
-    tickets = _session_tickets(session_tickets, session_cache)
+    tickets = session_tickets_choice(session_tickets, session_cache)
     config = ServerConfig(
         certs=certs,
         ca=ca,
@@ -178,6 +180,7 @@ def serve(
         app=app,
         quiet=quiet,
         workers=workers,
+        worker_affinity=not no_worker_affinity,
         allow_cn=allow_cn,
         allow_san=allow_san,
         handshake_timeout=handshake_timeout,
@@ -190,27 +193,10 @@ def serve(
         watch_interval=watch_interval,
         ticket_key_rotation=ticket_key_rotation,
         session_tickets=tickets,
+        client_ca_names=not no_client_ca_names,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
     setup_logging()
-    if session_cache is not None:
-        logging.getLogger("mtlskit").warning(
-            "--session-cache is deprecated: use --session-tickets %s (the number of sessions "
-            "kept is OpenSSL's own, 20480)",
-            tickets,
-        )
+    warn_session_cache(session_cache, tickets)
     run(config)
-
-
-def _session_tickets(tickets: str | None, cache: int | None) -> Literal["stateful", "stateless"]:
-    """--session-tickets, or what the deprecated --session-cache N meant (0: stateless)."""
-    if cache is not None:
-        implied = "stateless" if cache == 0 else "stateful"
-        if tickets is not None and tickets != implied:
-            raise ConfigError(
-                f"--session-cache {cache} contradicts --session-tickets {tickets}",
-                hint="use --session-tickets alone (--session-cache is deprecated)",
-            )
-        tickets = implied
-    return cast(Literal["stateful", "stateless"], tickets or "stateful")

@@ -163,8 +163,3 @@ def describe_pem_block(data: bytes) -> str:
         "X509 CRL": "a CRL",
         "PUBLIC KEY": "a public key",
     }.get(label, f"a PEM {label!r} block")
-
-
-# The old private name, still imported by pki/crl.py: it goes when crl.py moves onto
-# database.py with the inventory (it then imports describe_pem_block).
-_pem_kind = describe_pem_block

@@ -488,6 +488,7 @@ class ASGIProtocol(BaseProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self.check_declared_length()
         if self.allowed is None and not self.access_allowed():
             self.refuse()
             return
@@ -578,7 +579,7 @@ class ASGIProtocol(BaseProtocol):
         if self.cycles:
             self.cycles[-1].keep_alive = False
 
-    def http_error(self, status: int, detail: str = "") -> None:
+    def http_error(self, status: int) -> None:
         """A request that cannot be served: the requests before it are answered in order,
         then this error, then the connection closes. When the request is one the app
         already runs (its body broke, was too large or stalled), the app's receive()
@@ -586,7 +587,7 @@ class ASGIProtocol(BaseProtocol):
         has begun, the connection is aborted."""
         c, self.parsing = self.parsing, None
         if c is not None and c.response_complete:  # answered already: just stop reading
-            self.log_http_error(status, detail)
+            self.log_http_error(status)
             self.in_request = False
             self.close_after_response()
             return
@@ -595,15 +596,15 @@ class ASGIProtocol(BaseProtocol):
             if c is self.cycles[0]:
                 self.cycles.popleft()
                 if c.head_sent:
-                    self.log_http_error(status, detail)
+                    self.log_http_error(status)
                     self.abort()
                     return
             else:
                 self.cycles.remove(c)  # queued: the app never saw it
         if not self.cycles:
-            super().http_error(status, detail)
+            super().http_error(status)
             return
-        self.log_http_error(status, detail)
+        self.log_http_error(status)
         self.in_request = False
         self.pending_error = status
         self.close_after_response()

@@ -211,15 +211,24 @@ class TLSSession(Protocol):
 
 
 class StdlibSession:
-    """:class:`TLSSession` over ``ssl.SSLObject`` and two ``ssl.MemoryBIO``."""
+    """:class:`TLSSession` over ``ssl.SSLObject`` and two ``ssl.MemoryBIO``.
+
+    A server's side by default; with ``server_hostname`` the client's (the proxy's
+    client mode), which verifies that name as ``context`` says.
+    """
 
     __slots__ = ("_in", "_obj", "_out", "peer_closed")
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, server_hostname: str | None = None) -> None:
         self.peer_closed = False
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_side=True)
+        self._obj = context.wrap_bio(
+            self._in,
+            self._out,
+            server_side=server_hostname is None,
+            server_hostname=server_hostname,
+        )
 
     def feed(self, data: bytes) -> None:
         self._in.write(data)
@@ -289,14 +298,18 @@ class StdlibSession:
             return None
 
     def peer_chain_der(self) -> list[bytes]:
+        leaf = self.peer_certificate_der()
+        if not leaf:
+            # No client certificate (client_cert="optional"). Asking 3.13.0's
+            # get_unverified_chain() then raises AttributeError inside ssl.py.
+            return []
         # Python ≥ 3.13 exposes the chain the client sent; before, only the leaf.
         get_chain = getattr(self._obj, "get_unverified_chain", None)
         if get_chain is not None:
-            chain: list[bytes] = get_chain()
+            chain: list[bytes] | None = get_chain()
             if chain:
                 return chain
-        leaf = self.peer_certificate_der()
-        return [leaf] if leaf else []
+        return [leaf]
 
     def version(self) -> str | None:
         return self._obj.version()

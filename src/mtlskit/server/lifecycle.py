@@ -32,15 +32,21 @@ from typing import Any
 
 from mtlskit.errors import ServerError
 from mtlskit.identity import AccessPolicy
+from mtlskit.server.affinity import attach_client_affinity
 from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
 from mtlskit.server.asgi_types import ASGIApp
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.metrics import serve_metrics
-from mtlskit.server.protocol import BaseProtocol, HelloProtocol, HelloResponses
+from mtlskit.server.protocol import HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
-from mtlskit.server.tlsstate import ContextHolder, engine_description
+from mtlskit.server.tlsstate import (
+    ContextHolder,
+    TLSState,
+    default_engine_selected,
+    engine_description,
+)
 
 if sys.platform != "win32":
     import resource
@@ -50,6 +56,11 @@ __all__ = ["Server", "run"]
 log = logging.getLogger("mtlskit.server")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Makes the protocol of each accepted connection; the default serves HTTP (hello world or
+# the app), the proxy passes its own (mtlskit.proxy). The protocol registers itself in
+# the ServerState as a Connection, which the sweeper and the drain act on.
+ProtocolFactory = Callable[[ServerState, ConnectionRules, TLSState], asyncio.Protocol]
 
 
 def _install_uvloop() -> None:
@@ -70,8 +81,10 @@ class Server:
         *,
         app: ASGIApp | None = None,
         stats: Stats | None = None,
+        protocol: ProtocolFactory | None = None,
     ) -> None:
         self.config = config
+        self.protocol = protocol
         self.holder = holder
         self.stats = stats if stats is not None else holder.stats
         self.state = ServerState(self.stats)
@@ -111,9 +124,25 @@ class Server:
             raise _listen_error(self.config, exc) from None
         self._servers.append(server)
         self.sockets = [s for srv in self._servers for s in getattr(srv, "sockets", ())]
+        if reuse_port and self.config.workers > 1 and self.config.worker_affinity:
+            self._keep_clients_on_one_worker()
         self._sweeper = loop.create_task(self._sweep())
 
-    def _protocol_factory(self) -> Callable[[], BaseProtocol]:
+    def _keep_clients_on_one_worker(self) -> None:
+        """Steer the port's SO_REUSEPORT group by client address (server/affinity.py)."""
+        for sock in self.sockets:
+            try:
+                attach_client_affinity(sock, self.config.workers)
+            except OSError as exc:
+                log.warning(
+                    "cannot keep each client on one worker (%s): a client resumes its "
+                    "TLS session 1 time in %d",
+                    exc.strerror or exc,
+                    self.config.workers,
+                )
+                return
+
+    def _protocol_factory(self) -> Callable[[], asyncio.Protocol]:
         """Called at each accept: the connection handshakes with the TLS state current then."""
         state, rules, holder, hosted, hello = (
             self.state,
@@ -122,6 +151,9 @@ class Server:
             self.hosted,
             self.hello,
         )
+        protocol = self.protocol
+        if protocol is not None:
+            return lambda: protocol(state, rules, holder.current)
         if hosted is not None:
             return lambda: ASGIProtocol(state, rules, holder.current, hosted)
         assert hello is not None
@@ -234,9 +266,27 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, ASGIApp | None]:
         stateful_tickets=config.session_tickets == "stateful",
         require_client_cert=config.client_cert == "required",
         any_client_purpose=config.client_cert_any_purpose,
+        client_ca_names=config.client_ca_names,
     )
+    if not default_engine_selected():
+        _note_stdlib_engine(config)
     app = load_app(config.app) if isinstance(config.app, str) else config.app
     return holder, app
+
+
+def _note_stdlib_engine(config: ServerConfig) -> None:
+    """Say at start-up what the stdlib ssl engine cannot do that the default one does."""
+    if config.client_ca_names:
+        log.warning(
+            "the stdlib TLS engine sends no CA names in the CertificateRequest (the ssl "
+            "module cannot set them): clients that hold several certificates may offer "
+            "the wrong one"
+        )
+    if config.crl is not None:
+        log.warning(
+            "the stdlib TLS engine checks the CRL with OpenSSL's X509 store: each full "
+            "handshake costs more the more entries the CRL has"
+        )
 
 
 async def _serve_worker(
@@ -245,9 +295,10 @@ async def _serve_worker(
     app: ASGIApp | None,
     *,
     reuse_port: bool,
-    announce: bool,
+    announce: str | None,
+    protocol: ProtocolFactory | None = None,
 ) -> None:
-    server = Server(config, holder, app=app)
+    server = Server(config, holder, app=app, protocol=protocol)
     await server.start(reuse_port=reuse_port)
     async with (
         watch_files(holder, config.watch_interval, rotate_every=config.ticket_key_rotation),
@@ -261,7 +312,7 @@ async def _serve_worker(
     ):
         if announce:
             log.info("%s", engine_description())
-            log.info("listen on %s", config.url)
+            log.info("%s", announce)
         await server.serve()
 
 
@@ -277,15 +328,34 @@ def _raise_open_files_limit() -> None:
         pass
 
 
-def run(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does."""
-    holder, app = prepare(config)
+def run(
+    config: ServerConfig,
+    *,
+    protocol: ProtocolFactory | None = None,
+    banner: str | None = None,
+    holder: ContextHolder | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does.
+
+    ``protocol`` replaces the HTTP protocol of each connection (the proxy's); ``banner``
+    the ``listen on …`` line logged once listening; ``holder`` the TLS state built from
+    ``config``'s files (the proxy's client mode holds a client's).
+    """
+    if holder is None:
+        holder, app = prepare(config)
+    else:
+        app = None
     _raise_open_files_limit()
     _install_uvloop()
     if config.workers == 1:
-        asyncio.run(_serve_worker(config, holder, app, reuse_port=False, announce=True))
+        announce = banner or f"listen on {config.url}"
+        asyncio.run(
+            _serve_worker(
+                config, holder, app, reuse_port=False, announce=announce, protocol=protocol
+            )
+        )
         return
-    _supervise(config, holder, app)
+    _supervise(config, holder, app, protocol=protocol, banner=banner)
 
 
 def _check_port(config: ServerConfig) -> socket.socket:
@@ -306,26 +376,41 @@ def _check_port(config: ServerConfig) -> socket.socket:
 
 
 def _worker_main(
-    config: ServerConfig, holder: ContextHolder, app: ASGIApp | None, probe: socket.socket
+    config: ServerConfig,
+    holder: ContextHolder,
+    app: ASGIApp | None,
+    probe: socket.socket,
+    protocol: ProtocolFactory | None = None,
 ) -> None:
     probe.close()  # the supervisor's port check, inherited by fork
     for sig in (*_STOP_SIGNALS, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     _install_uvloop()
     try:
-        asyncio.run(_serve_worker(config, holder, app, reuse_port=True, announce=False))
+        asyncio.run(
+            _serve_worker(config, holder, app, reuse_port=True, announce=None, protocol=protocol)
+        )
     except ServerError as exc:
         log.error("error: %s", exc.one_line())
         sys.exit(1)
 
 
-def _supervise(config: ServerConfig, holder: ContextHolder, app: ASGIApp | None) -> None:
+def _supervise(
+    config: ServerConfig,
+    holder: ContextHolder,
+    app: ASGIApp | None,
+    *,
+    protocol: ProtocolFactory | None = None,
+    banner: str | None = None,
+) -> None:
     probe = _check_port(config)
     # Fork (not spawn): the workers inherit the loaded app and contexts. Nothing runs
     # an event loop or a thread in this process yet.
     mp = multiprocessing.get_context("fork")
     workers = [
-        mp.Process(target=_worker_main, args=(config, holder, app, probe), name=f"worker-{i}")
+        mp.Process(
+            target=_worker_main, args=(config, holder, app, probe, protocol), name=f"worker-{i}"
+        )
         for i in range(config.workers)
     ]
     stopping = False
@@ -345,7 +430,7 @@ def _supervise(config: ServerConfig, holder: ContextHolder, app: ASGIApp | None)
             w.start()
         probe.close()
         log.info("%s", engine_description())
-        log.info("listen on %s (%d workers)", config.url, config.workers)
+        log.info("%s (%d workers)", banner or f"listen on {config.url}", config.workers)
         failed = 0
         while any(w.exitcode is None for w in workers):
             wait_for_sentinels([w.sentinel for w in workers if w.exitcode is None], timeout=1.0)

@@ -47,9 +47,12 @@ HELLO_BODY = b"hello world \n"
 _REASONS = {
     400: b"Bad Request",
     403: b"Forbidden",
+    405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+    504: b"Gateway Timeout",
 }
 
 
@@ -60,6 +63,10 @@ def error_response(status: int, text: str) -> bytes:
         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
     ) % (status, _REASONS[status], len(body), body)
 
+
+# After a fatal alert the server reads on (and drops what it reads) at most this long
+# before it closes; see BaseProtocol.linger_close.
+LINGER_SECONDS = 2.0
 
 RESPONSE_400 = error_response(400, "bad request")
 RESPONSE_431 = error_response(431, "request header fields too large")
@@ -132,6 +139,7 @@ class BaseProtocol(asyncio.Protocol):
     read_paused = False
     write_blocked = 0.0  # when writing last stopped, or last made progress
     write_backlog = 0  # bytes the transport held then
+    _linger: asyncio.TimerHandle | None = None
 
     def __init__(self, server_state: ServerState, rules: ConnectionRules, tls: TLSState) -> None:
         self.server_state = server_state
@@ -207,6 +215,8 @@ class BaseProtocol(asyncio.Protocol):
         if self.handshaking and not self.closed:
             self.server_state.stats.handshake_failed("eof")
         self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
         self.server_state.connection_closed(self)
         self._wake_drainers()
         self.lost()
@@ -284,10 +294,34 @@ class BaseProtocol(asyncio.Protocol):
         self.closed = True
         if self.transport is None:
             return
+        if failure.reason == "eof":  # the client is gone: nothing to tell it
+            self.transport.close()
+            return
         self._send_output()  # the alert tells the client why
         if failure.alert:  # refused before the engine saw anything: our own alert
             self.transport.write(failure.alert)
-        self.transport.close()
+        self.linger_close()
+
+    def linger_close(self) -> None:
+        """Close after a fatal alert so that the alert arrives (a lingering close, as nginx's).
+
+        The client may still be sending (TLS 1.3: its request follows its Finished at
+        once). Closing a socket with unread bytes, or receiving bytes after the close,
+        makes the kernel answer with a reset, and a client that gets the reset first
+        (e.g. Windows, which then drops what it has received) never reads the alert.
+        So: send the alert and our FIN (shut down the write side), keep reading and
+        dropping (``closed`` is set, data_received ignores it) until the client closes
+        or :data:`LINGER_SECONDS` have passed, then close.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        if not transport.can_write_eof() or transport.is_closing():
+            transport.close()
+            return
+        transport.write_eof()
+        loop = asyncio.get_running_loop()
+        self._linger = loop.call_later(LINGER_SECONDS, transport.close)
 
     def handshake_timed_out(self) -> None:
         if self.handshaking and not self.closed:
@@ -395,21 +429,23 @@ class BaseProtocol(asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError:
             if self.error_status:
-                self.http_error(self.error_status, self.error_detail)
+                self.http_error(self.error_status)
                 return
             raise
         except StopParsing:
-            self.http_error(self.error_status or 400, self.error_detail)
+            self.http_error(self.error_status or 400)
             return
         except httptools.HttpParserError as exc:
-            self.http_error(400, str(exc))
+            self.error_detail = str(exc)
+            self.http_error(400)
             return
         if self.in_request and self.head_bytes >= 0 and not self.head_began:
             # A head begun in an earlier chunk is still incomplete: all of this chunk is
             # head the parser buffers (the callbacks count only complete fields).
             self.head_bytes += len(plain)
             if self.head_bytes > self.rules.max_header_bytes:
-                self.http_error(431, "request head too large")
+                self.error_detail = "request head too large"
+                self.http_error(431)
 
     def upgrade_requested(self, rest: bytes) -> None:
         """The last request parsed asks to switch protocols (Upgrade, CONNECT); ``rest`` is
@@ -427,16 +463,18 @@ class BaseProtocol(asyncio.Protocol):
         self.error_detail = detail
         raise StopParsing
 
-    def http_error(self, status: int, detail: str = "") -> None:
-        """Answer a request that cannot be served (400, 408, 413, 431) and close."""
-        self.log_http_error(status, detail)
+    def http_error(self, status: int) -> None:
+        """Answer a request that cannot be served (400, 408, 413, 431; why: error_detail)
+        and close."""
+        self.log_http_error(status)
         self.in_request = False
         self.write(ERROR_RESPONSES[status])
         self.close_after_response()
 
-    def log_http_error(self, status: int, detail: str) -> None:
+    def log_http_error(self, status: int) -> None:
         self.server_state.stats.bad_requests += 1
-        log.info("bad request from %s: %s (%d)", self.peer_text(), detail or "malformed", status)
+        detail = self.error_detail or "malformed request"
+        log.info("bad request from %s: %s (%d)", self.peer_text(), detail, status)
 
     def on_message_begin(self) -> None:
         self.in_request = True
@@ -472,6 +510,10 @@ class BaseProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.head_bytes = -1  # the head is complete: stop counting
         self.last_active = self.server_state.now  # the body timeout counts from here
+
+    def check_declared_length(self) -> None:
+        """A body declared over --max-body-size is refused before it is read (or the app
+        runs): 413 at once, as nginx does (the HTTP server protocols call it)."""
         if self.content_length > self.rules.max_body_size:
             self.stop(413, f"a body of {self.content_length} bytes is over --max-body-size")
 
@@ -518,7 +560,8 @@ class BaseProtocol(asyncio.Protocol):
 
     def request_timed_out(self, detail: str) -> None:
         """A request head or body stalled: 408 (after the responses owed before it), close."""
-        self.http_error(408, detail)
+        self.error_detail = detail
+        self.http_error(408)
         try:
             self.settle()
         except TLSFailure:
@@ -622,6 +665,10 @@ class HelloProtocol(BaseProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.count_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self.check_declared_length()
 
     def on_body(self, body: bytes) -> None:
         self.count_body(body)  # the hello world reads no body: only the limit applies

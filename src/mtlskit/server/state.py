@@ -25,10 +25,10 @@ from mtlskit.identity import AccessPolicy
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.stats import Stats
 
-__all__ = ["Connection", "ConnectionRules", "ServerState"]
+__all__ = ["AcceptedConnection", "ConnectionRules", "ServerState"]
 
 
-class Connection(Protocol):
+class AcceptedConnection(Protocol):
     """What the worker needs of a connection to sweep and drain it
     (:class:`mtlskit.server.protocol.BaseProtocol` is one)."""
 
@@ -87,7 +87,7 @@ class ServerState:
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
-        self.connections: set[Connection] = set()
+        self.connections: set[AcceptedConnection] = set()
         self.draining = False
         self.all_closed: asyncio.Event | None = None  # set by the lifecycle while draining
         self.now = 0.0
@@ -99,13 +99,13 @@ class ServerState:
         self.now = time.monotonic()
         self.date = formatdate(usegmt=True).encode()
 
-    def connection_opened(self, conn: Connection) -> None:
+    def connection_opened(self, conn: AcceptedConnection) -> None:
         self.connections.add(conn)
         stats = self.stats
         stats.connections_total += 1
         stats.open_connections += 1
 
-    def connection_closed(self, conn: Connection) -> None:
+    def connection_closed(self, conn: AcceptedConnection) -> None:
         self.connections.discard(conn)
         self.stats.open_connections -= 1
         if self.all_closed is not None and not self.connections:

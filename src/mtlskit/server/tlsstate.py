@@ -28,9 +28,9 @@ __all__ = [
     "ContextHolder",
     "TLSState",
     "cipher_suite_id",
+    "default_engine_selected",
     "engine_description",
     "tls_version_id",
-    "uses_openssl_engine",
 ]
 
 log = logging.getLogger("mtlskit.server")
@@ -62,8 +62,9 @@ class TLSState:
         return StdlibSession(self.context)
 
 
-def uses_openssl_engine() -> bool:
-    """Whether new TLS states run on the bundled OpenSSL (the default engine).
+def default_engine_selected() -> bool:
+    """True when the OpenSSL that cryptography bundles serves (server/openssl_engine.py),
+    False for the stdlib ``ssl`` engine.
 
     ``MTLSKIT_TLS_ENGINE=stdlib`` selects the stdlib ``ssl`` module; ``openssl`` (or
     unset) the default, which falls back to stdlib when the bindings lack a function.
@@ -78,7 +79,7 @@ def uses_openssl_engine() -> bool:
 
 def engine_description() -> str:
     """One line for the start-up log: which TLS engine, on which OpenSSL, and why."""
-    if uses_openssl_engine():
+    if default_engine_selected():
         import cryptography
 
         return (
@@ -111,6 +112,7 @@ def build_state(
     stateful_tickets: bool = True,
     require_client_cert: bool = True,
     any_client_purpose: bool = False,
+    client_ca_names: bool = True,
 ) -> TLSState:
     """A :class:`TLSState` from files; raises :class:`~mtlskit.errors.PKIError`.
 
@@ -118,10 +120,21 @@ def build_state(
     engines copy the verify mode from the policy context); one it sends is verified.
     ``any_client_purpose``: a client certificate need not allow clientAuth (the CA
     service renews server-only certificates over mTLS); the default engine only.
+    ``client_ca_names``: name the CAs of ``ca`` in the CertificateRequest; the default
+    engine only (the ``ssl`` module cannot).
     """
-    ctx = server_context(cert, key, ca, crl=crl, require_client_cert=require_client_cert)
+    default_engine = default_engine_selected()
+    # The default engine checks the CRL itself (server/revocation.py): the ssl context,
+    # then used only as the policy, need not load it (28 MiB for 100,000 entries).
+    ctx = server_context(
+        cert,
+        key,
+        ca,
+        crl=None if default_engine else crl,
+        require_client_cert=require_client_cert,
+    )
     engine_context = None
-    if uses_openssl_engine():
+    if default_engine:
         engine_context = openssl_engine.context_from(
             ctx,
             cert,
@@ -130,6 +143,7 @@ def build_state(
             crl=crl,
             stateful_tickets=stateful_tickets,
             any_client_purpose=any_client_purpose,
+            client_ca_names=client_ca_names,
         )
     return TLSState(
         context=ctx,
@@ -157,10 +171,12 @@ class ContextHolder:
         stateful_tickets: bool = True,
         require_client_cert: bool = True,
         any_client_purpose: bool = False,
+        client_ca_names: bool = True,
     ) -> None:
         self.cert, self.key, self.ca = Path(cert), Path(key), Path(ca)
         self.require_client_cert = require_client_cert
         self.any_client_purpose = any_client_purpose
+        self.client_ca_names = client_ca_names
         self.crl = Path(crl) if crl is not None else None
         self.stats = stats if stats is not None else Stats()
         self._build = build
@@ -169,17 +185,21 @@ class ContextHolder:
         self.current: TLSState = self._new_state()
 
     def _new_state(self) -> TLSState:
-        if self.require_client_cert and not self.any_client_purpose and self.stateful_tickets:
-            # a custom build (tests) need not know the options
-            return self._build(self.cert, self.key, self.ca, crl=self.crl)
+        options: dict[str, bool] = {}  # only those not at their default: a custom build
+        if not self.require_client_cert:  # (tests) need not know them
+            options["require_client_cert"] = False
+        if self.any_client_purpose:
+            options["any_client_purpose"] = True
+        if not self.stateful_tickets:
+            options["stateful_tickets"] = False
+        if not self.client_ca_names:
+            options["client_ca_names"] = False
         return self._build(
             self.cert,
             self.key,
             self.ca,
             crl=self.crl,
-            stateful_tickets=self.stateful_tickets,
-            require_client_cert=self.require_client_cert,
-            any_client_purpose=self.any_client_purpose,
+            **options,
         )
 
     @property

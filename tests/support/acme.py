@@ -9,21 +9,25 @@ server on loopback, as `--acme-resolve app.internal:127.0.0.1` does for mtlskit.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import ssl
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from bench.acme_client import AcmeClient, Http01Responder, make_csr
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from mtlskit.database import open_database
-from tests.conftest import free_port, wait_for_port
-from tests.service_support import Service, start_service
+from tests.support.processes import free_port, wait_for_port
+from tests.support.service import Service, start_service
 
 NAME = "app.internal"
 
@@ -41,6 +45,7 @@ class AcmeServer:
     workdir: Path
     service: Service | None = None
     mgmt_port: int | None = None  # pebble's management interface
+    metrics_port: int | None = None
 
     def issuing_root(self) -> Path:
         """The root that certificates from this server chain to (pebble makes a new
@@ -97,6 +102,77 @@ def start_mtlskit_acme(
         ca_dir.parent,
         service,
     )
+
+
+def start_replica(
+    server: AcmeServer, procs: list[subprocess.Popen[bytes]], *args: str
+) -> tuple[Service, httpx.BaseTransport]:
+    """A second `ca serve` for the same CA and database, behind the same public URL,
+    and a transport that sends every request to it (as a load balancer may)."""
+    assert server.service is not None
+    base = server.directory.removesuffix("/acme/directory")
+    replica = start_service(
+        procs,
+        server.service.ca_dir,
+        "--url",
+        base,  # one public URL for both, as behind a load balancer
+        "--acme-allow",
+        "DNS:*.internal",
+        "--acme-http-port",
+        str(server.http_port),
+        "--acme-tls-port",
+        str(server.tls_port),
+        "--acme-resolve",
+        f"{NAME}:127.0.0.1",
+        "--rate-limit",
+        "10000",
+        *args,
+    )
+
+    class ViaReplica(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.HTTPTransport(
+                verify=ssl.create_default_context(cafile=str(server.tls_root))
+            )
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            request.url = request.url.copy_with(port=replica.port)
+            return self.inner.handle_request(request)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    return replica, ViaReplica()
+
+
+def check_replicas_share_state(
+    server: AcmeServer, http: httpx.Client, via: httpx.Client, http01: Http01Responder
+) -> None:
+    """A nonce from one replica is good on the other (once); an order made on one is
+    validated by the other, finalized there, and downloaded from the first."""
+    client = AcmeClient(server.directory, http)
+    client.new_account()
+    nonce = http.head(client.directory["newNonce"]).headers["Replay-Nonce"]
+    twin = AcmeClient(server.directory, via, key=client.key, kid=client.kid)
+    first = twin.post(
+        client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": NAME}]}, nonce=nonce
+    )
+    assert first.status_code == 201
+    replay = twin.post(client.kid, None, nonce=nonce, check=False)  # type: ignore[arg-type]
+    assert problem_type(replay) == "badNonce"
+    order_url = first.headers["Location"]
+    order = first.json()
+    authz = client.get(order["authorizations"][0])  # on the first replica
+    chall = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    http01.add(NAME, chall["token"], client.key_authorization(chall["token"]))
+    twin.post(chall["url"], {})  # validated by the replica
+    client.poll(order_url, until=("ready",))
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = base64.urlsafe_b64encode(make_csr(key, [NAME])).rstrip(b"=").decode()
+    done = twin.post(order["finalize"], {"csr": csr})
+    assert done.json()["status"] == "valid"
+    chain = client.post(client.get(order_url)["certificate"], None).text
+    assert chain.startswith("-----BEGIN CERTIFICATE-----")
 
 
 def start_pebble(procs: list[subprocess.Popen[bytes]], tls_dir: Path, workdir: Path) -> AcmeServer:
@@ -188,3 +264,29 @@ def cert_status(ca_dir: Path, serial: str) -> str:
         return str(row["status"]) if row else "missing"
     finally:
         db.close()
+
+
+@pytest.fixture(scope="module")
+def module_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes shared by a module's tests (one server for many tests), stopped at its end."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.terminate()
+    for p in started:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def problem_type(response: httpx.Response) -> str:
+    """The ACME error type of a problem document (``badNonce``), checking its shape."""
+    assert response.headers["content-type"].startswith("application/problem+json"), response.text
+    assert response.headers.get("Replay-Nonce"), "every ACME response carries a nonce"
+    doc = response.json()
+    assert doc["type"].startswith("urn:ietf:params:acme:error:"), doc
+    assert doc["detail"] and "Traceback" not in response.text
+    return str(doc["type"]).rsplit(":", 1)[1]

@@ -25,7 +25,7 @@ import pytest
 
 from mtlskit.pki.ca import CA
 from mtlskit.tls import server_context
-from tests.conftest import free_port, go_binary, wait_for_port
+from tests.support.processes import free_port, go_binary, wait_for_port
 
 SEED_SANS = ("DNS:localhost", "DNS:www.example.com", "IP:127.0.0.1")
 
