@@ -53,6 +53,7 @@ _REASONS = {
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -76,6 +77,7 @@ ERROR_RESPONSES = {
     408: error_response(408, "request timeout"),
     413: error_response(413, "request body too large"),
     431: RESPONSE_431,
+    505: error_response(505, "HTTP version not supported: use HTTP/1.1"),
 }
 
 
@@ -134,6 +136,7 @@ class BaseProtocol(asyncio.Protocol):
     body_bytes = 0
     error_status = 0
     error_detail = ""
+    http_version = "1.1"
     url = b""
     write_paused = False
     read_paused = False
@@ -510,6 +513,9 @@ class BaseProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.head_bytes = -1  # the head is complete: stop counting
         self.last_active = self.server_state.now  # the body timeout counts from here
+        version = self.http_version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":  # llhttp reads "HTTP/2.0" too
+            self.stop(505, f"HTTP/{version} request")
 
     def check_declared_length(self) -> None:
         """A body declared over --max-body-size is refused before it is read (or the app
@@ -694,7 +700,7 @@ class HelloProtocol(BaseProtocol):
         if not keep:
             self.write(r.head_close if method == b"HEAD" else r.close)
             self.close_after_response()
-        elif self.parser.get_http_version() == "1.1":
+        elif self.http_version == "1.1":
             self.write(r.head_keep if method == b"HEAD" else r.keep)
         else:  # an HTTP/1.0 client asked for keep-alive: say it is kept
             self.write(r.head_keep10 if method == b"HEAD" else r.keep10)
