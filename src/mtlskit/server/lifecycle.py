@@ -41,7 +41,7 @@ from mtlskit.server.protocol import HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
-from mtlskit.server.tlsstate import ContextHolder, TLSState, default_engine_selected
+from mtlskit.server.tlsstate import ContextHolder, TLSState, uses_openssl_engine
 
 if sys.platform != "win32":
     import resource
@@ -261,7 +261,7 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, ASGIApp | None]:
         any_client_purpose=config.client_cert_any_purpose,
         client_ca_names=config.client_ca_names,
     )
-    if not default_engine_selected():
+    if not uses_openssl_engine():
         _note_stdlib_engine(config)
     app = load_app(config.app) if isinstance(config.app, str) else config.app
     return holder, app

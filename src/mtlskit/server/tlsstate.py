@@ -29,8 +29,8 @@ __all__ = [
     "ContextHolder",
     "TLSState",
     "cipher_suite_id",
-    "default_engine_selected",
     "tls_version_id",
+    "uses_openssl_engine",
 ]
 
 log = logging.getLogger("mtlskit.server")
@@ -62,9 +62,12 @@ class TLSState:
         return StdlibSession(self.context)
 
 
-def default_engine_selected() -> bool:
-    """True when the OpenSSL that cryptography bundles serves (server/openssl_engine.py),
-    False for the stdlib ``ssl`` engine (MTLSKIT_TLS_ENGINE=stdlib, or no bindings)."""
+def uses_openssl_engine() -> bool:
+    """Whether new TLS states run on the bundled OpenSSL (the default engine).
+
+    ``MTLSKIT_TLS_ENGINE=stdlib`` selects the stdlib ``ssl`` module; so do bindings that
+    lack a function the engine needs.
+    """
     return openssl_engine.AVAILABLE and os.environ.get("MTLSKIT_TLS_ENGINE", "") != "stdlib"
 
 
@@ -97,7 +100,7 @@ def build_state(
     ``client_ca_names``: name the CAs of ``ca`` in the CertificateRequest; the default
     engine only (the ``ssl`` module cannot).
     """
-    default_engine = default_engine_selected()
+    default_engine = uses_openssl_engine()
     # The default engine checks the CRL itself (server/revocation.py): the ssl context,
     # then used only as the policy, need not load it (28 MiB for 100,000 entries).
     ctx = server_context(
