@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtlskit.errors import MtlsError, PKIError
+from mtlskit.errors import ConfigError, MtlsError, PKIError
 from mtlskit.server import openssl_engine
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
 from mtlskit.server.engine import StdlibSession, TLSSession
 from mtlskit.server.stats import Stats
 from mtlskit.tls import server_context
@@ -29,8 +28,9 @@ __all__ = [
     "ContextHolder",
     "TLSState",
     "cipher_suite_id",
+    "default_engine_selected",
+    "engine_description",
     "tls_version_id",
-    "uses_openssl_engine",
 ]
 
 log = logging.getLogger("mtlskit.server")
@@ -62,13 +62,36 @@ class TLSState:
         return StdlibSession(self.context)
 
 
-def uses_openssl_engine() -> bool:
-    """Whether new TLS states run on the bundled OpenSSL (the default engine).
+def default_engine_selected() -> bool:
+    """True when the OpenSSL that cryptography bundles serves (server/openssl_engine.py),
+    False for the stdlib ``ssl`` engine.
 
-    ``MTLSKIT_TLS_ENGINE=stdlib`` selects the stdlib ``ssl`` module; so do bindings that
-    lack a function the engine needs.
+    ``MTLSKIT_TLS_ENGINE=stdlib`` selects the stdlib ``ssl`` module; ``openssl`` (or
+    unset) the default, which falls back to stdlib when the bindings lack a function.
     """
-    return openssl_engine.AVAILABLE and os.environ.get("MTLSKIT_TLS_ENGINE", "") != "stdlib"
+    choice = os.environ.get("MTLSKIT_TLS_ENGINE", "")
+    if choice not in ("", "openssl", "stdlib"):
+        raise ConfigError(
+            f"MTLSKIT_TLS_ENGINE={choice!r} is not a TLS engine", hint="use openssl or stdlib"
+        )
+    return choice != "stdlib" and openssl_engine.AVAILABLE
+
+
+def engine_description() -> str:
+    """One line for the start-up log: which TLS engine, on which OpenSSL, and why."""
+    if default_engine_selected():
+        import cryptography
+
+        return (
+            f"TLS engine: {openssl_engine.openssl_version()} "
+            f"(bundled with cryptography {cryptography.__version__})"
+        )
+    why = (
+        "MTLSKIT_TLS_ENGINE=stdlib"
+        if os.environ.get("MTLSKIT_TLS_ENGINE") == "stdlib"
+        else f"fallback: {openssl_engine.UNAVAILABLE_REASON}"
+    )
+    return f"TLS engine: Python's ssl module, {ssl.OPENSSL_VERSION} ({why})"
 
 
 def _first_pem_certificate(path: Path) -> str:
@@ -86,7 +109,7 @@ def build_state(
     ca: PathLike,
     *,
     crl: PathLike | None = None,
-    session_cache: int = DEFAULT_SESSION_CACHE,
+    stateful_tickets: bool = True,
     require_client_cert: bool = True,
     any_client_purpose: bool = False,
     client_ca_names: bool = True,
@@ -100,7 +123,7 @@ def build_state(
     ``client_ca_names``: name the CAs of ``ca`` in the CertificateRequest; the default
     engine only (the ``ssl`` module cannot).
     """
-    default_engine = uses_openssl_engine()
+    default_engine = default_engine_selected()
     # The default engine checks the CRL itself (server/revocation.py): the ssl context,
     # then used only as the policy, need not load it (28 MiB for 100,000 entries).
     ctx = server_context(
@@ -118,7 +141,7 @@ def build_state(
             key,
             ca,
             crl=crl,
-            session_cache=session_cache,
+            stateful_tickets=stateful_tickets,
             any_client_purpose=any_client_purpose,
             client_ca_names=client_ca_names,
         )
@@ -145,7 +168,7 @@ class ContextHolder:
         crl: PathLike | None = None,
         stats: Stats | None = None,
         build: Callable[..., TLSState] = build_state,
-        session_cache: int = DEFAULT_SESSION_CACHE,
+        stateful_tickets: bool = True,
         require_client_cert: bool = True,
         any_client_purpose: bool = False,
         client_ca_names: bool = True,
@@ -157,7 +180,7 @@ class ContextHolder:
         self.crl = Path(crl) if crl is not None else None
         self.stats = stats if stats is not None else Stats()
         self._build = build
-        self.session_cache = session_cache
+        self.stateful_tickets = stateful_tickets
         self.last_error: MtlsError | None = None
         self.current: TLSState = self._new_state()
 
@@ -167,6 +190,8 @@ class ContextHolder:
             options["require_client_cert"] = False
         if self.any_client_purpose:
             options["any_client_purpose"] = True
+        if not self.stateful_tickets:
+            options["stateful_tickets"] = False
         if not self.client_ca_names:
             options["client_ca_names"] = False
         return self._build(
@@ -174,7 +199,6 @@ class ContextHolder:
             self.key,
             self.ca,
             crl=self.crl,
-            session_cache=self.session_cache,
             **options,
         )
 
