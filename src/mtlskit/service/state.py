@@ -8,23 +8,28 @@ audit log, the metrics, and the few things kept in memory (the CRL, the root).
     state.check_rate("addr:127.0.0.1")                    # 429 beyond --rate-limit
     state.ensure_server_certificate()                     # the service's own TLS cert
 
-Methods that touch the database or sign are blocking: the app calls them from
-Starlette's thread pool, and :class:`~mtlskit.database.Database` gives each thread
-its own connection.
+Methods that touch the database or sign are blocking: the app calls them with
+:meth:`ServiceState.blocking`, on the service's own threads, and
+:class:`~mtlskit.database.Database` gives each thread its own connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import json
 import logging
 import secrets
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -64,6 +69,12 @@ REPLICA_BEAT = 2.0  # seconds
 REPLICA_LOST = dt.timedelta(seconds=10)
 # A replica row silent this long is deleted (maintenance).
 REPLICA_FORGET = dt.timedelta(days=1)
+# Threads for the blocking work of requests (database, signing); each keeps its own
+# database connection, so this also bounds the connections of one replica.
+THREADS = 16
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def root_of(ca: CA) -> x509.Certificate:
@@ -118,6 +129,7 @@ class ServiceState:
         # Names this process among the replicas that share the database.
         self.replica_id = secrets.token_hex(8)
         self.started_at = self.now()
+        self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="ca-service")
         self.metrics.ca_not_after = ca.certificate.not_valid_after_utc.timestamp()
 
     @classmethod
@@ -132,7 +144,18 @@ class ServiceState:
         return cls(config, ca, ca.inventory.database)
 
     def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
         self.db.close()
+
+    async def blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` on one of the service's threads, awaited.
+
+        asyncio's own executor hand-off, not Starlette's run_in_threadpool (anyio's
+        worker threads): it costs half the CPU per call (56 µs against 112 µs,
+        measured), and a request makes one.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC)

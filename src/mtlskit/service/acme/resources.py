@@ -55,7 +55,7 @@ from mtlskit.service.acme.store import (
     parse_time,
 )
 from mtlskit.service.acme.validation import CHALLENGE_TYPES, validate
-from mtlskit.service.issuance import check_csr, issue_from_csr
+from mtlskit.service.issuance import CheckedCSR, check_csr, issue_from_csr
 from mtlskit.service.state import ServiceState
 
 __all__ = ["Acme", "Reply"]
@@ -120,6 +120,12 @@ class Auth:
     def account_id(self) -> str:
         assert self.account is not None
         return self.account.id
+
+    @property
+    def thumbprint(self) -> str:
+        """The account key's RFC 7638 thumbprint (stored with the account)."""
+        assert self.account is not None
+        return self.account.thumbprint
 
 
 def _b64decode(value: object, what: str) -> bytes:
@@ -627,7 +633,7 @@ class Acme:
                         break
             restart = self._claim_stale(tx, challenges, now)
         for challenge in restart:
-            self._start_validation(challenge, authz, auth.jwk)
+            self._start_validation(challenge, authz, auth.thumbprint)
         headers = {"Retry-After": str(POLL_SECONDS)} if authz.status == "pending" else {}
         return Reply(
             body=self._authz_json(authz, challenges, now), headers=headers, nonce=auth.nonce
@@ -651,7 +657,7 @@ class Acme:
                         start.append(challenge)
             start += self._claim_stale(tx, [challenge], now)
         # After the commit: the validation thread reads what this transaction wrote.
-        futures = [self._start_validation(claimed, authz, auth.jwk) for claimed in start]
+        futures = [self._start_validation(claimed, authz, auth.thumbprint) for claimed in start]
         headers = {"Link": f'<{self.url("authz", authz.id)}>;rel="up"'}
         reply = Reply(body=self._challenge_json(challenge), headers=headers, nonce=auth.nonce)
         if challenge.status == "processing":
@@ -711,11 +717,11 @@ class Acme:
             return self._executor
 
     def _start_validation(
-        self, challenge: Challenge, authz: Authz, jwk: JWK
+        self, challenge: Challenge, authz: Authz, thumbprint: str
     ) -> Future[Challenge | None] | None:
         """Validate in a thread; the future gives the challenge as saved (None: not saved)."""
         ident = Identifier(authz.identifier_type, authz.identifier_value)
-        key_auth = J.key_authorization(challenge.token, J.thumbprint(jwk))
+        key_auth = J.key_authorization(challenge.token, thumbprint)
         try:
             return self.executor().submit(
                 self._validate, challenge.id, ident, challenge.type, key_auth
@@ -825,14 +831,14 @@ class Acme:
             nonce=auth.nonce,
         )
 
-    def _check_csr(self, value: object, order: Order, auth: Auth) -> x509.CertificateSigningRequest:
+    def _check_csr(self, value: object, order: Order, auth: Auth) -> CheckedCSR:
         der = _b64decode(value, "csr")
         try:
             csr = x509.load_der_x509_csr(der)
         except ValueError as exc:
             raise AcmeProblem("badCSR", f"the CSR cannot be parsed: {exc}") from None
         try:
-            check_csr(csr)  # the service's checks: signature, key type and size, not a CA
+            checked = check_csr(csr)  # the service's checks: signature, key, not a CA
         except RefusedError as exc:
             raise AcmeProblem("badCSR", exc.what) from None
         key = csr.public_key()
@@ -854,11 +860,11 @@ class Acme:
             if missing:
                 parts.append(f"missing: {', '.join(missing)}")
             raise AcmeProblem("badCSR", f"the CSR's names must be the order's ({'; '.join(parts)})")
-        return csr
+        return checked
 
     def _issue(
         self,
-        csr: x509.CertificateSigningRequest,
+        csr: CheckedCSR,
         order: Order,
         incoming: Incoming,
         tx: Transaction,
@@ -867,7 +873,7 @@ class Acme:
         idents = [parse_identifier(i) for i in order.body["identifiers"]]
         names = [f"{'IP' if i.type == 'ip' else 'DNS'}:{i.value}" for i in idents]
         try:
-            chain, serial = issue_from_csr(
+            issued = issue_from_csr(
                 self.state,
                 csr,
                 names=names,
@@ -879,12 +885,12 @@ class Acme:
             )
         except (ConfigError, RefusedError) as exc:  # the request, not the CA, is at fault
             raise AcmeProblem("badCSR", exc.what) from None
-        chain_text = chain.decode()
-        if chain_text.count("-----BEGIN CERTIFICATE-----") == 1:
+        chain_text = issued.chain_pem.decode()
+        if not self.state.ca.leaf_chain:
             # Issued by a root: the ACME chain still names its issuer, because clients
             # split it into cert + chain and certbot refuses a chain of one.
             chain_text += cert_pem(self.state.ca.certificate).decode()
-        return chain_text, serial
+        return chain_text, issued.serial
 
     def certificate(self, incoming: Incoming) -> Reply:
         with self.signed(incoming) as (auth, tx):
