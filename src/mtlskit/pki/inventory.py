@@ -470,6 +470,9 @@ class Inventory:
             self._prepare(create=True)
         elif not self._ready:
             raise PKIError("the inventory must be opened before issuing in a transaction")
+        elif not tx.durable:
+            # Nothing issued may be lost with a power cut: its record is on disk first.
+            raise PKIError("a certificate is recorded only in a durable transaction")
         fresh = new_serial or random_serial
         for _ in range(SERIAL_ATTEMPTS):
             # Without a transaction, sign outside one: the write lock is held only for

@@ -186,7 +186,9 @@ class ServiceState:
         now = self.now()
         window = now.replace(second=0, microsecond=0)
         counts = []
-        with contextlib.nullcontext(tx) if tx is not None else self.db.transaction() as tx:
+        # Alone, not durable: a count lost with a power cut does no harm.
+        ctx = contextlib.nullcontext(tx) if tx is not None else self.db.transaction(durable=False)
+        with ctx as tx:
             for key in keys:
                 row = tx.one(
                     "INSERT INTO rate_limits (key, window_start, count) VALUES (?, ?, 1) "
@@ -209,7 +211,7 @@ class ServiceState:
     def forget_old_rate_windows(self) -> int:
         """Drop rate-limit windows older than the current one (maintenance)."""
         before = self.now().replace(second=0, microsecond=0) - dt.timedelta(seconds=RATE_WINDOW)
-        with self.db.transaction() as tx:
+        with self.db.transaction(durable=False) as tx:
             return tx.execute(
                 "DELETE FROM rate_limits WHERE window_start < ?", (format_time(before),)
             )
@@ -219,7 +221,7 @@ class ServiceState:
     def beat(self) -> None:
         """Record that this replica is alive (every REPLICA_BEAT seconds)."""
         now = format_time(self.now())
-        with self.db.transaction() as tx:
+        with self.db.transaction(durable=False) as tx:
             tx.execute(
                 "INSERT INTO service_replicas (id, started_at, seen_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
@@ -228,7 +230,7 @@ class ServiceState:
 
     def leave(self) -> None:
         """Stopping cleanly: the others need not wait to take over what was claimed here."""
-        with self.db.transaction() as tx:
+        with self.db.transaction(durable=False) as tx:
             tx.execute("DELETE FROM service_replicas WHERE id = ?", (self.replica_id,))
 
     def replica_gone(self, tx: Transaction, replica_id: str) -> bool:
@@ -241,7 +243,7 @@ class ServiceState:
 
     def forget_old_replicas(self) -> int:
         """Drop rows of replicas silent for REPLICA_FORGET (maintenance)."""
-        with self.db.transaction() as tx:
+        with self.db.transaction(durable=False) as tx:
             return tx.execute(
                 "DELETE FROM service_replicas WHERE seen_at < ?",
                 (format_time(self.now() - REPLICA_FORGET),),

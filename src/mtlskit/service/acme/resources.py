@@ -158,11 +158,11 @@ class Acme:
     def now(self) -> dt.datetime:
         return self.state.now().replace(microsecond=0)
 
-    def transaction(self) -> Any:
-        return self.state.db.transaction()
+    def transaction(self, *, durable: bool) -> Any:
+        return self.state.db.transaction(durable=durable)
 
     def mint(self) -> str:
-        with self.transaction() as tx:
+        with self.transaction(durable=False) as tx:
             return mint_nonce(tx, self.now())
 
     def directory(self, incoming: Incoming) -> Reply:
@@ -211,7 +211,7 @@ class Acme:
 
     @contextlib.contextmanager
     def signed(
-        self, incoming: Incoming, *, jwk: bool = False, kid: bool = True
+        self, incoming: Incoming, *, jwk: bool = False, kid: bool = True, durable: bool = False
     ) -> Iterator[tuple[Auth, Transaction]]:
         """Authenticate a signed POST, then run the resource's work in the same transaction.
 
@@ -219,8 +219,15 @@ class Acme:
         the nonce used up, the rate limit counted, the reply's nonce, and the work. A
         refusal (:class:`AcmeProblem`) from the work rolls back to a savepoint and still
         commits the preamble, so a refused request spends its nonce like any other.
+
+        ``durable``: the work must survive a power cut (an issuance, a revocation, an
+        account's key or status), unless the request is a POST-as-GET. Other work (an
+        order, a validation's progress, a nonce) a client simply does again if lost,
+        and a replay of it does no harm: its commit does not wait for the disk
+        (:meth:`mtlskit.database.Database.transaction`).
         """
         request = self._parse(incoming, jwk=jwk, kid=kid)
+        durable = durable and not request.is_post_as_get
         account_id = None
         if request.kid is not None:
             account_prefix = self.url("acct") + "/"
@@ -229,7 +236,7 @@ class Acme:
                 raise AcmeProblem("accountDoesNotExist", f"no account at {request.kid}")
         now = self.now()
         refused: AcmeProblem | None = None
-        with self.transaction() as tx:
+        with self.transaction(durable=durable) as tx:
             account = None
             key = request.jwk
             if account_id is not None:
@@ -312,7 +319,7 @@ class Acme:
         return list(value)
 
     def new_account(self, incoming: Incoming) -> Reply:
-        with self.signed(incoming, jwk=True, kid=False) as (auth, tx):
+        with self.signed(incoming, jwk=True, kid=False, durable=True) as (auth, tx):
             payload = auth.request.json_payload()
             thumb = J.thumbprint(auth.jwk)
             existing = Account.by_thumbprint(tx, thumb)
@@ -378,7 +385,7 @@ class Acme:
         return inner.kid
 
     def account(self, incoming: Incoming) -> Reply:
-        with self.signed(incoming) as (auth, tx):
+        with self.signed(incoming, durable=True) as (auth, tx):
             if incoming.params["id"] != auth.account_id:
                 raise AcmeProblem("unauthorized", "this account URL is not the signer's account")
             account = auth.account
@@ -411,7 +418,7 @@ class Acme:
 
     def key_change(self, incoming: Incoming) -> Reply:
         """Roll the account over to a new key (RFC 8555 7.3.5)."""
-        with self.signed(incoming) as (auth, tx):
+        with self.signed(incoming, durable=True) as (auth, tx):
             account = auth.account
             assert account is not None
             inner = J.parse_jws(auth.request.json_payload())
@@ -613,7 +620,7 @@ class Acme:
 
     def authz(self, incoming: Incoming) -> Reply:
         now = self.now()
-        with self.signed(incoming) as (auth, tx):
+        with self.signed(incoming, durable=True) as (auth, tx):
             authz = self._owned_authz(tx, incoming.params["id"], auth)
             challenges = Challenge.of_authz(tx, authz.id)
             if not auth.request.is_post_as_get:
@@ -769,7 +776,7 @@ class Acme:
     def _record_validation(self, challenge_id: str, error: AcmeProblem | None) -> Challenge | None:
         """Save the result: challenge, authorization, and the order when it is decided."""
         now = self.now()
-        with self.transaction() as tx:
+        with self.transaction(durable=False) as tx:
             challenge = Challenge.get(tx, challenge_id)
             if challenge is None or challenge.status != "processing":
                 return challenge
@@ -808,7 +815,7 @@ class Acme:
         a replica that dies before the commit leaves it "ready", finalizable on another
         (RFC 8555 7.1.6 lets "ready" go straight to "valid")."""
         now = self.now()
-        with self.signed(incoming) as (auth, tx):
+        with self.signed(incoming, durable=True) as (auth, tx):
             payload = auth.request.json_payload()
             order = self._owned_order(tx, incoming.params["id"], auth)
             status = self._order_status(order, now)
@@ -906,7 +913,7 @@ class Acme:
     # -- revocation ----------------------------------------------------------------------
 
     def revoke_cert(self, incoming: Incoming) -> Reply:
-        with self.signed(incoming, jwk=True, kid=True) as (auth, tx):
+        with self.signed(incoming, jwk=True, kid=True, durable=True) as (auth, tx):
             payload = auth.request.json_payload()
             der = _b64decode(payload.get("certificate"), "certificate")
             try:
