@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import click
 
 from mtlskit.errors import ConfigError
 
-__all__ = ["ca_dir_option", "db_option", "read_passphrase", "setup_logging"]
+__all__ = ["ca_dir_option", "db_option", "has_terminal", "read_passphrase", "setup_logging"]
 
 ca_dir_option = click.option(
     "--ca-dir",
@@ -27,8 +28,17 @@ db_option = click.option(
 )
 
 
-def read_passphrase(path: Path | None, *, prompt: bool, confirm: bool = False) -> bytes | None:
-    """A passphrase from a file (first line), from an interactive prompt, or none."""
+def read_passphrase(
+    path: Path | None,
+    *,
+    prompt: bool,
+    confirm: bool = False,
+    file_option: str = "--passphrase-file",
+) -> bytes | None:
+    """A passphrase from a file (first line), from an interactive prompt, or none.
+
+    A prompt needs a terminal: without one (a pipe, cron, CI) it is a usage error that
+    names ``file_option``, never getpass's warning and an echoing fallback."""
     if path is not None:
         try:
             text = path.read_text().splitlines()
@@ -42,9 +52,25 @@ def read_passphrase(path: Path | None, *, prompt: bool, confirm: bool = False) -
             )
         return text[0].encode()
     if prompt:
+        if not has_terminal():
+            raise ConfigError("no terminal to ask for the passphrase", hint=f"use {file_option}")
         value = click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
         return str(value).encode()
     return None
+
+
+def has_terminal() -> bool:
+    """Whether a passphrase can be asked for: getpass reads the controlling terminal
+    (``/dev/tty``), else stdin when it is one; without either it would fall back to
+    reading stdin with echo on and a GetPassWarning."""
+    if sys.stdin.isatty():
+        return True
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def setup_logging() -> None:

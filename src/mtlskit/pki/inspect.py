@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from mtlskit.errors import PKIError
-from mtlskit.pki.keys import describe_key, load_private_key
+from mtlskit.pki.keys import describe_key, load_private_key, looks_like_pkcs12
 from mtlskit.pki.names import format_name, format_san
 from mtlskit.pki.store import read_file
 
@@ -281,13 +281,13 @@ def _pkcs12(
         except ValueError as exc:
             last = exc
     else:
-        if password is None and _looks_like_pkcs12(data):
+        if password is None and looks_like_pkcs12(data):
             raise PKIError(
                 "PKCS#12 file is protected by a password",
                 file=source,
                 hint="give it with --password-file",
             ) from last
-        if password is not None and _looks_like_pkcs12(data):
+        if password is not None and looks_like_pkcs12(data):
             raise PKIError(
                 "cannot open PKCS#12 file: wrong password",
                 file=source,
@@ -307,11 +307,6 @@ def _pkcs12(
             child.fields["friendly_name"] = c.friendly_name.decode("utf-8", "replace")
         item.children.append(child)
     return item
-
-
-def _looks_like_pkcs12(data: bytes) -> bool:
-    # PFX: SEQUENCE { INTEGER 3, ContentInfo { OID pkcs7-data … } }
-    return data[:1] == b"\x30" and b"\x02\x01\x03" in data[:8]
 
 
 # -- the API ------------------------------------------------------------------------------

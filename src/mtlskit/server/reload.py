@@ -38,10 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtlskit.errors import MtlsError, PKIError
 from mtlskit.pki.crl import check_crl, read_crl
 from mtlskit.pki.load import read_certificates
+from mtlskit.pki.verify import can_anchor_trust, eku_names
 from mtlskit.server.config import DEFAULT_SESSION_CACHE
 from mtlskit.server.tlsstate import ContextHolder, TLSState, build_state
 
@@ -93,6 +95,7 @@ def check_files(
     """
     now = now or dt.datetime.now(dt.UTC)
     leaf = read_certificates(cert)[0]
+    _check_server_purpose(leaf, cert)
     if leaf.not_valid_after_utc < now:
         raise PKIError(
             f"server certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
@@ -105,7 +108,15 @@ def check_files(
             file=cert,
             hint="check the clocks of this machine and the CA's",
         )
-    cas = tuple(read_certificates(ca))
+    cas = tuple(read_certificates(ca, "CA certificate"))
+    if not any(can_anchor_trust(c) for c in cas):
+        names = "; ".join(c.subject.rfc4514_string() for c in cas)
+        raise PKIError(
+            f"the CA file holds no CA certificate ({names}: no basicConstraints CA:TRUE): "
+            "no client could connect",
+            file=ca,
+            hint="pass the CA that issues the client certificates (its ca.crt) with --ca",
+        )
     if all(c.not_valid_after_utc < now for c in cas):
         raise PKIError(
             "every CA certificate in the bundle has expired: no client could connect",
@@ -117,6 +128,25 @@ def check_files(
         revocations = read_crl(crl)
         check_crl(revocations, cas, file=crl, now=now)
     return LoadedFacts(leaf, cas, revocations)
+
+
+def _check_server_purpose(leaf: x509.Certificate, path: PathLike) -> None:
+    """Refuse a certificate whose extendedKeyUsage excludes TLS servers: clients would
+    refuse every handshake (one without the extension may serve, as in OpenSSL)."""
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.SERVER_AUTH in usages:
+        return
+    if ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+        return
+    raise PKIError(
+        f"not a server certificate: its extendedKeyUsage has no serverAuth ({eku_names(list(usages))}), so "
+        "clients refuse it",
+        file=path,
+        hint="issue a server certificate: mtlskit issue server NAME (or --profile server-client)",
+    )
 
 
 def checked_build(
