@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import click
 
 from mtlskit.errors import ConfigError
+from mtlskit.logs import log_to_stderr
 
 __all__ = ["ca_dir_option", "db_option", "has_terminal", "read_passphrase", "setup_logging"]
 
@@ -75,9 +75,4 @@ def has_terminal() -> bool:
 
 def setup_logging() -> None:
     """Log lines like Go's log package: ``2021/12/05 23:36:03 listen on …`` on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y/%m/%d %H:%M:%S"))
-    logger = logging.getLogger("mtlskit")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    log_to_stderr()

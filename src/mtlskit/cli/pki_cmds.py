@@ -311,7 +311,11 @@ def csr_create(
     _wrote(write_many(files, force=force))
     if reuse:
         click.echo(f"used existing key {key_path}")
-    click.echo(f"next: mtlskit sign {shlex.quote(str(out_path))} --ca-dir certs --profile server")
+    # A server certificate needs a SAN: without one, the hint that works is a client's.
+    profile = "server" if parsed_sans else "client"
+    click.echo(
+        f"next: mtlskit sign {shlex.quote(str(out_path))} --ca-dir certs --profile {profile}"
+    )
 
 
 # -- sign ---------------------------------------------------------------------------------

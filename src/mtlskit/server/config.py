@@ -20,7 +20,40 @@ DEFAULT_SESSION_CACHE = 4096
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything ``mtlskit serve`` needs; the defaults are the seed's."""
+    """Everything ``mtlskit serve`` needs; the defaults are the seed's::
+
+        ServerConfig()   # https://localhost:8443 on every interface, certs/ca.crt,
+                         # certs/server.crt, certs/server.key, hello world
+
+    Files: ``certs`` (``Path("certs")``) is the folder with ``ca.crt``, ``server.crt``
+    and ``server.key``; ``ca``, ``cert``, ``key`` (None) override one file each;
+    ``crl`` (None) refuses the clients a CRL revokes.
+
+    Listening: ``host`` (``""``: every interface, IPv4 and IPv6, as Go's ``":8443"``;
+    ``"127.0.0.1"`` for this machine only), ``port`` (8443; 0 picks a free one),
+    ``workers`` (1; N processes share the port with SO_REUSEPORT), ``backlog`` (4096).
+
+    What runs: ``app`` (None: the seed's hello world; ``"module:attribute"`` or an ASGI 3
+    callable), ``quiet`` (False: one log line per request).
+
+    Who may connect: every certificate the CA issued, unless ``allow_cn`` / ``allow_san``
+    (``()``) list glob patterns (then the others get 403); ``client_cert``
+    (``"required"``; ``"optional"`` for services with anonymous routes) and
+    ``client_cert_any_purpose`` (False: a client certificate needs clientAuth when it has
+    an extendedKeyUsage).
+
+    Time limits, in seconds: ``handshake_timeout`` (10), ``idle_timeout`` (60, keep-alive
+    connections with no request), ``shutdown_timeout`` (10, in-flight requests after
+    SIGTERM). Request limits: ``max_header_bytes`` (32 KiB) and ``max_headers`` (100)
+    answer 431 beyond.
+
+    TLS state: ``watch_interval`` (1.0 s between looks at the files; 0: SIGHUP only),
+    ``ticket_key_rotation`` (3600 s; 0: never), ``session_cache`` (4096 TLS 1.3 sessions;
+    0: stateless tickets).
+
+    Metrics: ``metrics_port`` (None: off) serves Prometheus text on ``metrics_host``
+    (``"127.0.0.1"``); ``extra_metrics`` (None) adds text to it.
+    """
 
     certs: Path = Path("certs")  # folder with ca.crt, server.crt, server.key
     ca: Path | None = None  # override certs/ca.crt

@@ -15,6 +15,7 @@ import ssl
 from typing import Protocol
 
 __all__ = [
+    "PLAIN_HTTP",
     "StdlibSession",
     "TLSClosed",
     "TLSFailure",
@@ -43,6 +44,10 @@ _VERIFY_REASONS = {
     11: "crl",  # CRL not yet valid
     12: "crl",  # CRL has expired
 }
+
+
+# OpenSSL's HTTP_REQUEST: the first bytes were "GET ", "POST ", "HEAD " or "PUT ".
+PLAIN_HTTP = "plain HTTP sent to the TLS port"
 
 
 class TLSFailure(Exception):
@@ -81,7 +86,7 @@ def failure_from_openssl_reason(reason: str, *, otherwise: str) -> TLSFailure:
     if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
         return TLSFailure("no_client_cert", "the client sent no certificate")
     if reason in ("HTTP_REQUEST", "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL"):
-        detail = "plain HTTP sent to the TLS port" if reason == "HTTP_REQUEST" else "not TLS"
+        detail = PLAIN_HTTP if reason == "HTTP_REQUEST" else "not TLS"
         return TLSFailure("not_tls", detail)
     if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
         return TLSFailure("peer_alert", "the client refused: " + reason.lower())

@@ -32,6 +32,7 @@ from typing import Any
 
 from mtlskit.errors import ServerError
 from mtlskit.identity import AccessPolicy
+from mtlskit.logs import log_to_stderr
 from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
 from mtlskit.server.asgi_types import ASGIApp
 from mtlskit.server.config import ServerConfig
@@ -275,7 +276,13 @@ def _raise_open_files_limit() -> None:
 
 
 def run(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does."""
+    """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does.
+
+    It logs what the command line logs (``listen on …``, one line per request and per
+    refused handshake) to stderr, unless the program has configured logging itself:
+    then the lines go to the ``mtlskit.server`` logger, at INFO, like any other.
+    """
+    log_to_stderr(unless_configured=True)
     holder, app = prepare(config)
     _raise_open_files_limit()
     _install_uvloop()

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any, cast
 
 import httptools
 
 from mtlskit.identity import PeerIdentity
-from mtlskit.server.engine import TLSClosed, TLSFailure, TLSSession
+from mtlskit.server.engine import PLAIN_HTTP, TLSClosed, TLSFailure, TLSSession
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.tlsstate import TLSState
 
@@ -46,6 +47,10 @@ def error_response(status: int, text: str) -> bytes:
 RESPONSE_400 = error_response(400, "bad request")
 RESPONSE_431 = error_response(431, "request header fields too large")
 RESPONSE_403 = error_response(403, "forbidden: your certificate is not allowed here")
+_HTTP_REQUEST = re.compile(rb"[A-Z]{3,20} [!-~]")  # a request line's method, then a space
+RESPONSE_PLAIN_HTTP = error_response(
+    400, "this port speaks HTTPS with client certificates: use https:// and a client certificate"
+)
 
 
 class HelloResponses:
@@ -150,7 +155,7 @@ class BaseProtocol(asyncio.Protocol):
                 self.flush()
         except TLSFailure as failure:
             if self.handshaking:
-                self._handshake_failed(failure)
+                self._handshake_failed(failure, data)
             else:
                 self._tls_broken()
         except TLSClosed:
@@ -205,7 +210,10 @@ class BaseProtocol(asyncio.Protocol):
         self.server_state.stats.handshakes_ok += 1
         self.parser = httptools.HttpRequestParser(self)
 
-    def _handshake_failed(self, failure: TLSFailure) -> None:
+    def _handshake_failed(self, failure: TLSFailure, data: bytes = b"") -> None:
+        if failure.reason == "not_tls" and _HTTP_REQUEST.match(data):
+            # Each engine's OpenSSL knows other methods (3.0: GET, POST, HEAD, PUT).
+            failure = TLSFailure("not_tls", PLAIN_HTTP)
         self.server_state.stats.handshake_failed(failure.reason)
         if failure.reason not in ("eof", "timeout"):
             log.info(
@@ -215,7 +223,11 @@ class BaseProtocol(asyncio.Protocol):
                 failure.reason,
             )
         self.closed = True
-        self._send_output()  # the alert tells the client why
+        if failure.detail == PLAIN_HTTP and self.transport is not None:
+            # As nginx: a plain-HTTP client reads a 400 that says why, not an empty reply.
+            self.transport.write(RESPONSE_PLAIN_HTTP)
+        else:
+            self._send_output()  # the alert tells the client why
         if self.transport is not None:
             self.transport.close()
 
