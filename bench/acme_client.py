@@ -74,7 +74,7 @@ def sign(
     payload: bytes,
     key: Any,
     *,
-    url: str,
+    url: str | None,
     nonce: str | None,
     kid: str | None,
     alg: str | None = None,
@@ -82,7 +82,7 @@ def sign(
     embed_jwk: JWK | None = None,
 ) -> dict[str, Any]:
     """A flattened JWS as ACME wants it: everything in the protected header."""
-    fields: dict[str, Any] = {"url": url}
+    fields: dict[str, Any] = {} if url is None else {"url": url}
     if nonce is not None:
         fields["nonce"] = nonce
     if kid is not None:
@@ -280,9 +280,10 @@ class AcmeClient:
             responder.add(
                 authz["identifier"]["value"], chall["token"], self.key_authorization(chall["token"])
             )
-            self.post(chall["url"], {})
-            self.poll(authz_url, until=("valid",))
-        order = self.poll(order_url, until=("ready", "valid"))
+            # As lego does: a challenge answered "valid" needs no polling of its authz.
+            if self.post(chall["url"], {}).json()["status"] != "valid":
+                self.poll(authz_url, until=("valid",))
+        # Every authorization is valid, so the order is ready: finalize at once (as lego).
         key = cert_key or ec.generate_private_key(ec.SECP256R1())
         csr = make_csr(key, names)
         order = self.post(order["finalize"], {"csr": encode_b64jose(csr)}).json()

@@ -22,6 +22,9 @@ if [ "$mode" = --test ]; then
   command -v certbot >/dev/null || need_apt+=(certbot)
   command -v lego >/dev/null || need_apt+=(lego)
   command -v pebble >/dev/null || need_apt+=(pebble)
+  # mtlskit proxy's bench peers: stunnel, and nginx's stream module (L4 with ssl_verify_client).
+  command -v stunnel4 >/dev/null || need_apt+=(stunnel4)
+  [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream)
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} (apt)" >&2
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

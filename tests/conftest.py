@@ -23,7 +23,7 @@ from tests.support.processes import (
 )
 
 # Fixtures that live beside their helpers (registered here, never imported by tests).
-pytest_plugins = ["tests.support.client"]
+pytest_plugins = ["tests.support.client", "tests.support.acme"]
 
 
 @pytest.fixture

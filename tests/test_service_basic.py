@@ -61,7 +61,7 @@ def test_anonymous_routes_bootstrap_and_crl(
     assert roots.status == 200 and roots.body == (out / "ca.crt").read_bytes()
     crl_resp = service.get("/crl", anon)
     assert crl_resp.status == 200
-    assert crl_resp.headers["content-type"] == "application/pkix-crl"
+    assert crl_resp.header("content-type") == "application/pkix-crl"
     crl = x509.load_der_x509_crl(crl_resp.body)
     assert crl.issuer == ca_cert.subject
     assert crl.is_signature_valid(ca_cert.public_key())  # type: ignore[arg-type]
@@ -261,5 +261,5 @@ def test_optional_needs_valid_value() -> None:
 def test_error_json_shape(ca_dir: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     service = start_service(procs, ca_dir)
     resp = service.post("/enroll", {"token": "x"})
-    assert resp.status == 400 and resp.headers["content-type"] == "application/json"
+    assert resp.status == 400 and resp.header("content-type") == "application/json"
     assert error_of(resp) == "malformed request: 'csr' is missing or not a string"

@@ -113,7 +113,7 @@ def test_sqlite_unwritable_gives_503_then_recovers(
     immutable.extend(files)
     resp = service.post("/enroll", {"token": tok, "csr": csr()})
     assert resp.status == 503, resp.body
-    assert resp.headers["retry-after"].isdigit()
+    assert resp.header("retry-after").isdigit()
     assert "database is unavailable; nothing was issued" in error_of(resp)
     assert metrics(mport)["mtlskit_ca_db_errors_total"] >= 1
     _chattr("-i", *files)
@@ -162,7 +162,7 @@ def test_postgresql_down_gives_503_then_recovers(
 
     subprocess.run(["bash", str(POSTGRES_SH), "stop", str(folder)], check=True, capture_output=True)
     health = service.get("/healthz")
-    assert health.status == 503 and health.headers["retry-after"].isdigit()
+    assert health.status == 503 and health.header("retry-after").isdigit()
     resp = service.post("/enroll", {"token": later, "csr": csr()})
     assert resp.status == 503 and "nothing was issued" in error_of(resp)
 

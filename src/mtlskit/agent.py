@@ -36,7 +36,15 @@ from pathlib import Path
 
 from cryptography import x509
 
-from mtlskit.errors import ConfigError, HandshakeError, MtlsError, PKIError, RefusedError
+from mtlskit.errors import (
+    ConfigError,
+    HandshakeError,
+    MtlsError,
+    NetworkError,
+    PKIError,
+    ProtocolError,
+    RefusedError,
+)
 
 __all__ = ["Agent", "AgentConfig", "Outcome"]
 
@@ -194,8 +202,10 @@ class Agent:
         while True:
             try:
                 return self.renew()
-            except (HandshakeError, RefusedError) as exc:
-                retryable = isinstance(exc, HandshakeError) or exc.status in (429, 503)
+            except (NetworkError, HandshakeError, ProtocolError, RefusedError) as exc:
+                # The CA down, unreachable, mid-restart or busy: worth another try. A
+                # refusal for any other reason (403: revoked, other names …) is final.
+                retryable = not isinstance(exc, RefusedError) or exc.status in (429, 503)
                 attempt += 1
                 if not retryable or (cfg.retries is not None and attempt > cfg.retries):
                     raise

@@ -13,17 +13,15 @@ of band, as ``step ca bootstrap`` does), then checks that the server's own
 certificate chains to that root. Every later request verifies the server against
 ``ca.crt``. Nothing is ever trusted on first use silently.
 
-Plain :mod:`http.client` over an :class:`ssl.SSLContext` from :mod:`mtlskit.tls`:
-one JSON request per connection, no dependency.
+Requests go through :func:`mtlskit.client.request` (the one HTTP client path) over
+an :class:`ssl.SSLContext` from :mod:`mtlskit.tls`: one JSON request per connection.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +30,12 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mtlskit.errors import ConfigError, HandshakeError, PKIError, RefusedError, VerificationError
+from mtlskit.client import Response
+from mtlskit.client import request as client_request
+from mtlskit.errors import ConfigError, PKIError, RefusedError, VerificationError
 from mtlskit.tls import client_context, pinning_context
 
 __all__ = [
-    "Response",
     "bootstrap",
     "check_fingerprint",
     "fetch_roots",
@@ -45,39 +44,32 @@ __all__ = [
 ]
 
 TIMEOUT = 30.0
-MAX_RESPONSE = 1024 * 1024
 
 PathLike = str | os.PathLike[str]
 
 
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> dict[str, object]:
-        try:
-            value = json.loads(self.body)
-        except ValueError:
-            raise RefusedError(
-                f"the CA service answered {self.status} with something that is not JSON",
-                status=self.status,
-            ) from None
-        if not isinstance(value, dict):
-            raise RefusedError("the CA service answered with unexpected JSON", status=self.status)
-        return value
+def _json(resp: Response) -> dict[str, object]:
+    try:
+        value = json.loads(resp.body)
+    except ValueError:
+        raise RefusedError(
+            f"the CA service answered {resp.status} with something that is not JSON",
+            status=resp.status,
+        ) from None
+    if not isinstance(value, dict):
+        raise RefusedError("the CA service answered with unexpected JSON", status=resp.status)
+    return value
 
 
-def _split(url: str) -> tuple[str, int, str]:
+def _base(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise ConfigError(f"{url!r} is not an https:// URL", hint="e.g. https://ca.internal:9443")
     try:
-        port = parts.port or 443
+        parts.port  # noqa: B018 - a bad port raises here, with the URL in the message
     except ValueError:
         raise ConfigError(f"{url!r} has a bad port") from None
-    return parts.hostname, port, parts.path.rstrip("/")
+    return url.rstrip("/")
 
 
 def request(
@@ -89,43 +81,17 @@ def request(
     body: object | None = None,
     timeout: float = TIMEOUT,
 ) -> Response:
-    """One HTTPS request to the CA service at ``url``; connection and TLS failures are
-    one :class:`~mtlskit.errors.HandshakeError` line."""
-    host, port, base = _split(url)
-    conn = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
-    data = None if body is None else json.dumps(body).encode()
+    """One HTTPS request to the CA service at ``url``, through :func:`mtlskit.client.request`
+    (the one client path): a failure to get an answer is one error of the client's tree
+    (:class:`~mtlskit.errors.NetworkError`, :class:`~mtlskit.errors.HandshakeError`, …)."""
     headers = {"Accept": "application/json"}
-    if data is not None:
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    where = f"{host}:{port}"
-    try:
-        conn.request(method, base + path, body=data, headers=headers)
-        resp = conn.getresponse()
-        payload = resp.read(MAX_RESPONSE + 1)
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
-    except ssl.SSLCertVerificationError as exc:
-        raise HandshakeError(
-            f"the CA service at {where} is not trusted: {exc.verify_message}",
-            hint="check the URL and ca.crt (mtlskit ca bootstrap URL --fingerprint FP)",
-        ) from None
-    except ssl.SSLError as exc:
-        raise HandshakeError(
-            f"TLS with the CA service at {where} failed: {exc.reason or exc}",
-            hint="check the URL and the client certificate",
-        ) from None
-    except (ConnectionRefusedError, socket.gaierror, TimeoutError, OSError) as exc:
-        why = exc.strerror or str(exc) or type(exc).__name__
-        raise HandshakeError(
-            f"cannot reach the CA service at {where}: {why}",
-            hint="check the URL and that mtlskit ca serve runs",
-        ) from None
-    except http.client.HTTPException as exc:
-        raise HandshakeError(
-            f"the CA service at {where} broke the connection: {type(exc).__name__}",
-            hint="check the URL",
-        ) from None
-    finally:
-        conn.close()
+    return client_request(
+        method, _base(url) + path, context=context, headers=headers, data=data, timeout=timeout
+    )
 
 
 def raise_for_status(resp: Response, what: str) -> None:
@@ -136,7 +102,7 @@ def raise_for_status(resp: Response, what: str) -> None:
         message = str(json.loads(resp.body).get("error") or "")
     except (ValueError, AttributeError):
         message = ""
-    retry = resp.headers.get("retry-after")
+    retry = resp.header("retry-after")
     retry_after = int(retry) if retry and retry.isdigit() else None
     text = message or resp.body[:200].decode("utf-8", "replace").strip() or "no details"
     raise RefusedError(
@@ -246,7 +212,7 @@ class Issued:
 
 def _issued(resp: Response, what: str) -> Issued:
     raise_for_status(resp, what)
-    data = resp.json()
+    data = _json(resp)
     try:
         chain = str(data["certificate"]).encode("ascii")
         ca = str(data["ca"]).encode("ascii")
@@ -262,7 +228,7 @@ def token_info(url: str, token: str, context: ssl.SSLContext) -> dict[str, objec
     """What ``token`` allows (name, sans, profile, expires_at), without spending it."""
     resp = request(url, "/enroll/info", context, method="POST", body={"token": token})
     raise_for_status(resp, "enrollment")
-    return resp.json()
+    return _json(resp)
 
 
 def enroll_csr(url: str, token: str, csr_pem: bytes, context: ssl.SSLContext) -> Issued:

@@ -15,6 +15,7 @@ import shutil
 import ssl
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class AcmeServer:
     workdir: Path
     service: Service | None = None
     mgmt_port: int | None = None  # pebble's management interface
+    metrics_port: int | None = None
 
     def issuing_root(self) -> Path:
         """The root that certificates from this server chain to (pebble makes a new
@@ -188,3 +190,29 @@ def cert_status(ca_dir: Path, serial: str) -> str:
         return str(row["status"]) if row else "missing"
     finally:
         db.close()
+
+
+@pytest.fixture(scope="module")
+def module_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes shared by a module's tests (one server for many tests), stopped at its end."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.terminate()
+    for p in started:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def problem_type(response: httpx.Response) -> str:
+    """The ACME error type of a problem document (``badNonce``), checking its shape."""
+    assert response.headers["content-type"].startswith("application/problem+json"), response.text
+    assert response.headers.get("Replay-Nonce"), "every ACME response carries a nonce"
+    doc = response.json()
+    assert doc["type"].startswith("urn:ietf:params:acme:error:"), doc
+    assert doc["detail"] and "Traceback" not in response.text
+    return str(doc["type"]).rsplit(":", 1)[1]

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtlskit.caclient import Response, request
+from mtlskit.caclient import request
+from mtlskit.client import Response
 from mtlskit.tls import client_context
 from tests.support.processes import ROOT, free_port, run_cli, wait_for_port
 

@@ -137,15 +137,24 @@ class TLSSession(Protocol):
 
 
 class StdlibSession:
-    """:class:`TLSSession` over ``ssl.SSLObject`` and two ``ssl.MemoryBIO``."""
+    """:class:`TLSSession` over ``ssl.SSLObject`` and two ``ssl.MemoryBIO``.
+
+    A server's side by default; with ``server_hostname`` the client's (the proxy's
+    client mode), which verifies that name as ``context`` says.
+    """
 
     __slots__ = ("_in", "_obj", "_out", "peer_closed")
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, server_hostname: str | None = None) -> None:
         self.peer_closed = False
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_side=True)
+        self._obj = context.wrap_bio(
+            self._in,
+            self._out,
+            server_side=server_hostname is None,
+            server_hostname=server_hostname,
+        )
 
     def feed(self, data: bytes) -> None:
         self._in.write(data)

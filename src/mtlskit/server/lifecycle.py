@@ -37,11 +37,11 @@ from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
 from mtlskit.server.asgi_types import ASGIApp
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.metrics import serve_metrics
-from mtlskit.server.protocol import BaseProtocol, HelloProtocol, HelloResponses
+from mtlskit.server.protocol import HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
-from mtlskit.server.tlsstate import ContextHolder
+from mtlskit.server.tlsstate import ContextHolder, TLSState
 
 if sys.platform != "win32":
     import resource
@@ -51,6 +51,11 @@ __all__ = ["Server", "run"]
 log = logging.getLogger("mtlskit.server")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Makes the protocol of each accepted connection; the default serves HTTP (hello world or
+# the app), the proxy passes its own (mtlskit.proxy). The protocol registers itself in
+# the ServerState as a Connection, which the sweeper and the drain act on.
+ProtocolFactory = Callable[[ServerState, ConnectionRules, TLSState], asyncio.Protocol]
 
 
 def _install_uvloop() -> None:
@@ -71,8 +76,10 @@ class Server:
         *,
         app: ASGIApp | None = None,
         stats: Stats | None = None,
+        protocol: ProtocolFactory | None = None,
     ) -> None:
         self.config = config
+        self.protocol = protocol
         self.holder = holder
         self.stats = stats if stats is not None else holder.stats
         self.state = ServerState(self.stats)
@@ -114,7 +121,7 @@ class Server:
         self.sockets = [s for srv in self._servers for s in getattr(srv, "sockets", ())]
         self._sweeper = loop.create_task(self._sweep())
 
-    def _protocol_factory(self) -> Callable[[], BaseProtocol]:
+    def _protocol_factory(self) -> Callable[[], asyncio.Protocol]:
         """Called at each accept: the connection handshakes with the TLS state current then."""
         state, rules, holder, hosted, hello = (
             self.state,
@@ -123,6 +130,9 @@ class Server:
             self.hosted,
             self.hello,
         )
+        protocol = self.protocol
+        if protocol is not None:
+            return lambda: protocol(state, rules, holder.current)
         if hosted is not None:
             return lambda: ASGIProtocol(state, rules, holder.current, hosted)
         assert hello is not None
@@ -244,9 +254,10 @@ async def _serve_worker(
     app: ASGIApp | None,
     *,
     reuse_port: bool,
-    announce: bool,
+    announce: str | None,
+    protocol: ProtocolFactory | None = None,
 ) -> None:
-    server = Server(config, holder, app=app)
+    server = Server(config, holder, app=app, protocol=protocol)
     await server.start(reuse_port=reuse_port)
     async with (
         watch_files(holder, config.watch_interval, rotate_every=config.ticket_key_rotation),
@@ -259,7 +270,7 @@ async def _serve_worker(
         ),
     ):
         if announce:
-            log.info("listen on %s", config.url)
+            log.info("%s", announce)
         await server.serve()
 
 
@@ -275,21 +286,39 @@ def _raise_open_files_limit() -> None:
         pass
 
 
-def run(config: ServerConfig) -> None:
+def run(
+    config: ServerConfig,
+    *,
+    protocol: ProtocolFactory | None = None,
+    banner: str | None = None,
+    holder: ContextHolder | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM: what ``mtlskit serve`` does.
+
+    ``protocol`` replaces the HTTP protocol of each connection (the proxy's); ``banner``
+    the ``listen on …`` line logged once listening; ``holder`` the TLS state built from
+    ``config``'s files (the proxy's client mode holds a client's).
 
     It logs what the command line logs (``listen on …``, one line per request and per
     refused handshake) to stderr, unless the program has configured logging itself:
     then the lines go to the ``mtlskit.server`` logger, at INFO, like any other.
     """
     log_to_stderr(unless_configured=True)
-    holder, app = prepare(config)
+    if holder is None:
+        holder, app = prepare(config)
+    else:
+        app = None
     _raise_open_files_limit()
     _install_uvloop()
     if config.workers == 1:
-        asyncio.run(_serve_worker(config, holder, app, reuse_port=False, announce=True))
+        announce = banner or f"listen on {config.url}"
+        asyncio.run(
+            _serve_worker(
+                config, holder, app, reuse_port=False, announce=announce, protocol=protocol
+            )
+        )
         return
-    _supervise(config, holder, app)
+    _supervise(config, holder, app, protocol=protocol, banner=banner)
 
 
 def _check_port(config: ServerConfig) -> socket.socket:
@@ -310,26 +339,41 @@ def _check_port(config: ServerConfig) -> socket.socket:
 
 
 def _worker_main(
-    config: ServerConfig, holder: ContextHolder, app: ASGIApp | None, probe: socket.socket
+    config: ServerConfig,
+    holder: ContextHolder,
+    app: ASGIApp | None,
+    probe: socket.socket,
+    protocol: ProtocolFactory | None = None,
 ) -> None:
     probe.close()  # the supervisor's port check, inherited by fork
     for sig in (*_STOP_SIGNALS, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     _install_uvloop()
     try:
-        asyncio.run(_serve_worker(config, holder, app, reuse_port=True, announce=False))
+        asyncio.run(
+            _serve_worker(config, holder, app, reuse_port=True, announce=None, protocol=protocol)
+        )
     except ServerError as exc:
         log.error("error: %s", exc.one_line())
         sys.exit(1)
 
 
-def _supervise(config: ServerConfig, holder: ContextHolder, app: ASGIApp | None) -> None:
+def _supervise(
+    config: ServerConfig,
+    holder: ContextHolder,
+    app: ASGIApp | None,
+    *,
+    protocol: ProtocolFactory | None = None,
+    banner: str | None = None,
+) -> None:
     probe = _check_port(config)
     # Fork (not spawn): the workers inherit the loaded app and contexts. Nothing runs
     # an event loop or a thread in this process yet.
     mp = multiprocessing.get_context("fork")
     workers = [
-        mp.Process(target=_worker_main, args=(config, holder, app, probe), name=f"worker-{i}")
+        mp.Process(
+            target=_worker_main, args=(config, holder, app, probe, protocol), name=f"worker-{i}"
+        )
         for i in range(config.workers)
     ]
     stopping = False
@@ -348,7 +392,7 @@ def _supervise(config: ServerConfig, holder: ContextHolder, app: ASGIApp | None)
         for w in workers:
             w.start()
         probe.close()
-        log.info("listen on %s (%d workers)", config.url, config.workers)
+        log.info("%s (%d workers)", banner or f"listen on {config.url}", config.workers)
         failed = 0
         while any(w.exitcode is None for w in workers):
             wait_for_sentinels([w.sentinel for w in workers if w.exitcode is None], timeout=1.0)

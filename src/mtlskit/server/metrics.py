@@ -112,6 +112,16 @@ def render(stats: Stats, holder: ContextHolder | None = None, *, now: float | No
         "Reloads of the certificate, key, CA bundle and CRL, by result.",
         [({"result": "ok"}, snap["reloads_ok"]), ({"result": "failed"}, snap["reloads_failed"])],
     )
+    out.metric(
+        "mtlskit_upstream_connections_total",
+        "counter",
+        "Connections mtlskit proxy opened to its target, by result (failed: refused, "
+        "unreachable, timed out).",
+        [
+            ({"result": "ok"}, snap["upstream_ok"]),
+            ({"result": "failed"}, snap["upstream_failed"]),
+        ],
+    )
     if holder is not None:
         _state_metrics(out, holder, now)
     return "\n".join(out.lines) + "\n"

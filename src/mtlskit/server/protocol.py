@@ -33,7 +33,14 @@ log = logging.getLogger("mtlskit.server")
 
 HELLO_BODY = b"hello world \n"
 
-_REASONS = {400: b"Bad Request", 403: b"Forbidden", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    400: b"Bad Request",
+    403: b"Forbidden",
+    405: b"Method Not Allowed",
+    431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+    504: b"Gateway Timeout",
+}
 
 
 def error_response(status: int, text: str) -> bytes:
@@ -159,9 +166,9 @@ class BaseProtocol(asyncio.Protocol):
             else:
                 self._tls_broken()
         except TLSClosed:
-            self.close()
+            self.tls_closed()
         except Exception as exc:  # a bug of ours: one line, never the peer's bytes in a traceback
-            log.error("internal error on a connection from %s: %r", self._peer_text(), exc)
+            log.error("internal error on a connection from %s: %r", self.peer_text(), exc)
             log.debug("internal error", exc_info=True)
             self.abort()
 
@@ -208,7 +215,17 @@ class BaseProtocol(asyncio.Protocol):
     def _handshake_done(self) -> None:
         self.handshaking = False
         self.server_state.stats.handshakes_ok += 1
+        self.start_application()
+
+    def start_application(self) -> None:
+        """The handshake is done: start what runs over TLS (HTTP/1.1 here; the proxy's
+        L4 mode forwards bytes instead)."""
         self.parser = httptools.HttpRequestParser(self)
+
+    def tls_closed(self) -> None:
+        """The peer's close_notify came with no data before it: close (the proxy's L4
+        mode half-closes instead)."""
+        self.close()
 
     def _handshake_failed(self, failure: TLSFailure, data: bytes = b"") -> None:
         if failure.reason == "not_tls" and _HTTP_REQUEST.match(data):
@@ -218,7 +235,7 @@ class BaseProtocol(asyncio.Protocol):
         if failure.reason not in ("eof", "timeout"):
             log.info(
                 "TLS handshake error from %s: %s (%s)",
-                self._peer_text(),
+                self.peer_text(),
                 failure.detail,
                 failure.reason,
             )
@@ -325,10 +342,8 @@ class BaseProtocol(asyncio.Protocol):
         self.head_began = False
         try:
             self.parser.feed_data(plain)
-        except httptools.HttpParserUpgrade:
-            # No protocol switching (WebSocket, CONNECT): answer what was parsed, then close.
-            self.refuse_upgrade()
-            self.close_after_response()
+        except httptools.HttpParserUpgrade as exc:
+            self.upgrade_requested(plain[exc.args[0] :])
             return
         except httptools.HttpParserCallbackError:
             if self.error_status:
@@ -347,6 +362,13 @@ class BaseProtocol(asyncio.Protocol):
             self.head_bytes += len(plain)
             if self.head_bytes > self.rules.max_header_bytes:
                 self.http_error(431)
+
+    def upgrade_requested(self, rest: bytes) -> None:
+        """The last request parsed asks to switch protocols (Upgrade, CONNECT); ``rest`` is
+        what followed its head in this chunk. The server does not switch: it answers what
+        was parsed, then closes (the proxy's L7 mode tunnels instead)."""
+        self.refuse_upgrade()
+        self.close_after_response()
 
     def refuse_upgrade(self) -> None:
         """The last request asked to switch protocols: its response must say close."""
@@ -405,7 +427,7 @@ class BaseProtocol(asyncio.Protocol):
             log.warning(
                 "refused %s from %s: no --allow-cn/--allow-san rule matches",
                 who,
-                self._peer_text(),
+                self.peer_text(),
             )
         self.allowed = allowed
         return allowed
@@ -457,7 +479,7 @@ class BaseProtocol(asyncio.Protocol):
             self._peer = self.transport.get_extra_info("peername")
         return self._peer
 
-    def _peer_text(self) -> str:
+    def peer_text(self) -> str:
         peer = self.peer
         return f"{peer[0]}:{peer[1]}" if peer else "?"
 

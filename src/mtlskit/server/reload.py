@@ -19,9 +19,10 @@ completely before it is swapped in (:meth:`ContextHolder.reload`); a broken
 replacement is refused with one log line and the old state keeps serving.
 
 :func:`checked_build` also refuses what OpenSSL would load without complaint but
-then fail every handshake with: an expired or not yet valid server certificate,
-a CA bundle whose certificates have all expired, a CRL signed by another key
-than the CA's, or a CRL past its nextUpdate.
+then fail every handshake with: an expired or not yet valid server certificate, one
+whose extendedKeyUsage excludes serverAuth, a CA bundle that holds no CA or whose
+certificates have all expired, a CRL signed by another key than the CA's, or a CRL
+past its nextUpdate.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "FileWatcher",
     "LoadedFacts",
     "check_files",
+    "check_roles",
     "checked_build",
     "facts_of",
     "watch_files",
@@ -95,7 +97,6 @@ def check_files(
     """
     now = now or dt.datetime.now(dt.UTC)
     leaf = read_certificates(cert)[0]
-    _check_server_purpose(leaf, cert)
     if leaf.not_valid_after_utc < now:
         raise PKIError(
             f"server certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
@@ -109,14 +110,6 @@ def check_files(
             hint="check the clocks of this machine and the CA's",
         )
     cas = tuple(read_certificates(ca, "CA certificate"))
-    if not any(can_anchor_trust(c) for c in cas):
-        names = "; ".join(c.subject.rfc4514_string() for c in cas)
-        raise PKIError(
-            f"the CA file holds no CA certificate ({names}: no basicConstraints CA:TRUE): "
-            "no client could connect",
-            file=ca,
-            hint="pass the CA that issues the client certificates (its ca.crt) with --ca",
-        )
     if all(c.not_valid_after_utc < now for c in cas):
         raise PKIError(
             "every CA certificate in the bundle has expired: no client could connect",
@@ -130,11 +123,20 @@ def check_files(
     return LoadedFacts(leaf, cas, revocations)
 
 
-def _check_server_purpose(leaf: x509.Certificate, path: PathLike) -> None:
-    """Refuse a certificate whose extendedKeyUsage excludes TLS servers: clients would
-    refuse every handshake (one without the extension may serve, as in OpenSSL)."""
+def check_roles(facts: LoadedFacts, cert: PathLike, ca: PathLike) -> None:
+    """Refuse a server certificate whose extendedKeyUsage excludes TLS servers (clients
+    would refuse every handshake; one without the extension may serve, as in OpenSSL)
+    and a CA file that holds no CA (the server would refuse every client)."""
+    if not any(can_anchor_trust(c) for c in facts.ca_certs):
+        names = "; ".join(c.subject.rfc4514_string() for c in facts.ca_certs)
+        raise PKIError(
+            f"the CA file holds no CA certificate ({names}: no basicConstraints CA:TRUE): "
+            "no client could connect",
+            file=ca,
+            hint="pass the CA that issues the client certificates (its ca.crt) with --ca",
+        )
     try:
-        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        usages = facts.server_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return
     if ExtendedKeyUsageOID.SERVER_AUTH in usages:
@@ -144,7 +146,7 @@ def _check_server_purpose(leaf: x509.Certificate, path: PathLike) -> None:
     raise PKIError(
         f"not a server certificate: its extendedKeyUsage has no serverAuth ({eku_names(list(usages))}), so "
         "clients refuse it",
-        file=path,
+        file=cert,
         hint="issue a server certificate: mtlskit issue server NAME (or --profile server-client)",
     )
 
@@ -161,6 +163,7 @@ def checked_build(
 ) -> TLSState:
     """:func:`~mtlskit.server.tlsstate.build_state` after :func:`check_files`."""
     facts = check_files(cert, key, ca, crl)
+    check_roles(facts, cert, ca)
     state = build_state(
         cert,
         key,

@@ -30,7 +30,8 @@ HANDSHAKE_FAILURE_REASONS = (
 
 
 class Stats:
-    """Handshakes by outcome, requests by result, open connections, reloads."""
+    """Handshakes by outcome, requests by result, open connections, reloads, and the
+    proxy's connections to its target."""
 
     __slots__ = (
         "bad_requests",
@@ -42,6 +43,8 @@ class Stats:
         "reloads_ok",
         "requests",
         "requests_refused",
+        "upstream_failed",
+        "upstream_ok",
     )
 
     def __init__(self) -> None:
@@ -54,6 +57,8 @@ class Stats:
         self.bad_requests = 0  # 400/431: malformed or oversized requests
         self.reloads_ok = 0
         self.reloads_failed = 0
+        self.upstream_ok = 0  # the proxy's connections to its target: opened
+        self.upstream_failed = 0  # … and failed (refused, unreachable, timed out)
 
     def handshake_failed(self, reason: str) -> None:
         self.handshake_failures[reason] = self.handshake_failures.get(reason, 0) + 1
@@ -70,4 +75,6 @@ class Stats:
             "bad_requests": self.bad_requests,
             "reloads_ok": self.reloads_ok,
             "reloads_failed": self.reloads_failed,
+            "upstream_ok": self.upstream_ok,
+            "upstream_failed": self.upstream_failed,
         }

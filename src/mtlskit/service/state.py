@@ -15,6 +15,7 @@ its own connection.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mtlskit.database import Database
+from mtlskit.database import Database, Transaction
 from mtlskit.errors import PKIError, RefusedError
 from mtlskit.pki.ca import CA, cert_pem
 from mtlskit.pki.inventory import Inventory, create_inventory, format_time, issued_by
@@ -143,14 +144,15 @@ class ServiceState:
 
     # -- rate limits -----------------------------------------------------------------
 
-    def check_rate(self, *keys: str) -> None:
+    def check_rate(self, *keys: str, tx: Transaction | None = None) -> None:
         """Count one request for each key (``addr:1.2.3.4``, ``token:…``, ``account:…``)
         in this minute's window, shared by every replica through the database; refuse
-        with 429 and Retry-After once a key is past ``--rate-limit``."""
+        with 429 and Retry-After once a key is past ``--rate-limit``. Within ``tx`` when
+        given (ACME counts in the transaction that spends the request's nonce)."""
         now = self.now()
         window = now.replace(second=0, microsecond=0)
         counts = []
-        with self.db.transaction() as tx:
+        with contextlib.nullcontext(tx) if tx is not None else self.db.transaction() as tx:
             for key in keys:
                 row = tx.one(
                     "INSERT INTO rate_limits (key, window_start, count) VALUES (?, ?, 1) "

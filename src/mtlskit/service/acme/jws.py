@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,7 @@ __all__ = [
 ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "RS256", "EdDSA")
 EAB_ALGORITHMS: tuple[str, ...] = ("HS256", "HS384", "HS512")
 MIN_RSA_BITS = 2048
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _CURVE_OF_ALG = {"ES256": "secp256r1", "ES384": "secp384r1"}
 
 
@@ -197,7 +199,7 @@ def parse_jws(
             "malformed",
             f"the request must be a flattened JWS with protected, payload and signature ({what})",
         )
-    if not all(isinstance(obj[k], str) for k in keys):
+    if not all(isinstance(obj[k], str) and _BASE64URL.fullmatch(obj[k]) for k in keys):
         raise AcmeProblem("malformed", "the JWS members must be base64url strings")
     # The algorithm first, so that an unsupported one is named as such.
     try:

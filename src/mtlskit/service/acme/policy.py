@@ -147,7 +147,7 @@ def parse_policy(entries: Iterable[str]) -> NamePolicy:
             raise ConfigError(f"invalid --acme-allow {entry!r}", hint=hint)
         if kind == "IP":
             try:
-                networks.append(ipaddress.ip_network(value, strict=True))
+                networks.append(ipaddress.ip_network(value, strict=False))
             except ValueError as exc:
                 raise ConfigError(f"invalid --acme-allow {entry!r}: {exc}", hint=hint) from None
             continue

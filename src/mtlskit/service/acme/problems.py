@@ -53,6 +53,7 @@ class AcmeProblem(Exception):
         identifier: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        nonce: str | None = None,
     ) -> None:
         super().__init__(detail)
         if type not in _STATUS:
@@ -65,6 +66,8 @@ class AcmeProblem(Exception):
         self.identifier = identifier
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
+        # The Replay-Nonce of the reply, when the refused request already minted one.
+        self.nonce = nonce
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"type": NS + self.type, "detail": self.detail}

@@ -1,23 +1,26 @@
 """The ACME resources (RFC 8555 section 7): what each URL does with a verified request.
 
 Each public method handles one resource and returns a :class:`Reply`; the route
-wrapper in :mod:`mtlskit.service.acme` reads the body, runs the method in the
+wrapper in :mod:`mtlskit.service.acme.routes` reads the body, runs the method in the
 thread pool, turns refusals into problem documents and adds a ``Replay-Nonce``.
 
-A signed request is checked in this order (:meth:`Acme.authenticate`): the JWS's
-shape and algorithm, its ``url`` against the URL it was sent to, ``jwk`` or
-``kid`` as the resource requires, then in one transaction the account, the
-signature, the nonce (used up), the rate limit, and the nonce for the reply.
+A signed request is checked in this order (:meth:`Acme.signed`): the JWS's shape
+and algorithm, its ``url`` against the URL it was sent to, ``jwk`` or ``kid`` as
+the resource requires, then in one transaction the account, the signature, the
+nonce (used up), the rate limit, the nonce for the reply, and the resource's work.
 """
 
 from __future__ import annotations
 
 import binascii
+import contextlib
 import datetime as dt
 import logging
+import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +31,7 @@ from josepy.errors import DeserializationError
 from josepy.json_util import decode_b64jose
 from josepy.jwk import JWK
 
-from mtlskit.database import IntegrityError, Transaction
+from mtlskit.database import Transaction
 from mtlskit.errors import ConfigError, MtlsError, PKIError, RefusedError
 from mtlskit.pki.ca import cert_pem
 from mtlskit.pki.inventory import format_time, serial_hex
@@ -56,6 +59,8 @@ from mtlskit.service.issuance import check_csr, issue_from_csr
 from mtlskit.service.state import ServiceState
 
 __all__ = ["Acme", "Reply"]
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 log = logging.getLogger("mtlskit.service.acme")
 
@@ -86,6 +91,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     nonce: str | None = None
     media_type: str = "application/json"
+    # A validation this request started: the route waits a moment for it (without
+    # holding a thread), so a fast one is answered final and the client need not poll.
+    wait: Future[Challenge | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,7 @@ class Auth:
 
 
 def _b64decode(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not _BASE64URL.fullmatch(value):
         raise AcmeProblem("malformed", f"{what} must be a base64url string")
     try:
         return decode_b64jose(value)
@@ -171,8 +179,8 @@ class Acme:
 
     # -- authentication ------------------------------------------------------------------
 
-    def authenticate(self, incoming: Incoming, *, jwk: bool = False, kid: bool = True) -> Auth:
-        """Check a signed POST; see the module docstring for the order of the checks."""
+    def _parse(self, incoming: Incoming, *, jwk: bool, kid: bool) -> J.SignedRequest:
+        """The checks that need no database: shape, algorithm, url, nonce present, jwk/kid."""
         request = J.parse_jws(incoming.body)
         if request.url is None:
             raise AcmeProblem("malformed", "the JWS protected header has no url")
@@ -190,17 +198,30 @@ class Acme:
             raise AcmeProblem("malformed", "this resource needs a jwk (the account key), not a kid")
         if request.jwk is None and request.kid is None:
             raise AcmeProblem("malformed", "the JWS protected header has neither jwk nor kid")
+        if request.jwk is not None:
+            J.verify(request, request.jwk)
+        return request
+
+    @contextlib.contextmanager
+    def signed(
+        self, incoming: Incoming, *, jwk: bool = False, kid: bool = True
+    ) -> Iterator[tuple[Auth, Transaction]]:
+        """Authenticate a signed POST, then run the resource's work in the same transaction.
+
+        One transaction (one commit) per request: the account and its key, the signature,
+        the nonce used up, the rate limit counted, the reply's nonce, and the work. A
+        refusal (:class:`AcmeProblem`) from the work rolls back to a savepoint and still
+        commits the preamble, so a refused request spends its nonce like any other.
+        """
+        request = self._parse(incoming, jwk=jwk, kid=kid)
         account_id = None
         if request.kid is not None:
             account_prefix = self.url("acct") + "/"
             account_id = request.kid.removeprefix(account_prefix)
             if not request.kid.startswith(account_prefix) or "/" in account_id or not account_id:
                 raise AcmeProblem("accountDoesNotExist", f"no account at {request.kid}")
-        else:
-            assert request.jwk is not None
-            J.verify(request, request.jwk)
-        self._check_rate(f"account:{account_id}" if account_id else f"addr:{incoming.client}")
         now = self.now()
+        refused: AcmeProblem | None = None
         with self.transaction() as tx:
             account = None
             key = request.jwk
@@ -212,18 +233,29 @@ class Acme:
                     raise AcmeProblem("unauthorized", f"the account is {account.status}")
                 key = J.jwk_from_json(account.jwk)
                 J.verify(request, key)
+            assert key is not None and request.nonce is not None
             if not consume_nonce(tx, request.nonce, now):
                 raise AcmeProblem(
                     "badNonce", "the nonce was already used, has expired, or is not ours"
                 )
-            nonce = mint_nonce(tx, now)
-        assert key is not None
-        return Auth(request, key, account, nonce)
+            self._check_rate(
+                tx, f"account:{account_id}" if account_id else f"addr:{incoming.client}"
+            )
+            auth = Auth(request, key, account, mint_nonce(tx, now))
+            tx.execute("SAVEPOINT acme_work")
+            try:
+                yield auth, tx
+            except AcmeProblem as problem:
+                tx.execute("ROLLBACK TO SAVEPOINT acme_work")
+                problem.nonce = auth.nonce
+                refused = problem
+        if refused is not None:
+            raise refused
 
-    def _check_rate(self, key: str) -> None:
+    def _check_rate(self, tx: Transaction, key: str) -> None:
         """The service's per-account / per-address limit (shared by replicas via the DB)."""
         try:
-            self.state.check_rate(key)
+            self.state.check_rate(key, tx=tx)
         except RefusedError as exc:
             if exc.status != 429:
                 raise
@@ -274,40 +306,33 @@ class Acme:
         return list(value)
 
     def new_account(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming, jwk=True, kid=False)
-        payload = auth.request.json_payload()
-        thumb = J.thumbprint(auth.jwk)
-        with self.transaction() as tx:
+        with self.signed(incoming, jwk=True, kid=False) as (auth, tx):
+            payload = auth.request.json_payload()
+            thumb = J.thumbprint(auth.jwk)
             existing = Account.by_thumbprint(tx, thumb)
-        if existing is not None:
-            if existing.status != "valid":
-                raise AcmeProblem("unauthorized", f"the account is {existing.status}")
-            return self._account_reply(existing, auth)
-        if payload.get("onlyReturnExisting") is True:
-            raise AcmeProblem("accountDoesNotExist", "no account has this key")
-        contact = self._contacts(payload.get("contact", []))
-        eab_kid = self._check_eab(payload.get("externalAccountBinding"), auth, incoming)
-        account = Account(
-            id=new_id(),
-            thumbprint=thumb,
-            jwk=J.jwk_json(auth.jwk),
-            status="valid",
-            body={
-                "contact": contact,
-                "termsOfServiceAgreed": payload.get("termsOfServiceAgreed") is True,
-                "eab_kid": eab_kid,
-            },
-            created_at=format_time(self.now()),
-        )
-        try:
-            with self.transaction() as tx:
-                account.insert(tx)
-        except IntegrityError:  # the same key registered at the same moment elsewhere
-            with self.transaction() as tx:
-                raced = Account.by_thumbprint(tx, thumb)
-            if raced is None:
-                raise
-            return self._account_reply(raced, auth)
+            if existing is not None:
+                if existing.status != "valid":
+                    raise AcmeProblem("unauthorized", f"the account is {existing.status}")
+                return self._account_reply(existing, auth)
+            if payload.get("onlyReturnExisting") is True:
+                raise AcmeProblem("accountDoesNotExist", "no account has this key")
+            contact = self._contacts(payload.get("contact", []))
+            eab_kid = self._check_eab(payload.get("externalAccountBinding"), auth)
+            account = Account(
+                id=new_id(),
+                thumbprint=thumb,
+                jwk=J.jwk_json(auth.jwk),
+                status="valid",
+                body={
+                    "contact": contact,
+                    "termsOfServiceAgreed": payload.get("termsOfServiceAgreed") is True,
+                    "eab_kid": eab_kid,
+                },
+                created_at=format_time(self.now()),
+            )
+            # Two registrations of one key at once: the UNIQUE thumbprint refuses the
+            # second (a 500 its client retries, and then finds the account).
+            account.insert(tx)
         log.info(
             "acme account created id=%s key=%s contact=%s eab=%s",
             account.id,
@@ -317,7 +342,7 @@ class Acme:
         )
         return self._account_reply(account, auth, status=201)
 
-    def _check_eab(self, eab: object, auth: Auth, incoming: Incoming) -> str | None:
+    def _check_eab(self, eab: object, auth: Auth) -> str | None:
         """External Account Binding (RFC 8555 7.3.4): a MAC over the account key."""
         if not self.eab_keys:
             return None  # not asked for: a binding sent anyway is ignored (7.3.4)
@@ -347,32 +372,32 @@ class Acme:
         return inner.kid
 
     def account(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming)
-        if incoming.params["id"] != auth.account_id:
-            raise AcmeProblem("unauthorized", "this account URL is not the signer's account")
-        account = auth.account
-        assert account is not None
-        if auth.request.is_post_as_get:
-            return self._account_reply(account, auth)
-        payload = auth.request.json_payload()
-        if "contact" in payload:
-            account.body["contact"] = self._contacts(payload["contact"])
-        status = payload.get("status")
-        if status is not None and status != account.status:
-            if status != "deactivated":
-                raise AcmeProblem("malformed", "an account's status can only become deactivated")
-            account.status = "deactivated"
-        with self.transaction() as tx:
+        with self.signed(incoming) as (auth, tx):
+            if incoming.params["id"] != auth.account_id:
+                raise AcmeProblem("unauthorized", "this account URL is not the signer's account")
+            account = auth.account
+            assert account is not None
+            if auth.request.is_post_as_get:
+                return self._account_reply(account, auth)
+            payload = auth.request.json_payload()
+            if "contact" in payload:
+                account.body["contact"] = self._contacts(payload["contact"])
+            status = payload.get("status")
+            if status is not None and status != account.status:
+                if status != "deactivated":
+                    raise AcmeProblem(
+                        "malformed", "an account's status can only become deactivated"
+                    )
+                account.status = "deactivated"
             account.save(tx)
         if account.status == "deactivated":
             log.info("acme account deactivated id=%s", account.id)
         return self._account_reply(account, auth)
 
     def account_orders(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming)
-        if incoming.params["id"] != auth.account_id:
-            raise AcmeProblem("unauthorized", "these are not the signer's orders")
-        with self.transaction() as tx:
+        with self.signed(incoming) as (auth, tx):
+            if incoming.params["id"] != auth.account_id:
+                raise AcmeProblem("unauthorized", "these are not the signer's orders")
             orders = Order.of_account(tx, auth.account_id)
         now = self.now()
         live = [o for o in orders if self._order_status(o, now) != "invalid"]
@@ -380,26 +405,27 @@ class Acme:
 
     def key_change(self, incoming: Incoming) -> Reply:
         """Roll the account over to a new key (RFC 8555 7.3.5)."""
-        auth = self.authenticate(incoming)
-        account = auth.account
-        assert account is not None
-        inner = J.parse_jws(auth.request.json_payload())
-        if inner.jwk is None or inner.kid is not None:
-            raise AcmeProblem("malformed", "the inner JWS of a key change must carry a jwk")
-        if inner.nonce is not None:
-            raise AcmeProblem("malformed", "the inner JWS of a key change must not have a nonce")
-        if inner.url != auth.request.url:
-            raise AcmeProblem("malformed", "the inner JWS url must equal the outer one")
-        J.verify(inner, inner.jwk)
-        payload = inner.json_payload()
-        if payload.get("account") != auth.request.kid:
-            raise AcmeProblem("malformed", "the key change names another account")
-        if not isinstance(payload.get("oldKey"), dict) or not J.same_key(
-            J.jwk_from_json(payload["oldKey"]), auth.jwk
-        ):
-            raise AcmeProblem("malformed", "oldKey is not the account's current key")
-        new_thumb = J.thumbprint(inner.jwk)
-        with self.transaction() as tx:
+        with self.signed(incoming) as (auth, tx):
+            account = auth.account
+            assert account is not None
+            inner = J.parse_jws(auth.request.json_payload())
+            if inner.jwk is None or inner.kid is not None:
+                raise AcmeProblem("malformed", "the inner JWS of a key change must carry a jwk")
+            if inner.nonce is not None:
+                raise AcmeProblem(
+                    "malformed", "the inner JWS of a key change must not have a nonce"
+                )
+            if inner.url != auth.request.url:
+                raise AcmeProblem("malformed", "the inner JWS url must equal the outer one")
+            J.verify(inner, inner.jwk)
+            payload = inner.json_payload()
+            if payload.get("account") != auth.request.kid:
+                raise AcmeProblem("malformed", "the key change names another account")
+            if not isinstance(payload.get("oldKey"), dict) or not J.same_key(
+                J.jwk_from_json(payload["oldKey"]), auth.jwk
+            ):
+                raise AcmeProblem("malformed", "oldKey is not the account's current key")
+            new_thumb = J.thumbprint(inner.jwk)
             holder = Account.by_thumbprint(tx, new_thumb)
             if holder is not None:
                 raise AcmeProblem(
@@ -410,19 +436,17 @@ class Acme:
                 )
             account.thumbprint = new_thumb
             account.jwk = J.jwk_json(inner.jwk)
-            try:
-                account.save(tx)
-            except IntegrityError:
-                raise AcmeProblem(
-                    "malformed", "the new key already belongs to an account", status=409
-                ) from None
+            account.save(tx)
         log.info("acme account key changed id=%s key=%s", account.id, new_thumb)
         return self._account_reply(account, auth)
 
     # -- orders --------------------------------------------------------------------------
 
     def new_order(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming)
+        with self.signed(incoming) as (auth, tx):
+            return self._new_order(auth, tx)
+
+    def _new_order(self, auth: Auth, tx: Transaction) -> Reply:
         payload = auth.request.json_payload()
         for name in ("notBefore", "notAfter"):
             if name in payload:
@@ -488,12 +512,11 @@ class Acme:
                 challenges.append(
                     Challenge(new_id(), authz.id, kind, new_id() + new_id(), "pending")
                 )
-        with self.transaction() as tx:
-            order.insert(tx)
-            for authz in authzs:
-                authz.insert(tx)
-            for challenge in challenges:
-                challenge.insert(tx)
+        order.insert(tx)
+        for authz in authzs:
+            authz.insert(tx)
+        for challenge in challenges:
+            challenge.insert(tx)
         return Reply(
             status=201,
             body=self._order_json(order, now),
@@ -538,12 +561,10 @@ class Acme:
         return order
 
     def order(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming)
-        with self.transaction() as tx:
-            order = self._owned_order(tx, incoming.params["id"], auth)
         now = self.now()
-        if order.status == "processing" and self._stale(order.body, now):
-            with self.transaction() as tx:
+        with self.signed(incoming) as (auth, tx):
+            order = self._owned_order(tx, incoming.params["id"], auth)
+            if order.status == "processing" and self._stale(order.body, now):
                 order.body.pop("processing_since", None)
                 order.move(tx, "processing", "ready")  # the finalize that claimed it died
         headers = {"Retry-After": str(POLL_SECONDS)} if order.status == "processing" else {}
@@ -589,9 +610,8 @@ class Acme:
         return authz
 
     def authz(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming)
         now = self.now()
-        with self.transaction() as tx:
+        with self.signed(incoming) as (auth, tx):
             authz = self._owned_authz(tx, incoming.params["id"], auth)
             challenges = Challenge.of_authz(tx, authz.id)
             if not auth.request.is_post_as_get:
@@ -609,54 +629,67 @@ class Acme:
                             ).to_json()
                             order.move(tx, ("pending", "ready"), "invalid")
                         break
-        self._restart_stale(authz, challenges, auth, now)
+            restart = self._claim_stale(tx, challenges, now)
+        for challenge in restart:
+            self._start_validation(challenge, authz, auth.jwk)
         headers = {"Retry-After": str(POLL_SECONDS)} if authz.status == "pending" else {}
         return Reply(
             body=self._authz_json(authz, challenges, now), headers=headers, nonce=auth.nonce
         )
 
     def challenge(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming)
         now = self.now()
-        start = False
-        with self.transaction() as tx:
+        with self.signed(incoming) as (auth, tx):
             challenge = Challenge.get(tx, incoming.params["id"])
             if challenge is None:
                 raise AcmeProblem("malformed", "no such challenge", status=404)
             authz = self._owned_authz(tx, challenge.authz_id, auth)
+            start: list[Challenge] = []
             if not auth.request.is_post_as_get:
                 auth.request.json_payload()  # "{}" asks for validation (RFC 8555 7.5.1)
                 if authz.status == "pending" and parse_time(authz.expires_at) <= now:
                     raise AcmeProblem("malformed", "the authorization has expired")
                 if authz.status == "pending" and challenge.status == "pending":
                     challenge.body["processing_since"] = format_time(now)
-                    start = challenge.move(tx, "pending", "processing")
-        if start:
-            self._start_validation(challenge, authz, auth.jwk)
-        else:
-            self._restart_stale(authz, [challenge], auth, now)
+                    if challenge.move(tx, "pending", "processing"):
+                        start.append(challenge)
+            start += self._claim_stale(tx, [challenge], now)
+        # After the commit: the validation thread reads what this transaction wrote.
+        futures = [self._start_validation(claimed, authz, auth.jwk) for claimed in start]
         headers = {"Link": f'<{self.url("authz", authz.id)}>;rel="up"'}
+        reply = Reply(body=self._challenge_json(challenge), headers=headers, nonce=auth.nonce)
         if challenge.status == "processing":
             headers["Retry-After"] = str(POLL_SECONDS)
-        return Reply(body=self._challenge_json(challenge), headers=headers, nonce=auth.nonce)
+            reply.wait = futures[0] if futures else None
+        return reply
+
+    def settled(self, reply: Reply) -> Reply:
+        """A challenge reply once its validation has finished (see :attr:`Reply.wait`)."""
+        assert reply.wait is not None and reply.wait.done()
+        saved = reply.wait.result()
+        if saved is not None and saved.status != "processing":
+            reply.body = self._challenge_json(saved)
+            reply.headers.pop("Retry-After", None)
+        reply.wait = None
+        return reply
 
     @staticmethod
     def _stale(body: dict[str, Any], now: dt.datetime) -> bool:
         since = body.get("processing_since")
         return since is None or parse_time(since) + STALE_PROCESSING <= now
 
-    def _restart_stale(
-        self, authz: Authz, challenges: list[Challenge], auth: Auth, now: dt.datetime
-    ) -> None:
-        """Validate again a challenge whose result never came (its replica stopped)."""
+    def _claim_stale(
+        self, tx: Transaction, challenges: list[Challenge], now: dt.datetime
+    ) -> list[Challenge]:
+        """Challenges whose result never came (their replica stopped): validated again."""
+        claimed = []
         for challenge in challenges:
             if challenge.status != "processing" or not self._stale(challenge.body, now):
                 continue
-            with self.transaction() as tx:
-                challenge.body["processing_since"] = format_time(now)
-                claimed = challenge.move(tx, "processing", "processing")
-            if claimed:
-                self._start_validation(challenge, authz, auth.jwk)
+            challenge.body["processing_since"] = format_time(now)
+            if challenge.move(tx, "processing", "processing"):
+                claimed.append(challenge)
+        return claimed
 
     # -- validation (in the background) --------------------------------------------------
 
@@ -668,22 +701,23 @@ class Acme:
                 )
             return self._executor
 
-    def close(self) -> None:
-        """Stop taking validations; wait for those under way (each is bounded in time)."""
-        with self._executor_lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
-
-    def _start_validation(self, challenge: Challenge, authz: Authz, jwk: JWK) -> None:
+    def _start_validation(
+        self, challenge: Challenge, authz: Authz, jwk: JWK
+    ) -> Future[Challenge | None] | None:
+        """Validate in a thread; the future gives the challenge as saved (None: not saved)."""
         ident = Identifier(authz.identifier_type, authz.identifier_value)
         key_auth = J.key_authorization(challenge.token, J.thumbprint(jwk))
         try:
-            self.executor().submit(self._validate, challenge.id, ident, challenge.type, key_auth)
+            return self.executor().submit(
+                self._validate, challenge.id, ident, challenge.type, key_auth
+            )
         except RuntimeError:  # shutting down: left "processing", restarted once stale
             log.warning("validation of %s not started: the service is stopping", ident)
+            return None
 
-    def _validate(self, challenge_id: str, ident: Identifier, kind: str, key_auth: str) -> None:
+    def _validate(
+        self, challenge_id: str, ident: Identifier, kind: str, key_auth: str
+    ) -> Challenge | None:
         config = self.state.config
         started = time.monotonic()
         error: AcmeProblem | None = None
@@ -707,36 +741,37 @@ class Acme:
         self.state.metrics.observe_validation(seconds)
         self.state.metrics.count_acme(f"validate-{kind}", outcome)
         try:
-            self._record_validation(challenge_id, error)
+            saved = self._record_validation(challenge_id, error)
         except MtlsError as exc:
             log.error("validation result of %s not saved (retried when stale): %s", ident, exc)
-            return
+            return None
         if error is None:
             log.info("%s validated %s in %.3f s", kind, ident, seconds)
         else:
             log.info("%s refused %s: %s", kind, ident, error.detail)
+        return saved
 
-    def _record_validation(self, challenge_id: str, error: AcmeProblem | None) -> None:
+    def _record_validation(self, challenge_id: str, error: AcmeProblem | None) -> Challenge | None:
+        """Save the result: challenge, authorization, and the order when it is decided."""
         now = self.now()
         with self.transaction() as tx:
             challenge = Challenge.get(tx, challenge_id)
             if challenge is None or challenge.status != "processing":
-                return
+                return challenge
             authz = Authz.get(tx, challenge.authz_id)
             if authz is None:
-                return
+                return None
             challenge.body.pop("processing_since", None)
             if error is None:
                 challenge.body["validated"] = format_time(now)
                 challenge.move(tx, "processing", "valid")
-                if not authz.move(tx, "pending", "valid"):
-                    return
-                statuses = {a.status for a in Authz.of_order(tx, authz.order_id)}
-                if statuses == {"valid"}:
-                    order = Order.get(tx, authz.order_id)
-                    if order is not None:
-                        order.move(tx, "pending", "ready")
-                return
+                if authz.move(tx, "pending", "valid"):
+                    statuses = {a.status for a in Authz.of_order(tx, authz.order_id)}
+                    if statuses == {"valid"}:
+                        order = Order.get(tx, authz.order_id)
+                        if order is not None:
+                            order.move(tx, "pending", "ready")
+                return challenge
             problem = error.to_json()
             problem.pop("status", None)
             problem["identifier"] = {"type": authz.identifier_type, "value": authz.identifier_value}
@@ -747,36 +782,39 @@ class Acme:
                 if order is not None:
                     order.body["error"] = problem
                     order.move(tx, ("pending", "ready"), "invalid")
+            return challenge
 
     # -- finalize and certificates -------------------------------------------------------
 
     def finalize(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming)
-        payload = auth.request.json_payload()
         now = self.now()
-        with self.transaction() as tx:
+        with self.signed(incoming) as (auth, tx):
+            payload = auth.request.json_payload()
             order = self._owned_order(tx, incoming.params["id"], auth)
-        status = self._order_status(order, now)
-        if status != "ready":
-            why = {
-                "pending": "its authorizations are not all valid yet",
-                "processing": "it is being finalized",
-                "valid": "it already has its certificate",
-                "invalid": "it is invalid",
-            }.get(status, status)
-            raise AcmeProblem("orderNotReady", f"the order cannot be finalized: {why}")
-        csr = self._check_csr(payload.get("csr"), order, auth)
-        order.body["processing_since"] = format_time(now)
-        with self.transaction() as tx:
-            claimed = order.move(tx, "ready", "processing")
-        if not claimed:
-            raise AcmeProblem("orderNotReady", "the order is being finalized by another request")
+            status = self._order_status(order, now)
+            if status != "ready":
+                why = {
+                    "pending": "its authorizations are not all valid yet",
+                    "processing": "it is being finalized",
+                    "valid": "it already has its certificate",
+                    "invalid": "it is invalid",
+                }.get(status, status)
+                raise AcmeProblem("orderNotReady", f"the order cannot be finalized: {why}")
+            csr = self._check_csr(payload.get("csr"), order, auth)
+            order.body["processing_since"] = format_time(now)
+            # Claimed here, signed after the commit: of two finalize calls, one signs.
+            if not order.move(tx, "ready", "processing"):
+                raise AcmeProblem(
+                    "orderNotReady", "the order is being finalized by another request"
+                )
         try:
             chain_pem, serial = self._issue(csr, order, incoming)
-        except BaseException:
+        except BaseException as exc:
             with self.transaction() as tx:
                 order.body.pop("processing_since", None)
                 order.move(tx, "processing", "ready")
+            if isinstance(exc, AcmeProblem):
+                exc.nonce = auth.nonce
             raise
         order.body.pop("processing_since", None)
         order.body["chain_pem"] = chain_pem
@@ -846,11 +884,10 @@ class Acme:
         return chain_text, serial
 
     def certificate(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming)
-        with self.transaction() as tx:
+        with self.signed(incoming) as (auth, tx):
             order = self._owned_order(tx, incoming.params["id"], auth)
-        if order.status != "valid" or not order.body.get("chain_pem"):
-            raise AcmeProblem("malformed", "this order has no certificate", status=404)
+            if order.status != "valid" or not order.body.get("chain_pem"):
+                raise AcmeProblem("malformed", "this order has no certificate", status=404)
         return Reply(
             body=order.body["chain_pem"],
             media_type="application/pem-certificate-chain",
@@ -860,48 +897,52 @@ class Acme:
     # -- revocation ----------------------------------------------------------------------
 
     def revoke_cert(self, incoming: Incoming) -> Reply:
-        auth = self.authenticate(incoming, jwk=True, kid=True)
-        payload = auth.request.json_payload()
-        der = _b64decode(payload.get("certificate"), "certificate")
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError as exc:
-            raise AcmeProblem("malformed", f"the certificate cannot be parsed: {exc}") from None
-        reason_code = payload.get("reason", 0)
-        if not isinstance(reason_code, int) or reason_code not in REVOCATION_REASONS:
-            raise AcmeProblem(
-                "badRevocationReason",
-                f"reason {reason_code!r} is not accepted; use one of "
-                f"{', '.join(map(str, REVOCATION_REASONS))}",
-            )
-        ca_cert = self.state.ca.certificate
-        try:
-            cert.verify_directly_issued_by(ca_cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise AcmeProblem("malformed", "this certificate was not issued by this CA") from None
-        serial = serial_hex(cert.serial_number)
-        if auth.account is not None:
-            with self.transaction() as tx:
+        with self.signed(incoming, jwk=True, kid=True) as (auth, tx):
+            payload = auth.request.json_payload()
+            der = _b64decode(payload.get("certificate"), "certificate")
+            try:
+                cert = x509.load_der_x509_certificate(der)
+            except ValueError as exc:
+                raise AcmeProblem("malformed", f"the certificate cannot be parsed: {exc}") from None
+            reason_code = payload.get("reason", 0)
+            if not isinstance(reason_code, int) or reason_code not in REVOCATION_REASONS:
+                raise AcmeProblem(
+                    "badRevocationReason",
+                    f"reason {reason_code!r} is not accepted; use one of "
+                    f"{', '.join(map(str, REVOCATION_REASONS))}",
+                )
+            try:
+                cert.verify_directly_issued_by(self.state.ca.certificate)
+            except (ValueError, TypeError, InvalidSignature):
+                raise AcmeProblem(
+                    "malformed", "this certificate was not issued by this CA"
+                ) from None
+            serial = serial_hex(cert.serial_number)
+            if auth.account is not None:
                 owner = Order.by_serial(tx, serial)
-            if owner is None or owner.account_id != auth.account_id:
-                raise AcmeProblem(
-                    "unauthorized",
-                    "this account did not order this certificate: sign with the certificate's "
-                    "key, or with the account that ordered it",
+                if owner is None or owner.account_id != auth.account_id:
+                    raise AcmeProblem(
+                        "unauthorized",
+                        "this account did not order this certificate: sign with the "
+                        "certificate's key, or with the account that ordered it",
+                    )
+                who = f"account:{auth.account_id}"
+            else:
+                spki = cert.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
-            who = f"account={auth.account_id}"
-        else:
-            spki = cert.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            if spki != J.public_key_der(auth.jwk):
-                raise AcmeProblem(
-                    "unauthorized",
-                    "the JWS is signed neither by the certificate's key nor an account",
-                )
-            who = "certificate-key"
+                if spki != J.public_key_der(auth.jwk):
+                    raise AcmeProblem(
+                        "unauthorized",
+                        "the JWS is signed neither by the certificate's key nor an account",
+                    )
+                who = "certificate-key"
         reason = REVOCATION_REASONS[reason_code]
-        self._revoke(serial, reason)
+        try:
+            self._revoke(serial, reason)
+        except AcmeProblem as problem:
+            problem.nonce = auth.nonce
+            raise
         self.state.audit_event("revoke", route="acme", serial=serial, reason=reason.value, by=who)
         return Reply(status=200, body=None, nonce=auth.nonce)
 

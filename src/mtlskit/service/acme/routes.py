@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from mtlskit.errors import MtlsError, RefusedError, StorageError
 from mtlskit.service.acme.problems import AcmeProblem
 from mtlskit.service.acme.resources import Acme, Incoming, Reply
+from mtlskit.service.app import RETRY_AFTER_DB
 from mtlskit.service.state import ServiceState
 
 __all__ = ["routes"]
@@ -23,7 +25,9 @@ log = logging.getLogger("mtlskit.service.acme")
 JOSE_JSON = "application/jose+json"
 PROBLEM_JSON = "application/problem+json"
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-UNAVAILABLE_RETRY_AFTER = 5
+# How long a challenge POST waits for the validation it started before answering
+# "processing" (the client then polls); validations on a LAN take milliseconds.
+VALIDATION_WAIT = 1.0
 
 Handler = Callable[[Incoming], Reply]
 
@@ -99,13 +103,20 @@ class _Routes:
                 body=body,
                 client=request.client.host if request.client else "",
             )
-            return await run_in_threadpool(self.respond, kind, handler, incoming, problem)
+            reply = await run_in_threadpool(self.respond, kind, handler, incoming, problem)
+            if reply.wait is not None:
+                # asyncio.wait, not wait_for: a timeout must not cancel the validation.
+                await asyncio.wait({asyncio.wrap_future(reply.wait)}, timeout=VALIDATION_WAIT)
+                if reply.wait.done():
+                    reply = self.acme.settled(reply)
+                reply.wait = None
+            return self._response(reply)
 
         return Route(path, endpoint, methods=methods, name=f"acme-{kind}")
 
     def respond(
         self, kind: str, handler: Handler, incoming: Incoming, problem: AcmeProblem | None
-    ) -> Response:
+    ) -> Reply:
         try:
             if problem is not None:
                 raise problem
@@ -114,16 +125,16 @@ class _Routes:
         except AcmeProblem as exc:
             reply, outcome = self._problem_reply(exc), exc.type
         except StorageError as exc:
+            # As the rest of the service: the database failed, nothing was half-written
+            # (the transaction rolled back), retry shortly.
             log.error("acme %s: %s", kind, exc)
-            if exc.unavailable:
-                failure = AcmeProblem(
-                    "serverInternal",
-                    "the CA's database is unavailable; retry shortly",
-                    status=503,
-                    retry_after=UNAVAILABLE_RETRY_AFTER,
-                )
-            else:
-                failure = AcmeProblem("serverInternal", "the CA's database failed; see its log")
+            self.state.metrics.count_db_error()
+            failure = AcmeProblem(
+                "serverInternal",
+                "the CA's database is unavailable; nothing was changed: retry shortly",
+                status=503,
+                retry_after=RETRY_AFTER_DB,
+            )
             reply, outcome = self._problem_reply(failure), "serverInternal"
         except MtlsError as exc:
             log.error("acme %s: %s", kind, exc)
@@ -134,12 +145,12 @@ class _Routes:
             failure = AcmeProblem("serverInternal", "internal error; see the CA's log")
             reply, outcome = self._problem_reply(failure), "serverInternal"
         self._count(kind, outcome)
-        return self._response(reply)
+        return reply
 
     def _problem_reply(self, problem: AcmeProblem) -> Reply:
-        nonce = None
+        nonce = problem.nonce
         try:
-            nonce = self.acme.mint()
+            nonce = nonce or self.acme.mint()
         except MtlsError as exc:  # the database is down: a reply without a nonce
             log.warning("no Replay-Nonce for an error reply: %s", exc)
         return Reply(

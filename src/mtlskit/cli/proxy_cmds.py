@@ -1,0 +1,267 @@
+"""`mtlskit proxy server|client`: mTLS in front of any service, and out of any client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mtlskit.cli.common import setup_logging
+from mtlskit.server.config import DEFAULT_SESSION_CACHE
+
+__all__ = ["proxy"]
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.group(
+    help=(
+        "mTLS proxy. server: terminate mTLS, forward to a local service (L4 bytes, or "
+        "--http with the client's identity in headers). client: accept plain TCP, "
+        "forward over mTLS."
+    )
+)
+def proxy() -> None:
+    pass
+
+
+@proxy.command(
+    "server",
+    help=(
+        "Accept mTLS on --listen and forward to --target: bytes (L4), or HTTP/1.1 with the "
+        "verified identity in X-Forwarded-Client-Cert, Client-Cert, Forwarded (--http). "
+        "An access rule is required: --allow-cn, --allow-san or --allow-all."
+    ),
+)
+@click.option("--listen", required=True, metavar="HOST:PORT", help="mTLS address to listen on.")
+@click.option(
+    "--target",
+    required=True,
+    metavar="HOST:PORT|unix:PATH",
+    help="Where to forward (loopback or a unix socket unless --unsafe-target).",
+)
+@click.option(
+    "--certs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("certs"),
+    show_default=True,
+    help="Folder with ca.crt, server.crt and server.key.",
+)
+@click.option("--ca", type=_FILE, help="CA file for client certificates [certs/ca.crt].")
+@click.option("--cert", type=_FILE, help="Certificate [certs/server.crt].")
+@click.option("--key", type=_FILE, help="Key [certs/server.key].")
+@click.option("--crl", type=_FILE, help="Refuse clients this CRL revokes (reloaded on change).")
+@click.option("--allow-cn", multiple=True, metavar="PATTERN", help="Allow clients by CN glob.")
+@click.option(
+    "--allow-san",
+    multiple=True,
+    metavar="PATTERN",
+    help="Allow clients with a SAN matching DNS:glob, URI:glob or email:glob.",
+)
+@click.option("--allow-all", is_flag=True, help="Allow every certificate the CA verifies.")
+@click.option("--http", "http", is_flag=True, help="L7: HTTP/1.1 with identity headers.")
+@click.option(
+    "--proxy-protocol", is_flag=True, help="L4: send a PROXY protocol v2 header to the target."
+)
+@click.option(
+    "--xfcc-fields",
+    default="Hash,Subject,URI,DNS",
+    show_default=True,
+    metavar="LIST",
+    help="X-Forwarded-Client-Cert fields: By, Hash, Cert, Chain, Subject, URI, DNS.",
+)
+@click.option("--connect-timeout", type=float, default=5.0, show_default=True, metavar="S")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    metavar="S",
+    help="Close a connection with no bytes either way for this long.",
+)
+@click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
+@click.option(
+    "--shutdown-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="On SIGTERM, how long open connections may go on.",
+)
+@click.option("--max-connections", type=int, default=4096, show_default=True, metavar="N")
+@click.option(
+    "--backend-keepalive",
+    type=int,
+    default=32,
+    show_default=True,
+    metavar="N",
+    help="--http: idle connections to the target kept for reuse.",
+)
+@click.option(
+    "--unsafe-target", is_flag=True, help="Allow a target on another machine (plain bytes)."
+)
+@click.option("--quiet", is_flag=True, help="--http: do not log each request.")
+@click.option(
+    "--watch-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
+)
+@click.option(
+    "--session-cache",
+    type=click.IntRange(min=0),
+    default=DEFAULT_SESSION_CACHE,
+    show_default=True,
+    metavar="N",
+    help="TLS 1.3 sessions kept for resumption (0: stateless tickets).",
+)
+@click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
+def server(
+    listen: str,
+    target: str,
+    certs: Path,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    crl: Path | None,
+    allow_cn: tuple[str, ...],
+    allow_san: tuple[str, ...],
+    allow_all: bool,
+    http: bool,
+    proxy_protocol: bool,
+    xfcc_fields: str,
+    connect_timeout: float,
+    idle_timeout: float,
+    handshake_timeout: float,
+    shutdown_timeout: float,
+    max_connections: int,
+    backend_keepalive: int,
+    unsafe_target: bool,
+    quiet: bool,
+    watch_interval: float,
+    session_cache: int,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
+    from mtlskit.proxy import Address, ProxyConfig, run_server
+    from mtlskit.server import ServerConfig
+
+    where = Address.parse(listen, "--listen", unix=False)
+    listener = ServerConfig(
+        certs=certs,
+        ca=ca,
+        cert=cert,
+        key=key,
+        crl=crl,
+        host=where.host,
+        port=where.port,
+        quiet=quiet,
+        allow_cn=allow_cn,
+        allow_san=allow_san,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
+        shutdown_timeout=shutdown_timeout,
+        watch_interval=watch_interval,
+        session_cache=session_cache,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
+    config = ProxyConfig(
+        listener,
+        target=Address.parse(target, "--target"),
+        allow_all=allow_all,
+        http=http,
+        proxy_protocol=proxy_protocol,
+        xfcc_fields=tuple(f.strip() for f in xfcc_fields.split(",") if f.strip()),
+        connect_timeout=connect_timeout,
+        max_connections=max_connections,
+        backend_keepalive=backend_keepalive,
+        unsafe_target=unsafe_target,
+    )
+    setup_logging()
+    run_server(config)
+
+
+@proxy.command(
+    "client",
+    help=(
+        "Accept plain TCP on --listen (loopback unless --unsafe-listen) and forward over "
+        "mTLS to --target, presenting client.crt and verifying the server's certificate "
+        "and name (--server-name, default the target's host)."
+    ),
+)
+@click.option("--listen", required=True, metavar="HOST:PORT", help="Plain address to listen on.")
+@click.option("--target", required=True, metavar="HOST:PORT", help="The mTLS server.")
+@click.option("--server-name", metavar="NAME", help="Name to verify [the target's host].")
+@click.option(
+    "--certs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("certs"),
+    show_default=True,
+    help="Folder with ca.crt, client.crt and client.key.",
+)
+@click.option("--ca", type=_FILE, help="CA file for the server [certs/ca.crt].")
+@click.option("--cert", type=_FILE, help="Client certificate [certs/client.crt].")
+@click.option("--key", type=_FILE, help="Client key [certs/client.key].")
+@click.option("--connect-timeout", type=float, default=5.0, show_default=True, metavar="S")
+@click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
+@click.option("--idle-timeout", type=float, default=600.0, show_default=True, metavar="S")
+@click.option("--shutdown-timeout", type=float, default=30.0, show_default=True, metavar="S")
+@click.option("--max-connections", type=int, default=4096, show_default=True, metavar="N")
+@click.option(
+    "--watch-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Reload certificate, key and CA when they change (0: only on SIGHUP).",
+)
+@click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
+@click.option(
+    "--unsafe-listen", is_flag=True, help="Listen beyond loopback (anyone there uses the cert)."
+)
+def client(
+    listen: str,
+    target: str,
+    server_name: str | None,
+    certs: Path,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    connect_timeout: float,
+    handshake_timeout: float,
+    idle_timeout: float,
+    shutdown_timeout: float,
+    max_connections: int,
+    watch_interval: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    unsafe_listen: bool,
+) -> None:
+    from mtlskit.proxy import Address, ClientProxyConfig
+    from mtlskit.proxy.client import run_client
+
+    config = ClientProxyConfig(
+        listen=Address.parse(listen, "--listen", unix=False),
+        target=Address.parse(target, "--target", unix=False),
+        certs=certs,
+        ca=ca,
+        cert=cert,
+        key=key,
+        server_name=server_name,
+        connect_timeout=connect_timeout,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
+        shutdown_timeout=shutdown_timeout,
+        max_connections=max_connections,
+        watch_interval=watch_interval,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        unsafe_listen=unsafe_listen,
+    )
+    setup_logging()
+    run_client(config)
