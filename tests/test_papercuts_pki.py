@@ -317,3 +317,14 @@ def test_hints_are_single_and_paste_into_a_shell(certs: Path, tmp_path: Path) ->
     r = run_cli("issue", "server", "x", "--ca-dir", certs, "--days", "0")
     assert r.returncode == 2 and ".:" not in one_line(r.stderr)
     assert r.stderr.endswith("is not in the range x>=1: see 'mtlskit issue --help'\n")
+
+
+def test_inspect_counts_days_as_list_does_and_separates_a_chain(certs: Path) -> None:
+    chain = certs / "chain.pem"
+    chain.write_bytes((certs / "server.crt").read_bytes() + (certs / "ca.crt").read_bytes())
+    r = run_cli("inspect", chain)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"== {chain}\n") and f"\n\n== {chain} (2)\n" in r.stdout
+    assert "(valid, 365 days left)" in r.stdout and "(valid, 3650 days left)" in r.stdout
+    listed = run_cli("list", "--ca-dir", certs).stdout
+    assert "  365  " in listed and "  364  " not in listed

@@ -456,13 +456,14 @@ def inspect(files: tuple[Path, ...], as_json: bool, password_file: Path | None) 
     if as_json:
         click.echo(json.dumps([i.to_dict() for i in items], indent=2))
     else:
-        last = None
+        last, nth = None, 0
         for item in items:
-            if item.source != last:
-                if last is not None:
-                    click.echo()
-                click.echo(f"== {item.source}")
-                last = item.source
+            nth = nth + 1 if item.source == last else 1
+            if last is not None:
+                click.echo()
+            # Each object of a file (a chain, a bundle) under its own header.
+            click.echo(f"== {item.source}" + (f" ({nth})" if nth > 1 else ""))
+            last = item.source
             click.echo(render_text(item))
     bad = [i for i in items if i.problems]
     if bad:

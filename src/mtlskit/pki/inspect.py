@@ -172,12 +172,13 @@ def _public_key_text(obj: x509.Certificate | x509.CertificateSigningRequest) -> 
 
 def _certificate(cert: x509.Certificate, source: str, now: dt.datetime) -> InspectedObject:
     after, before = cert.not_valid_after_utc, cert.not_valid_before_utc
+    # Days rounded to the nearest, as list and status count them (365, not 364 d 23 h).
     if now > after:
-        status = f"expired {(now - after).days} days ago"
+        status = f"expired {round((now - after).total_seconds() / 86400)} days ago"
     elif now < before:
         status = "not valid yet"
     else:
-        status = f"valid, {(after - now).days} days left"
+        status = f"valid, {round((after - now).total_seconds() / 86400)} days left"
     is_v1 = cert.version == x509.Version.v1
     return InspectedObject(
         "certificate",
