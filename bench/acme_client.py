@@ -323,20 +323,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         prefix = "/.well-known/acme-challenge/"
-        answer = None
-        if self.path.startswith(prefix):
-            answer = self.server.tokens.get(self.path[len(prefix) :])
+        token = self.path[len(prefix) :] if self.path.startswith(prefix) else ""
+        answer = self.server.tokens.get(token)
         if answer is None:
             self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
         body = answer.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(200)
+            held = self.server.held.get(token)
+            if held is not None:
+                # A validation caught in the middle (the replica tests): a header line a
+                # second keeps the validator reading, well inside its socket timeout.
+                self.server.seen_held.set()
+                while not held.wait(1):
+                    self.send_header("X-Held", "1")
+                    self.flush_headers()
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the validator went away (a replica killed in the middle)
         self.server.hits += 1
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -346,6 +356,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _HttpServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     tokens: dict[str, str]
+    held: dict[str, threading.Event]
+    seen_held: threading.Event
     hits: int
 
 
@@ -355,6 +367,8 @@ class Http01Responder:
     def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
         self.server = _HttpServer((host, port), _Handler)
         self.server.tokens = {}
+        self.server.held = {}
+        self.server.seen_held = threading.Event()
         self.server.hits = 0
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -363,11 +377,21 @@ class Http01Responder:
     def add(self, name: str, token: str, key_authorization: str) -> None:
         self.server.tokens[token] = key_authorization
 
+    def hold(self, token: str) -> tuple[threading.Event, threading.Event]:
+        """Keep validations of ``token`` waiting (a validation in progress, for as long as
+        a test needs): (set when one is waiting, set to let them through)."""
+        release = threading.Event()
+        self.server.seen_held.clear()
+        self.server.held[token] = release
+        return self.server.seen_held, release
+
     @property
     def hits(self) -> int:
         return self.server.hits
 
     def close(self) -> None:
+        for release in self.server.held.values():
+            release.set()
         self.server.shutdown()
         self.server.server_close()
 

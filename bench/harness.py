@@ -79,6 +79,15 @@ def cpu_seconds(pid: int) -> float:
     return ticks / CLK_TCK
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """utime + stime of ``pid`` alone (0 once it is gone)."""
+    try:
+        f = _stat_fields(pid)
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
 def rss_bytes(pid: int) -> int:
     """VmRSS summed over ``pid`` and its live descendants."""
     total = 0
@@ -210,11 +219,13 @@ def start_mtlskit(
     workers: int = 1,
     env: dict[str, str] | None = None,
     launcher: list[str] | None = None,
+    args: list[str] | None = None,
 ) -> Server:
-    """``mtlskit serve`` (or ``launcher serve``: an experiment that patches the server)."""
+    """``mtlskit serve`` (or ``launcher serve``: an experiment that patches the server),
+    with more ``args`` (``--crl FILE`` …)."""
     port = free_port()
     argv = [*(launcher or [sys.executable, "-m", "mtlskit"]), "serve", "--certs", str(certs)]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--quiet"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--quiet", *(args or [])]
     if workers > 1:
         argv += ["--workers", str(workers)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-mtlskit-"))
@@ -306,11 +317,16 @@ def loadgen(
     duration: float,
     connections: int,
     cpus: str = LOAD_CPUS,
+    sources: list[str] | None = None,
 ) -> dict[str, Any]:
+    """One run of bin/mtls-loadgen; ``sources``: the loopback addresses it connects from
+    (each a client with its own session cache)."""
     if not LOADGEN.exists():
         raise BenchError(f"{LOADGEN} is missing: run scripts/setup.sh --test")
     argv = ["taskset", "-c", cpus, str(LOADGEN), "-addr", addr, "-certs", str(certs)]
     argv += ["-mode", mode, "-d", f"{duration:g}s", "-c", str(connections)]
+    if sources:
+        argv += ["-source", ",".join(sources)]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     if r.returncode != 0:
         raise BenchError(f"mtls-loadgen failed ({r.returncode}): {r.stderr.strip()}")
@@ -325,13 +341,17 @@ def measure(
     duration: float,
     connections: int,
     load_cpus: str = LOAD_CPUS,
+    sources: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One load run against ``server``: rate, and requests per server CPU-second."""
+    """One load run against ``server``: rate, and requests per server CPU-second (and the
+    CPU seconds of each process of the server: a supervisor's workers)."""
     if server.proc.poll() is not None:
         raise BenchError(f"{server.name} exited with {server.proc.returncode}: {server.log_tail()}")
-    cpu0 = cpu_seconds(server.pid)
-    lg = loadgen(server.addr, certs, mode, duration, connections, load_cpus)
-    cpu = cpu_seconds(server.pid) - cpu0
+    pids = process_tree(server.pid)
+    before = {p: cpu_seconds_of(p) for p in pids}
+    lg = loadgen(server.addr, certs, mode, duration, connections, load_cpus, sources)
+    per_process = {p: cpu_seconds_of(p) - before[p] for p in pids}
+    cpu = sum(per_process.values())
     ok = int(lg["ok"])
     return {
         "rate": lg["rate_per_s"],
@@ -347,4 +367,6 @@ def measure(
         "resumed": lg["resumed"],
         "tls_version": lg["tls_version"],
         "connections": connections,
+        "process_cpu_s": [round(c, 3) for c in per_process.values()],
+        "sources": lg.get("sources", []),
     }

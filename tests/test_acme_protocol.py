@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import secrets
-import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from bench.acme_client import (
     Http01Responder,
     TlsAlpn01Responder,
     identifier,
-    make_csr,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -37,13 +35,14 @@ from tests.support.acme import (
     NAME,
     AcmeServer,
     cert_status,
+    check_replicas_share_state,
     issued_count,
     need,
     problem_type,
     start_mtlskit_acme,
+    start_replica,
 )
 from tests.support.processes import PostgresCluster, free_port
-from tests.support.service import Service, start_service
 
 pytestmark = pytest.mark.interop
 
@@ -297,76 +296,6 @@ def test_revocation_rules(
     assert info.value.type == "malformed"
 
 
-def _replica(
-    server: AcmeServer, procs: list[subprocess.Popen[bytes]], *args: str
-) -> tuple[Service, httpx.BaseTransport]:
-    """A second `ca serve` for the same CA and database, behind the same public URL,
-    and a transport that sends every request to it (as a load balancer may)."""
-    assert server.service is not None
-    base = server.directory.removesuffix("/acme/directory")
-    replica = start_service(
-        procs,
-        server.service.ca_dir,
-        "--url",
-        base,  # one public URL for both, as behind a load balancer
-        "--acme-allow",
-        "DNS:*.internal",
-        "--acme-http-port",
-        str(server.http_port),
-        "--acme-tls-port",
-        str(server.tls_port),
-        "--acme-resolve",
-        f"{NAME}:127.0.0.1",
-        "--rate-limit",
-        "10000",
-        *args,
-    )
-
-    class ViaReplica(httpx.BaseTransport):
-        def __init__(self) -> None:
-            self.inner = httpx.HTTPTransport(
-                verify=ssl.create_default_context(cafile=str(server.tls_root))
-            )
-
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            request.url = request.url.copy_with(port=replica.port)
-            return self.inner.handle_request(request)
-
-        def close(self) -> None:
-            self.inner.close()
-
-    return replica, ViaReplica()
-
-
-def check_replicas_share_state(
-    server: AcmeServer, http: httpx.Client, via: httpx.Client, http01: Http01Responder
-) -> None:
-    """A nonce from one replica is good on the other (once); an order made on one is
-    validated by the other, finalized there, and downloaded from the first."""
-    client = account(server, http)
-    nonce = http.head(client.directory["newNonce"]).headers["Replay-Nonce"]
-    twin = AcmeClient(server.directory, via, key=client.key, kid=client.kid)
-    first = twin.post(
-        client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": NAME}]}, nonce=nonce
-    )
-    assert first.status_code == 201
-    replay = twin.post(client.kid, None, nonce=nonce, check=False)  # type: ignore[arg-type]
-    assert problem_type(replay) == "badNonce"
-    order_url = first.headers["Location"]
-    order = first.json()
-    authz = client.get(order["authorizations"][0])  # on the first replica
-    chall = next(c for c in authz["challenges"] if c["type"] == "http-01")
-    http01.add(NAME, chall["token"], client.key_authorization(chall["token"]))
-    twin.post(chall["url"], {})  # validated by the replica
-    client.poll(order_url, until=("ready",))
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = base64.urlsafe_b64encode(make_csr(key, [NAME])).rstrip(b"=").decode()
-    done = twin.post(order["finalize"], {"csr": csr})
-    assert done.json()["status"] == "valid"
-    chain = client.post(client.get(order_url)["certificate"], None).text
-    assert chain.startswith("-----BEGIN CERTIFICATE-----")
-
-
 def test_second_replica_shares_nonces_and_orders(
     server: AcmeServer,
     http: httpx.Client,
@@ -374,27 +303,9 @@ def test_second_replica_shares_nonces_and_orders(
     module_procs: list[subprocess.Popen[bytes]],
 ) -> None:
     """Two `ca serve` on one SQLite file (one machine)."""
-    replica, transport = _replica(server, module_procs)
+    replica, transport = start_replica(server, module_procs)
     with httpx.Client(transport=transport) as via:
         check_replicas_share_state(server, http, via, responders[0])
-    replica.stop()
-
-
-@pytest.mark.slow
-def test_replicas_on_postgresql(
-    tmp_path: Path, procs: list[subprocess.Popen[bytes]], postgres_url: str
-) -> None:
-    """Two `ca serve` on one PostgreSQL: the same, across the database replicas share."""
-    ca_dir = tmp_path / "ca"
-    init_seed(ca_dir)
-    server = start_mtlskit_acme(procs, ca_dir, "--db", postgres_url, "--rate-limit", "10000")
-    replica, transport = _replica(server, procs, "--db", postgres_url)
-    http01 = Http01Responder(server.http_port)
-    try:
-        with server.client() as http, httpx.Client(transport=transport) as via:
-            check_replicas_share_state(server, http, via, http01)
-    finally:
-        http01.close()
     replica.stop()
 
 

@@ -60,3 +60,23 @@ def test_quick_bench_writes_json_table_and_chart(tmp_path: Path) -> None:
     assert "| P-256 | full mTLS handshake |" in table
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+@pytest.mark.parametrize("bench", ["revocation", "workers"])
+def test_quick_scale_benches_write_their_json(tmp_path: Path, bench: str) -> None:
+    """bench/revocation.py and bench/workers.py --quick: they run end to end (no speeds)."""
+    go_binary("mtls-loadgen")
+    out = tmp_path / f"{bench}.json"
+    r = subprocess.run(
+        [sys.executable, ROOT / "bench" / f"{bench}.py", "--quick", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all(row["errors"] == 0 for row in rows), rows
+    assert "|" in r.stdout  # the table

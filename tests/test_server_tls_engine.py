@@ -10,7 +10,7 @@ import datetime as dt
 import os
 import ssl
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +18,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from mtlskit.pki.seed import init_seed
-from mtlskit.server.engine import StdlibSession, TLSClosed, TLSFailure, TLSSession
-from mtlskit.server.openssl_engine import AVAILABLE, OpenSSLSession, context_from
-from mtlskit.tls import server_context
+from mtlskit.server.engine import TLSClosed
+from mtlskit.server.openssl_engine import AVAILABLE
 from tests.support.server import (
     client_ctx,
+    engines,
     fetch_tls13,
     https,
     make_pki,
     start_serve,
     stop_all,
+    talk,
 )
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="cryptography lacks the SSL bindings")
@@ -36,46 +37,6 @@ pytestmark = pytest.mark.skipif(not AVAILABLE, reason="cryptography lacks the SS
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_pki(tmp_path_factory.mktemp("pki") / "certs")
-
-
-def engines(pki: Path, crl: Path | None = None) -> dict[str, Callable[[], TLSSession]]:
-    files = (pki / "server.crt", pki / "server.key", pki / "ca.crt")
-    policy = server_context(*files, crl=crl)
-    twin = context_from(policy, *files, crl=crl)
-    return {"stdlib": lambda: StdlibSession(policy), "openssl": lambda: OpenSSLSession(twin)}
-
-
-def talk(server: TLSSession, client: ssl.SSLContext) -> tuple[str, ...]:
-    """A handshake and one request over memory buffers; the server's view of it."""
-    into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = client.wrap_bio(into, out, server_hostname="localhost")
-    for _ in range(8):
-        try:
-            tls.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError:
-            pass  # the server's alert; its own view is what we compare
-        server.feed(out.read())
-        try:
-            done = server.do_handshake()
-        except TLSFailure as failure:
-            return ("refused", failure.reason)
-        into.write(server.output())
-        if done:
-            break
-    tls.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    server.feed(out.read())
-    try:
-        request = server.read()
-    except TLSFailure as failure:  # TLS 1.3: a refused certificate shows after the handshake
-        return ("refused", failure.reason)
-    server.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    into.write(server.output())
-    reply = tls.read(1024).rsplit(b"\r\n", 1)[-1]
-    chain = server.peer_chain_der()
-    assert chain and chain[0] == server.peer_certificate_der()
-    return ("ok", request.split(b"\r\n")[0].decode(), reply.decode(), str(server.version()))
 
 
 CLIENTS = [

@@ -206,6 +206,35 @@ def test_token_spent_once_under_race(service: Service, ca_dir: Path) -> None:
     assert sorted(results) == [201] + [403] * 7
 
 
+def test_lost_answer_is_fetched_again(service: Service, ca_dir: Path) -> None:
+    """A token is spent in the transaction that records its certificate. When the answer
+    is lost (the connection or the replica died after the commit), the same request
+    again gets the same certificate; a request with another key is refused."""
+    tok = token(ca_dir, "again", "--profile", "server", "--san", "again.internal")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = csr_pem(key=key)
+    before = issued_count(ca_dir)
+    status, first = enroll_raw(service, tok, csr)
+    assert status == 201, first
+    status, again = enroll_raw(service, tok, csr_pem(key=key))  # a new CSR, the same key
+    assert status == 201, again
+    assert again["serial"] == first["serial"] and again["certificate"] == first["certificate"]
+    assert issued_count(ca_dir) == before + 1  # answered again, not issued again
+    status, other = enroll_raw(service, tok, csr_pem())
+    assert status == 403 and "already used" in str(other["error"])
+    # The token names its certificate.
+    db = open_service_database(ca_dir)
+    try:
+        with db.transaction() as tx:
+            row = tx.one("SELECT used_at, serial FROM tokens WHERE name = 'again'")
+    finally:
+        db.close()
+    assert row is not None and row["used_at"] and row["serial"] == first["serial"]
+    # /enroll/info no longer offers a spent token.
+    resp = service.post("/enroll/info", {"token": tok})
+    assert resp.status == 403 and "already used" in error_of(resp)
+
+
 def test_token_command_refusals(ca_dir: Path, tmp_path: Path) -> None:
     res = run_cli("ca", "token", "x", "--ca-dir", ca_dir, "--ttl", "forever")
     assert res.returncode == 2 and "not a duration" in res.stderr

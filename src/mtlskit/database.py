@@ -156,6 +156,18 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        3,
+        (
+            # The running `ca serve` replicas: each beats every few seconds, so another
+            # can tell that work a replica claimed (an ACME validation) died with it.
+            """CREATE TABLE IF NOT EXISTS service_replicas (
+                id TEXT PRIMARY KEY,
+                started_at TEXT NOT NULL,
+                seen_at TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -201,6 +213,35 @@ class Transaction:
     def __init__(self, database: Database, conn: Any) -> None:
         self._db = database
         self._conn = conn
+        self._depth = 0
+        self.committed: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the transaction has committed (never if it rolls back, or
+        if the savepoint it was registered in is rolled back): an audit line, a counter."""
+        self.committed.append(callback)
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested part of the transaction: an exception in the block undoes what it
+        wrote (and its :meth:`on_commit` callbacks), then propagates; the transaction
+        goes on. Both dialects speak ``SAVEPOINT``; in PostgreSQL it is also the way
+        to keep using a transaction after a statement failed (a UNIQUE violation)."""
+        self._depth += 1
+        name = f"sp{self._depth}"
+        callbacks = len(self.committed)
+        self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.execute(f"RELEASE SAVEPOINT {name}")
+            del self.committed[callbacks:]
+            raise
+        else:
+            self.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._depth -= 1
 
     @property
     def dialect(self) -> Literal["sqlite", "postgresql"]:
@@ -327,6 +368,10 @@ class Database:
         COMMITTED; races are settled by ``UNIQUE`` constraints and conditional
         ``UPDATE … WHERE status = ?`` statements whose row count tells who won.
         """
+        if getattr(self._local, "busy", False):
+            # A second BEGIN on this thread's connection would fail (SQLite) or, worse,
+            # be ignored and commit the outer transaction early (PostgreSQL).
+            raise RuntimeError("a transaction is already open in this thread: pass it down")
         begin = "BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN"
         while True:
             conn, fresh = self._connection()
@@ -340,19 +385,25 @@ class Database:
                 # use: nothing ran yet, so try once more on a new connection.
                 if fresh or not error.unavailable:
                     raise error from exc
+        tx = Transaction(self, conn)
+        self._local.busy = True
         try:
-            yield Transaction(self, conn)
+            yield tx
         except BaseException:
             try:
                 conn.execute("ROLLBACK")
             except Exception:
                 self._drop()
             raise
+        finally:
+            self._local.busy = False
         try:
             conn.execute("COMMIT")
         except Exception as exc:
             self._drop()
             raise self.translate(exc) from exc
+        for callback in tx.committed:
+            callback()
 
     def translate(self, exc: Exception) -> StorageError:
         """A driver's exception as ours; a broken connection is dropped for the next try."""

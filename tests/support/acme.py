@@ -9,6 +9,7 @@ server on loopback, as `--acme-resolve app.internal:127.0.0.1` does for mtlskit.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from bench.acme_client import AcmeClient, Http01Responder, make_csr
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from mtlskit.database import open_database
 from tests.support.processes import free_port, wait_for_port
@@ -99,6 +102,77 @@ def start_mtlskit_acme(
         ca_dir.parent,
         service,
     )
+
+
+def start_replica(
+    server: AcmeServer, procs: list[subprocess.Popen[bytes]], *args: str
+) -> tuple[Service, httpx.BaseTransport]:
+    """A second `ca serve` for the same CA and database, behind the same public URL,
+    and a transport that sends every request to it (as a load balancer may)."""
+    assert server.service is not None
+    base = server.directory.removesuffix("/acme/directory")
+    replica = start_service(
+        procs,
+        server.service.ca_dir,
+        "--url",
+        base,  # one public URL for both, as behind a load balancer
+        "--acme-allow",
+        "DNS:*.internal",
+        "--acme-http-port",
+        str(server.http_port),
+        "--acme-tls-port",
+        str(server.tls_port),
+        "--acme-resolve",
+        f"{NAME}:127.0.0.1",
+        "--rate-limit",
+        "10000",
+        *args,
+    )
+
+    class ViaReplica(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.HTTPTransport(
+                verify=ssl.create_default_context(cafile=str(server.tls_root))
+            )
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            request.url = request.url.copy_with(port=replica.port)
+            return self.inner.handle_request(request)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    return replica, ViaReplica()
+
+
+def check_replicas_share_state(
+    server: AcmeServer, http: httpx.Client, via: httpx.Client, http01: Http01Responder
+) -> None:
+    """A nonce from one replica is good on the other (once); an order made on one is
+    validated by the other, finalized there, and downloaded from the first."""
+    client = AcmeClient(server.directory, http)
+    client.new_account()
+    nonce = http.head(client.directory["newNonce"]).headers["Replay-Nonce"]
+    twin = AcmeClient(server.directory, via, key=client.key, kid=client.kid)
+    first = twin.post(
+        client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": NAME}]}, nonce=nonce
+    )
+    assert first.status_code == 201
+    replay = twin.post(client.kid, None, nonce=nonce, check=False)  # type: ignore[arg-type]
+    assert problem_type(replay) == "badNonce"
+    order_url = first.headers["Location"]
+    order = first.json()
+    authz = client.get(order["authorizations"][0])  # on the first replica
+    chall = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    http01.add(NAME, chall["token"], client.key_authorization(chall["token"]))
+    twin.post(chall["url"], {})  # validated by the replica
+    client.poll(order_url, until=("ready",))
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = base64.urlsafe_b64encode(make_csr(key, [NAME])).rstrip(b"=").decode()
+    done = twin.post(order["finalize"], {"csr": csr})
+    assert done.json()["status"] == "valid"
+    chain = client.post(client.get(order_url)["certificate"], None).text
+    assert chain.startswith("-----BEGIN CERTIFICATE-----")
 
 
 def start_pebble(procs: list[subprocess.Popen[bytes]], tls_dir: Path, workdir: Path) -> AcmeServer:

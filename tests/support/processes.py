@@ -68,16 +68,19 @@ def wait_for_port(
 
 
 def go_binary(name: str) -> Path:
-    """A Go peer from bin/ (scripts/setup.sh builds them); built here if missing."""
+    """A Go peer from bin/ (scripts/setup.sh builds them); built here if missing or older
+    than its source (a flag added to the load generator)."""
     path = BIN / name
-    if not path.exists():
+    src = {
+        "seed-server": (ROOT / "interop/go-seed", "./server"),
+        "seed-client": (ROOT / "interop/go-seed", "./client"),
+        "mtls-loadgen": (ROOT / "bench/loadgen", "."),
+    }[name]
+    sources = (src[0] / src[1]).glob("*.go")
+    built = path.stat().st_mtime if path.exists() else 0.0
+    if any(f.stat().st_mtime > built for f in sources):
         if shutil.which("go") is None:
             pytest.fail("go is not installed: run scripts/setup.sh --test")
-        src = {
-            "seed-server": (ROOT / "interop/go-seed", "./server"),
-            "seed-client": (ROOT / "interop/go-seed", "./client"),
-            "mtls-loadgen": (ROOT / "bench/loadgen", "."),
-        }[name]
         BIN.mkdir(exist_ok=True)
         env = {**os.environ, "GOCACHE": str(ROOT / ".gocache"), "GOTOOLCHAIN": "local"}
         subprocess.run(["go", "build", "-o", str(path), src[1]], cwd=src[0], env=env, check=True)

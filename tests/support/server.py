@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from mtlskit.pki.ca import CA
 from mtlskit.pki.keys import private_key_pem
-from mtlskit.tls import client_context
+from mtlskit.server.engine import StdlibSession, TLSFailure, TLSSession
+from mtlskit.server.openssl_engine import OpenSSLSession, context_from
+from mtlskit.tls import client_context, server_context
 from tests.support.processes import ROOT, free_port, wait_for_port
 
 
@@ -234,3 +237,43 @@ def fetch_tls13(
         assert s.version() == "TLSv1.3"
         assert s.session is not None
         return s.session_reused, s.session
+
+
+def engines(pki: Path, crl: Path | None = None) -> dict[str, Callable[[], TLSSession]]:
+    files = (pki / "server.crt", pki / "server.key", pki / "ca.crt")
+    policy = server_context(*files, crl=crl)
+    twin = context_from(policy, *files, crl=crl)
+    return {"stdlib": lambda: StdlibSession(policy), "openssl": lambda: OpenSSLSession(twin)}
+
+
+def talk(server: TLSSession, client: ssl.SSLContext) -> tuple[str, ...]:
+    """A handshake and one request over memory buffers; the server's view of it."""
+    into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client.wrap_bio(into, out, server_hostname="localhost")
+    for _ in range(8):
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError:
+            pass  # the server's alert; its own view is what we compare
+        server.feed(out.read())
+        try:
+            done = server.do_handshake()
+        except TLSFailure as failure:
+            return ("refused", failure.reason)
+        into.write(server.output())
+        if done:
+            break
+    tls.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    server.feed(out.read())
+    try:
+        request = server.read()
+    except TLSFailure as failure:  # TLS 1.3: a refused certificate shows after the handshake
+        return ("refused", failure.reason)
+    server.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    into.write(server.output())
+    reply = tls.read(1024).rsplit(b"\r\n", 1)[-1]
+    chain = server.peer_chain_der()
+    assert chain and chain[0] == server.peer_certificate_der()
+    return ("ok", request.split(b"\r\n")[0].decode(), reply.decode(), str(server.version()))

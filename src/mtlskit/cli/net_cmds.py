@@ -44,6 +44,12 @@ __all__ = ["serve"]
 @click.option("--quiet", is_flag=True, help="Do not log each request.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes (SO_REUSEPORT).")
 @click.option(
+    "--no-worker-affinity",
+    is_flag=True,
+    help="With --workers: spread each client's connections over the workers instead of "
+    "keeping them on one by client address (clients behind one address; fewer resumptions).",
+)
+@click.option(
     "--allow-cn",
     multiple=True,
     metavar="PATTERN",
@@ -84,6 +90,11 @@ __all__ = ["serve"]
     metavar="N",
     help="TLS 1.3 sessions kept for resumption, ~9 KiB each (0: stateless tickets).",
 )
+@click.option(
+    "--no-client-ca-names",
+    is_flag=True,
+    help="Do not name the CA bundle's CAs in the CertificateRequest (for very large bundles).",
+)
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
@@ -98,12 +109,14 @@ def serve(
     port: int,
     quiet: bool,
     workers: int,
+    no_worker_affinity: bool,
     allow_cn: tuple[str, ...],
     allow_san: tuple[str, ...],
     crl: Path | None,
     watch_interval: float,
     ticket_key_rotation: float,
     session_cache: int,
+    no_client_ca_names: bool,
     metrics_port: int | None,
     metrics_host: str,
     handshake_timeout: float,
@@ -119,6 +132,7 @@ def serve(
         app=app,
         quiet=quiet,
         workers=workers,
+        worker_affinity=not no_worker_affinity,
         allow_cn=allow_cn,
         allow_san=allow_san,
         handshake_timeout=handshake_timeout,
@@ -127,6 +141,7 @@ def serve(
         watch_interval=watch_interval,
         ticket_key_rotation=ticket_key_rotation,
         session_cache=session_cache,
+        client_ca_names=not no_client_ca_names,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )

@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from mtlskit.database import is_postgresql_url
+from mtlskit.database import Transaction, is_postgresql_url
 from mtlskit.errors import ConfigError, PKIError, Setting
 from mtlskit.pki import profiles
 from mtlskit.pki.inventory import Inventory, check_inventory_free, create_inventory
@@ -287,12 +287,17 @@ class CA:
     # -- signing ----------------------------------------------------------------------------
 
     def _sign(
-        self, builder: x509.CertificateBuilder, *, renewed_from: str | None = None
+        self,
+        builder: x509.CertificateBuilder,
+        *,
+        renewed_from: str | None = None,
+        tx: Transaction | None = None,
     ) -> x509.Certificate:
         """Sign ``builder`` (which has no serial yet: this picks it).
 
         With an inventory, the serial is one it has never seen and the certificate
-        is returned only once its record is committed.
+        is returned only once its record is committed (or written in ``tx``, which
+        the caller commits).
         """
 
         def sign(serial: int) -> x509.Certificate:
@@ -301,7 +306,7 @@ class CA:
 
         if self.inventory is None:
             return sign(x509.random_serial_number())
-        return self.inventory.sign_and_record(sign, renewed_from=renewed_from)
+        return self.inventory.sign_and_record(sign, renewed_from=renewed_from, tx=tx)
 
     def sign_public_key(
         self,
@@ -315,6 +320,7 @@ class CA:
         renewed_from: str | None = None,
         crl_url: str | None = None,
         lifetime: dt.timedelta | None = None,
+        tx: Transaction | None = None,
     ) -> x509.Certificate:
         """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``
         (and a CRL distribution point when ``crl_url`` is given).
@@ -323,6 +329,7 @@ class CA:
         renewal keeps the old one's); never beyond this CA's end (clipped: see
         :meth:`check_lifetime` to refuse instead). ``renewed_from`` (a serial in hex) is
         recorded with it: it renews that one, which the inventory marks superseded.
+        ``tx``: record it in this open transaction of the inventory's database.
         """
         prof = profiles.check_profile(profile)
         names = [s for s in sans if isinstance(s, x509.GeneralName)]
@@ -347,7 +354,7 @@ class CA:
             prof, public_key, sans=names, issuer=self.certificate, crl_url=crl_url
         ):
             builder = builder.add_extension(ext, critical)
-        return self._sign(builder, renewed_from=renewed_from)
+        return self._sign(builder, renewed_from=renewed_from, tx=tx)
 
     def issue(
         self,

@@ -136,14 +136,7 @@ def build_crl(
     if days <= 0:
         raise ConfigError(f"--days must be positive, not {days}")
     now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.certificate.subject)
-        .last_update(now - BACKDATE)
-        .next_update(now + dt.timedelta(days=days))
-        .add_extension(x509.CRLNumber(number), False)
-        .add_extension(_aki(ca.certificate), False)
-    )
+    entries = []
     for rec in revoked:
         if rec.status != "revoked" or rec.not_after < now:
             continue
@@ -154,7 +147,17 @@ def build_crl(
         )
         if rec.reason and rec.reason != x509.ReasonFlags.unspecified.value:
             entry = entry.add_extension(x509.CRLReason(x509.ReasonFlags(rec.reason)), False)
-        builder = builder.add_revoked_certificate(entry.build())
+        entries.append(entry.build())
+    # The entries go to the constructor as one list: add_revoked_certificate copies the
+    # list it has so far each time, 43 s for 100,000 entries instead of 1 s.
+    builder = (
+        x509.CertificateRevocationListBuilder(revoked_certificates=entries)
+        .issuer_name(ca.certificate.subject)
+        .last_update(now - BACKDATE)
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), False)
+        .add_extension(_aki(ca.certificate), False)
+    )
     return builder.sign(ca.private_key, signature_hash(ca.private_key))  # type: ignore[arg-type]
 
 

@@ -44,7 +44,7 @@ import hashlib
 import json
 import os
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -494,28 +494,31 @@ class Inventory:
         *,
         renewed_from: str | None = None,
         new_serial: Callable[[], int] | None = None,
+        tx: Transaction | None = None,
     ) -> x509.Certificate:
         """``sign(serial)`` with fresh serials until one is new, and commit its row.
 
-        A CA folder without a ``ca.db`` gets one here, adopting the folder.
+        Within ``tx`` when given: the row is then committed with the caller's other
+        writes (a token spent, an ACME order made valid), or not at all. A CA folder
+        without a ``ca.db`` gets one here, adopting the folder.
         """
-        self._prepare(create=True)
+        if tx is None:
+            self._prepare(create=True)
+        elif not self._ready:
+            raise PKIError("the inventory must be opened before issuing in a transaction")
         fresh = new_serial or random_serial
         for _ in range(SERIAL_ATTEMPTS):
-            # Sign outside the transaction: the write lock is held only for the insert.
+            # Without a transaction, sign outside one: the write lock is held only for
+            # the insert.
             cert = sign(fresh())
+            row = _row_values(cert, source="issued", renewed_from=renewed_from)
             try:
-                with self.database.transaction() as tx:
-                    tx.execute(
-                        _INSERT, _row_values(cert, source="issued", renewed_from=renewed_from)
-                    )
-                    if renewed_from is not None:
-                        # The renewed-away certificate: still valid (not revoked, in no
-                        # CRL), marked with RFC 5280's word for it, out of --expiring.
-                        tx.execute(
-                            "UPDATE certs SET reason = ? WHERE serial = ? AND status = 'valid'",
-                            (SUPERSEDED, renewed_from),
-                        )
+                if tx is None:
+                    with self.database.transaction() as own:
+                        _record(own, row, renewed_from)
+                else:
+                    with tx.savepoint():
+                        _record(tx, row, renewed_from)
             except IntegrityError:
                 continue  # serial collision: another process (or a past one) has it
             return cert
@@ -584,17 +587,27 @@ class Inventory:
             )
         return Record.from_row(row)
 
-    def get(self, serial: str) -> Record:
-        """The record with ``serial`` (or a unique prefix of at least 6 hex digits)."""
+    @contextlib.contextmanager
+    def _reading(self, tx: Transaction | None) -> Iterator[Transaction]:
+        """``tx`` when the caller has one open, else a transaction of our own."""
+        if tx is not None:
+            yield tx
+            return
         self.check()
-        with self.database.transaction() as tx:
-            return self._get(tx, serial)
+        with self.database.transaction() as own:
+            yield own
 
-    def find(self, cert: x509.Certificate) -> Record | None:
+    def get(self, serial: str, *, tx: Transaction | None = None) -> Record:
+        """The record with ``serial`` (or a unique prefix of at least 6 hex digits)."""
+        with self._reading(tx) as reader:
+            return self._get(reader, serial)
+
+    def find(self, cert: x509.Certificate, *, tx: Transaction | None = None) -> Record | None:
         """The record of ``cert``, when this CA issued it."""
-        self.check()
-        with self.database.transaction() as tx:
-            row = tx.one("SELECT * FROM certs WHERE serial = ?", (serial_hex(cert.serial_number),))
+        with self._reading(tx) as reader:
+            row = reader.one(
+                "SELECT * FROM certs WHERE serial = ?", (serial_hex(cert.serial_number),)
+            )
         if row is None:
             return None
         rec = Record.from_row(row)
@@ -631,6 +644,18 @@ class Inventory:
         with self.database.transaction() as tx:
             row = tx.one("SELECT count(*) AS n FROM certs")
         return int(row["n"]) if row else 0
+
+
+def _record(tx: Transaction, row: tuple[object, ...], renewed_from: str | None) -> None:
+    """Insert a new certificate's row; mark the one it renews superseded: still valid
+    (not revoked, in no CRL: it may serve until the new one is rolled out), with RFC
+    5280's word for it, and out of ``--expiring``."""
+    tx.execute(_INSERT, row)
+    if renewed_from is not None:
+        tx.execute(
+            "UPDATE certs SET reason = ? WHERE serial = ? AND status = 'valid'",
+            (SUPERSEDED, renewed_from),
+        )
 
 
 def _no_tables(tx: Transaction) -> bool:

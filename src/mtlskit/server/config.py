@@ -66,6 +66,9 @@ class ServerConfig:
     app: str | ASGIApp | None = None
     quiet: bool = False  # no per-request log line
     workers: int = 1
+    # With workers > 1: a client's connections go to one worker, chosen by its IP address,
+    # so that it resumes its TLS session there (server/affinity.py).
+    worker_affinity: bool = True
     allow_cn: tuple[str, ...] = ()
     allow_san: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
@@ -87,6 +90,9 @@ class ServerConfig:
     # still verified): the CA service renews server-only certificates over mTLS. The
     # default TLS engine only; the stdlib engine keeps OpenSSL's purpose check.
     client_cert_any_purpose: bool = False
+    # Name the CAs of the CA bundle in the CertificateRequest (the default engine; the
+    # stdlib ssl module cannot): False for a bundle too large to send in every handshake.
+    client_ca_names: bool = True
     # More Prometheus text for the metrics port (the CA service's own metrics).
     extra_metrics: Callable[[], str] | None = field(default=None, compare=False)
 

@@ -224,14 +224,18 @@ class StdlibSession:
             return None
 
     def peer_chain_der(self) -> list[bytes]:
+        leaf = self.peer_certificate_der()
+        if not leaf:
+            # No client certificate (client_cert="optional"). Asking 3.13.0's
+            # get_unverified_chain() then raises AttributeError inside ssl.py.
+            return []
         # Python ≥ 3.13 exposes the chain the client sent; before, only the leaf.
         get_chain = getattr(self._obj, "get_unverified_chain", None)
         if get_chain is not None:
-            chain: list[bytes] = get_chain()
+            chain: list[bytes] | None = get_chain()
             if chain:
                 return chain
-        leaf = self.peer_certificate_der()
-        return [leaf] if leaf else []
+        return [leaf]
 
     def version(self) -> str | None:
         return self._obj.version()

@@ -33,6 +33,7 @@ from typing import Any
 from mtlskit.errors import ServerError
 from mtlskit.identity import AccessPolicy
 from mtlskit.logs import log_to_stderr
+from mtlskit.server.affinity import attach_client_affinity
 from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
 from mtlskit.server.asgi_types import ASGIApp
 from mtlskit.server.config import ServerConfig
@@ -41,7 +42,7 @@ from mtlskit.server.protocol import HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
-from mtlskit.server.tlsstate import ContextHolder, TLSState
+from mtlskit.server.tlsstate import ContextHolder, TLSState, default_engine_selected
 
 if sys.platform != "win32":
     import resource
@@ -119,7 +120,23 @@ class Server:
             raise _listen_error(self.config, exc) from None
         self._servers.append(server)
         self.sockets = [s for srv in self._servers for s in getattr(srv, "sockets", ())]
+        if reuse_port and self.config.workers > 1 and self.config.worker_affinity:
+            self._keep_clients_on_one_worker()
         self._sweeper = loop.create_task(self._sweep())
+
+    def _keep_clients_on_one_worker(self) -> None:
+        """Steer the port's SO_REUSEPORT group by client address (server/affinity.py)."""
+        for sock in self.sockets:
+            try:
+                attach_client_affinity(sock, self.config.workers)
+            except OSError as exc:
+                log.warning(
+                    "cannot keep each client on one worker (%s): a client resumes its "
+                    "TLS session 1 time in %d",
+                    exc.strerror or exc,
+                    self.config.workers,
+                )
+                return
 
     def _protocol_factory(self) -> Callable[[], asyncio.Protocol]:
         """Called at each accept: the connection handshakes with the TLS state current then."""
@@ -243,9 +260,27 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, ASGIApp | None]:
         session_cache=config.session_cache,
         require_client_cert=config.client_cert == "required",
         any_client_purpose=config.client_cert_any_purpose,
+        client_ca_names=config.client_ca_names,
     )
+    if not default_engine_selected():
+        _note_stdlib_engine(config)
     app = load_app(config.app) if isinstance(config.app, str) else config.app
     return holder, app
+
+
+def _note_stdlib_engine(config: ServerConfig) -> None:
+    """Say at start-up what the stdlib ssl engine cannot do that the default one does."""
+    if config.client_ca_names:
+        log.warning(
+            "the stdlib TLS engine sends no CA names in the CertificateRequest (the ssl "
+            "module cannot set them): clients that hold several certificates may offer "
+            "the wrong one"
+        )
+    if config.crl is not None:
+        log.warning(
+            "the stdlib TLS engine checks the CRL with OpenSSL's X509 store: each full "
+            "handshake costs more the more entries the CRL has"
+        )
 
 
 async def _serve_worker(

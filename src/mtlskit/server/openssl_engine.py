@@ -16,8 +16,10 @@ function, :data:`AVAILABLE` is false and the server keeps the stdlib engine.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,11 @@ from mtlskit.server.engine import (
     failure_from_openssl_reason,
     failure_from_verify_result,
 )
+from mtlskit.server.revocation import Revocation, RevokedSerials
 
 __all__ = ["AVAILABLE", "OpenSSLContext", "OpenSSLSession", "context_from"]
+
+log = logging.getLogger("mtlskit.server")
 
 _NEEDED = [
     "SSL_CTX_new",
@@ -86,6 +91,19 @@ _NEEDED = [
     "BIO_new_mem_buf",
     "d2i_X509_bio",
     "X509_STORE_set_purpose",
+    "SSL_load_client_CA_file",
+    "SSL_CTX_set_client_CA_list",
+    "X509_STORE_CTX_get_error_depth",
+    "X509_STORE_CTX_get_current_cert",
+    "X509_STORE_CTX_get1_chain",
+    "X509_STORE_CTX_set_error",
+    "X509_get_serialNumber",
+    "ASN1_STRING_get0_data",
+    "ASN1_STRING_length",
+    "X509_NAME_cmp",
+    "X509_get_issuer_name",
+    "X509_get_subject_name",
+    "sk_X509_free",
 ]
 
 try:
@@ -119,12 +137,14 @@ _TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POL
 
 
 class OpenSSLContext:
-    """An ``SSL_CTX`` of the bundled OpenSSL, freed with this object."""
+    """An ``SSL_CTX`` of the bundled OpenSSL, freed with this object (with the verify
+    callback it calls, when it checks revocation)."""
 
-    __slots__ = ("ptr",)
+    __slots__ = ("_keepalive", "ptr")
 
-    def __init__(self, ptr: Any) -> None:
+    def __init__(self, ptr: Any, keepalive: Any = None) -> None:
         self.ptr = ptr
+        self._keepalive = keepalive  # what the SSL_CTX calls or points to
 
 
 def _check(ok: int, what: str, path: str | os.PathLike[str]) -> None:
@@ -147,6 +167,7 @@ def context_from(
     crl: str | os.PathLike[str] | None = None,
     session_cache: int = DEFAULT_SESSION_CACHE,
     any_client_purpose: bool = False,
+    client_ca_names: bool = True,
 ) -> OpenSSLContext:
     """The bundled-OpenSSL twin of ``policy`` (from :func:`mtlskit.tls.server_context`).
 
@@ -154,6 +175,8 @@ def context_from(
     ``any_client_purpose``: verify client chains without OpenSSL's "ssl_client" purpose
     check (extendedKeyUsage clientAuth), for the CA service's renewal of server-only
     certificates; signatures, validity, CA flags and the CRL are checked as always.
+    ``client_ca_names``: name the CAs of the ``ca`` bundle in the CertificateRequest
+    (False for a bundle too large to send in every handshake).
     """
     raw = lib.SSL_CTX_new(lib.TLS_server_method())
     if raw == ffi.NULL:
@@ -204,15 +227,13 @@ def context_from(
             lib.X509_free(x509)
             _check(0, "cannot add an intermediate CA certificate", ca)
     _check(lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(ca), ffi.NULL), "cannot load CA", ca)
-    if crl is not None:
-        # A PEM file of CRLs loads like CA certificates, as the ssl module does it.
-        _check(
-            lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(crl), ffi.NULL),
-            "cannot load CRL",
-            crl,
-        )
-    if policy.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF:
-        lib.X509_STORE_set_flags(lib.SSL_CTX_get_cert_store(ctx), lib.X509_V_FLAG_CRL_CHECK)
+    if client_ca_names:
+        _name_client_cas(ctx, ca)
+    # Revocation: the CRL's serials in a set, looked up by the verify callback (its cost
+    # does not grow with the CRL's size, unlike OpenSSL's CRL check: server/revocation.py).
+    callback, issuer = (
+        _revocation_callback(RevokedSerials.from_files(crl, ca)) if crl else (ffi.NULL, None)
+    )
     if any_client_purpose:
         # The store's purpose is inherited by each verification before the SSL layer's
         # "ssl_client" default, which only fills what is unset (X509_VERIFY_PARAM_inherit).
@@ -226,11 +247,121 @@ def context_from(
         mode = lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
     elif policy.verify_mode == ssl.CERT_OPTIONAL:
         mode = lib.SSL_VERIFY_PEER
-    lib.SSL_CTX_set_verify(ctx, mode, ffi.NULL)
+    lib.SSL_CTX_set_verify(ctx, mode, callback)
     # Resumption of sessions that carry a client certificate needs a session id context.
     sid = b"mtlskit"
     lib.SSL_CTX_set_session_id_context(ctx, sid, len(sid))
-    return OpenSSLContext(ctx)
+    return OpenSSLContext(ctx, (callback, issuer) if crl else None)
+
+
+def _name_client_cas(ctx: Any, ca: str | os.PathLike[str]) -> None:
+    """Name the CAs of the ``ca`` bundle in the CertificateRequest, as Go (ClientCAs) and
+    nginx (ssl_client_certificate) do: a client with several certificates (browsers,
+    Java, curl with a keychain) offers the one such a CA issued."""
+    names = lib.SSL_load_client_CA_file(os.fsencode(ca))
+    _check(names != ffi.NULL, "cannot read the CA names", ca)
+    lib.SSL_CTX_set_client_CA_list(ctx, names)  # void; takes the list
+
+
+# What OpenSSL's own CRL check reports in each case (x509_vfy.c): the same codes give
+# the same alert to the client and the same log line (engine.failure_from_verify_result).
+if AVAILABLE:
+    _VERIFY_ERRORS = {
+        Revocation.REVOKED: lib.X509_V_ERR_CERT_REVOKED,
+        Revocation.NO_CRL: lib.X509_V_ERR_UNABLE_TO_GET_CRL,
+        Revocation.CRL_EXPIRED: lib.X509_V_ERR_CRL_HAS_EXPIRED,
+        Revocation.CRL_NOT_YET_VALID: lib.X509_V_ERR_CRL_NOT_YET_VALID,
+    }
+
+
+def _revocation_callback(revoked: RevokedSerials) -> tuple[Any, Any]:
+    """The verify callback (``SSL_CTX_set_verify(3)``) that refuses a revoked client, and
+    the issuer certificate it compares with (to keep alive as long as the callback).
+
+    OpenSSL calls it for each certificate of the verified chain, from the top (the
+    trust anchor) down to the client's own (depth 0), with ``preverify_ok`` 1 when the
+    level is sound; returning 0 with an error set there fails the handshake with that
+    error, as OpenSSL's CRL check would. It runs in every full handshake with the
+    caches cold from the public-key operations, where each Python step costs about a
+    microsecond: the usual case (a good client of the CRL's CA) takes the fewest steps,
+    with everything looked up once here (bench/revocation.py measures it).
+    """
+    issuer = _x509_from_der(revoked.issuer_der)
+    issuer_name = lib.X509_get_subject_name(issuer)
+    issuer_der, unique = revoked.issuer_der, revoked.issuer_name_unique
+    serials, check = revoked.serials, revoked.check
+    last_update, next_update = revoked.last_update, revoked.next_update or float("inf")
+    get_depth = lib.X509_STORE_CTX_get_error_depth
+    get_cert = lib.X509_STORE_CTX_get_current_cert
+    get_issuer_name, name_cmp = lib.X509_get_issuer_name, lib.X509_NAME_cmp
+    get_serial, get_data, get_length = (
+        lib.X509_get_serialNumber,
+        lib.ASN1_STRING_get0_data,
+        lib.ASN1_STRING_length,
+    )
+    cast, unpack, now = ffi.cast, ffi.unpack, time.time
+    asn1_string, char_p = ffi.typeof("ASN1_STRING *"), ffi.typeof("char *")
+    # The top of the chain being verified, and the depth its next level will have.
+    top, below = [0], [-1]
+
+    def verify(ok: int, store: Any) -> int:
+        if not ok:
+            return 0
+        depth = get_depth(store)
+        if depth:
+            if depth != below[0]:
+                top[0] = depth  # a new chain starts at its top
+            below[0] = depth - 1
+            return 1
+        below[0] = -1
+        cert = get_cert(store)
+        # The CRL's CA issued it: the same name, and then, unless that is the trust
+        # anchor right above (the bundle's only certificate of that name), the same
+        # certificate (OpenSSL would find this CRL by name, and fail its signature).
+        by_issuer = name_cmp(get_issuer_name(cert), issuer_name) == 0
+        if by_issuer and not (unique and top[0] == 1):
+            by_issuer = _issuer_der(store) == issuer_der
+        asn1 = cast(asn1_string, get_serial(cert))  # an ASN1_INTEGER is an ASN1_STRING
+        serial = int.from_bytes(unpack(cast(char_p, get_data(asn1)), get_length(asn1)))
+        t = now()
+        if by_issuer and serial not in serials and last_update <= t <= next_update:
+            return 1  # RevokedSerials.check would say GOOD: spare the call
+        status = check(serial, by_issuer, t)
+        if status is Revocation.GOOD:
+            return 1
+        lib.X509_STORE_CTX_set_error(store, _VERIFY_ERRORS[status])
+        return 0
+
+    def on_error(_type: object, exc: BaseException | None, _tb: object) -> None:
+        log.error("internal error in the revocation check: %r", exc)
+
+    # An exception in the callback (a bug) refuses the client (returns 0), never admits it.
+    callback = ffi.callback("int (*)(int, X509_STORE_CTX *)", verify, error=0, onerror=on_error)
+    return callback, issuer
+
+
+def _x509_from_der(der: bytes) -> Any:
+    bio = lib.BIO_new_mem_buf(der, len(der))
+    x509 = lib.d2i_X509_bio(bio, ffi.NULL)
+    lib.BIO_free(bio)
+    if x509 == ffi.NULL:
+        raise PKIError("cannot load the CRL's CA certificate")
+    return ffi.gc(x509, lib.X509_free)
+
+
+def _issuer_der(store: Any) -> bytes:
+    """The DER of the certificate after the one being verified in the verified chain
+    (the issuer; the certificate itself when it stands alone)."""
+    chain = lib.X509_STORE_CTX_get1_chain(store)  # a copy that holds a reference to each
+    if chain == ffi.NULL:
+        return b""
+    try:
+        n = lib.sk_X509_num(chain)
+        return _der(lib.sk_X509_value(chain, 1 if n > 1 else 0)) if n else b""
+    finally:
+        for i in range(lib.sk_X509_num(chain)):
+            lib.X509_free(lib.sk_X509_value(chain, i))
+        lib.sk_X509_free(chain)
 
 
 def _intermediates(cert: str | os.PathLike[str], ca: str | os.PathLike[str]) -> list[bytes]:

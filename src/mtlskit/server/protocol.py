@@ -51,6 +51,10 @@ def error_response(status: int, text: str) -> bytes:
     ) % (status, _REASONS[status], len(body), body)
 
 
+# After a fatal alert the server reads on (and drops what it reads) at most this long
+# before it closes; see BaseProtocol.linger_close.
+LINGER_SECONDS = 2.0
+
 RESPONSE_400 = error_response(400, "bad request")
 RESPONSE_431 = error_response(431, "request header fields too large")
 RESPONSE_403 = error_response(403, "forbidden: your certificate is not allowed here")
@@ -109,6 +113,7 @@ class BaseProtocol(asyncio.Protocol):
     url = b""
     write_paused = False
     read_paused = False
+    _linger: asyncio.TimerHandle | None = None
 
     def __init__(self, server_state: ServerState, rules: ConnectionRules, tls: TLSState) -> None:
         self.server_state = server_state
@@ -179,6 +184,8 @@ class BaseProtocol(asyncio.Protocol):
         if self.handshaking and not self.closed:
             self.server_state.stats.handshake_failed("eof")
         self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
         self.server_state.connection_closed(self)
         self._wake_drainers()
         self.lost()
@@ -240,13 +247,37 @@ class BaseProtocol(asyncio.Protocol):
                 failure.reason,
             )
         self.closed = True
+        if failure.reason == "eof":  # the client is gone: nothing to tell it
+            if self.transport is not None:
+                self.transport.close()
+            return
         if failure.detail == PLAIN_HTTP and self.transport is not None:
             # As nginx: a plain-HTTP client reads a 400 that says why, not an empty reply.
             self.transport.write(RESPONSE_PLAIN_HTTP)
         else:
             self._send_output()  # the alert tells the client why
-        if self.transport is not None:
-            self.transport.close()
+        self.linger_close()
+
+    def linger_close(self) -> None:
+        """Close after a fatal alert so that the alert arrives (a lingering close, as nginx's).
+
+        The client may still be sending (TLS 1.3: its request follows its Finished at
+        once). Closing a socket with unread bytes, or receiving bytes after the close,
+        makes the kernel answer with a reset, and a client that gets the reset first
+        (e.g. Windows, which then drops what it has received) never reads the alert.
+        So: send the alert and our FIN (shut down the write side), keep reading and
+        dropping (``closed`` is set, data_received ignores it) until the client closes
+        or :data:`LINGER_SECONDS` have passed, then close.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        if not transport.can_write_eof() or transport.is_closing():
+            transport.close()
+            return
+        transport.write_eof()
+        loop = asyncio.get_running_loop()
+        self._linger = loop.call_later(LINGER_SECONDS, transport.close)
 
     def handshake_timed_out(self) -> None:
         if self.handshaking and not self.closed:

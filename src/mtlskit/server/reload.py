@@ -160,6 +160,7 @@ def checked_build(
     session_cache: int = DEFAULT_SESSION_CACHE,
     require_client_cert: bool = True,
     any_client_purpose: bool = False,
+    client_ca_names: bool = True,
 ) -> TLSState:
     """:func:`~mtlskit.server.tlsstate.build_state` after :func:`check_files`."""
     facts = check_files(cert, key, ca, crl)
@@ -172,6 +173,7 @@ def checked_build(
         session_cache=session_cache,
         require_client_cert=require_client_cert,
         any_client_purpose=any_client_purpose,
+        client_ca_names=client_ca_names,
     )
     _FACTS[state] = facts
     return state

@@ -25,7 +25,13 @@ from mtlskit.server.engine import StdlibSession, TLSSession
 from mtlskit.server.stats import Stats
 from mtlskit.tls import server_context
 
-__all__ = ["ContextHolder", "TLSState", "cipher_suite_id", "tls_version_id"]
+__all__ = [
+    "ContextHolder",
+    "TLSState",
+    "cipher_suite_id",
+    "default_engine_selected",
+    "tls_version_id",
+]
 
 log = logging.getLogger("mtlskit.server")
 
@@ -56,6 +62,12 @@ class TLSState:
         return StdlibSession(self.context)
 
 
+def default_engine_selected() -> bool:
+    """True when the OpenSSL that cryptography bundles serves (server/openssl_engine.py),
+    False for the stdlib ``ssl`` engine (MTLSKIT_TLS_ENGINE=stdlib, or no bindings)."""
+    return openssl_engine.AVAILABLE and os.environ.get("MTLSKIT_TLS_ENGINE", "") != "stdlib"
+
+
 def _first_pem_certificate(path: Path) -> str:
     try:
         data = path.read_bytes()
@@ -74,6 +86,7 @@ def build_state(
     session_cache: int = DEFAULT_SESSION_CACHE,
     require_client_cert: bool = True,
     any_client_purpose: bool = False,
+    client_ca_names: bool = True,
 ) -> TLSState:
     """A :class:`TLSState` from files; raises :class:`~mtlskit.errors.PKIError`.
 
@@ -81,10 +94,21 @@ def build_state(
     engines copy the verify mode from the policy context); one it sends is verified.
     ``any_client_purpose``: a client certificate need not allow clientAuth (the CA
     service renews server-only certificates over mTLS); the default engine only.
+    ``client_ca_names``: name the CAs of ``ca`` in the CertificateRequest; the default
+    engine only (the ``ssl`` module cannot).
     """
-    ctx = server_context(cert, key, ca, crl=crl, require_client_cert=require_client_cert)
+    default_engine = default_engine_selected()
+    # The default engine checks the CRL itself (server/revocation.py): the ssl context,
+    # then used only as the policy, need not load it (28 MiB for 100,000 entries).
+    ctx = server_context(
+        cert,
+        key,
+        ca,
+        crl=None if default_engine else crl,
+        require_client_cert=require_client_cert,
+    )
     engine_context = None
-    if openssl_engine.AVAILABLE and os.environ.get("MTLSKIT_TLS_ENGINE", "") != "stdlib":
+    if default_engine:
         engine_context = openssl_engine.context_from(
             ctx,
             cert,
@@ -93,6 +117,7 @@ def build_state(
             crl=crl,
             session_cache=session_cache,
             any_client_purpose=any_client_purpose,
+            client_ca_names=client_ca_names,
         )
     return TLSState(
         context=ctx,
@@ -120,10 +145,12 @@ class ContextHolder:
         session_cache: int = DEFAULT_SESSION_CACHE,
         require_client_cert: bool = True,
         any_client_purpose: bool = False,
+        client_ca_names: bool = True,
     ) -> None:
         self.cert, self.key, self.ca = Path(cert), Path(key), Path(ca)
         self.require_client_cert = require_client_cert
         self.any_client_purpose = any_client_purpose
+        self.client_ca_names = client_ca_names
         self.crl = Path(crl) if crl is not None else None
         self.stats = stats if stats is not None else Stats()
         self._build = build
@@ -132,19 +159,20 @@ class ContextHolder:
         self.current: TLSState = self._new_state()
 
     def _new_state(self) -> TLSState:
-        if self.require_client_cert and not self.any_client_purpose:
-            # a custom build (tests) need not know the options
-            return self._build(
-                self.cert, self.key, self.ca, crl=self.crl, session_cache=self.session_cache
-            )
+        options: dict[str, bool] = {}  # only those not at their default: a custom build
+        if not self.require_client_cert:  # (tests) need not know them
+            options["require_client_cert"] = False
+        if self.any_client_purpose:
+            options["any_client_purpose"] = True
+        if not self.client_ca_names:
+            options["client_ca_names"] = False
         return self._build(
             self.cert,
             self.key,
             self.ca,
             crl=self.crl,
             session_cache=self.session_cache,
-            require_client_cert=self.require_client_cert,
-            any_client_purpose=self.any_client_purpose,
+            **options,
         )
 
     @property

@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mtlskit.errors import MtlsError, RefusedError, StorageError
-from mtlskit.service.state import ServiceState
+from mtlskit.service.state import REPLICA_BEAT, ServiceState
 
 __all__ = ["create_app", "error_status"]
 
@@ -157,16 +157,35 @@ def _acme_mount(state: ServiceState) -> list[BaseRoute]:
 
 async def _maintain(state: ServiceState) -> None:
     """Renew the service's own certificate at 2/3 of its life (the server reloads the
-    files); forget old rate-limit windows. Never dies: errors are one log line."""
+    files); forget old rate-limit windows and replicas. Never dies: errors are one log
+    line."""
     while True:
         await asyncio.sleep(MAINTENANCE_INTERVAL)
         try:
             await run_in_threadpool(state.ensure_server_certificate)
             await run_in_threadpool(state.forget_old_rate_windows)
+            await run_in_threadpool(state.forget_old_replicas)
         except MtlsError as exc:
             log.warning("maintenance: %s", exc.one_line())
         except Exception:
             log.exception("maintenance failed")
+
+
+async def _beat(state: ServiceState) -> None:
+    """Tell the other replicas this one is alive, every REPLICA_BEAT seconds. A failed
+    beat (the database is down) is logged once until one succeeds again."""
+    failing = False
+    while True:
+        try:
+            await run_in_threadpool(state.beat)
+            failing = False
+        except MtlsError as exc:
+            if not failing:
+                log.warning("replica heartbeat: %s", exc.one_line())
+            failing = True
+        except Exception:
+            log.exception("replica heartbeat failed")
+        await asyncio.sleep(REPLICA_BEAT)
 
 
 def create_app(state: ServiceState) -> Starlette:
@@ -175,13 +194,17 @@ def create_app(state: ServiceState) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.get_running_loop().create_task(_maintain(state))
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(_maintain(state)), loop.create_task(_beat(state))]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(MtlsError):
+                await run_in_threadpool(state.leave)
 
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
         MtlsError: _error_response

@@ -16,9 +16,10 @@ the CSR must carry a new key; the new certificate keeps subject, SANs and profil
 
 from __future__ import annotations
 
-import contextlib
 import json
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cryptography import x509
 from starlette.concurrency import run_in_threadpool
@@ -26,7 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mtlskit.errors import RefusedError
+from mtlskit.database import Transaction
+from mtlskit.errors import PKIError, RefusedError
+from mtlskit.pki.ca import cert_pem
 from mtlskit.pki.inventory import format_time, issued_by, serial_hex
 from mtlskit.pki.keys import public_key_der
 from mtlskit.pki.names import format_san, parse_sans
@@ -41,6 +44,9 @@ from mtlskit.service.issuance import (
 from mtlskit.service.state import ServiceState
 
 __all__ = ["enroll_with_token", "renew_with_certificate", "routes"]
+
+log = logging.getLogger("mtlskit.service")
+T = TypeVar("T")
 
 
 def _names(values: list[str] | tuple[str, ...]) -> list[str]:
@@ -108,46 +114,111 @@ def _check_sans(csr: x509.CertificateSigningRequest, allowed: list[str], what: s
 # -- enrollment --------------------------------------------------------------------------
 
 
+def _rate_counted(
+    state: ServiceState, keys: tuple[str, ...], work: Callable[[Transaction], T]
+) -> T:
+    """``work(tx)`` in one transaction that first counts the request against the rate
+    limits (429 beyond). A refusal from ``work`` undoes only its writes (a savepoint):
+    the count is still committed, so refused guesses add up like any request."""
+    refused: RefusedError | None = None
+    with state.db.transaction() as tx:
+        state.check_rate(*keys, tx=tx)
+        try:
+            with tx.savepoint():
+                return work(tx)
+        except RefusedError as exc:
+            refused = exc
+    assert refused is not None
+    raise refused
+
+
+def _keys(token: str, address: str) -> tuple[str, ...]:
+    return f"addr:{address}", f"token:{tokens.token_hash(token)[:16]}"
+
+
 def token_info(state: ServiceState, token: str, address: str) -> dict[str, object]:
     """What a token allows, without spending it (``mtlskit enroll`` names its files)."""
-    state.check_rate(f"addr:{address}", f"token:{tokens.token_hash(token)[:16]}")
-    return tokens.find_token(state.db, token, now=state.now()).as_json()
+
+    def look(tx: Transaction) -> tokens.Token:
+        record = tokens.find_token(tx, token, now=state.now())
+        if record.used_at is not None:
+            raise tokens.refuse_used(record)
+        return record
+
+    return _rate_counted(state, _keys(token, address), look).as_json()
 
 
 def enroll_with_token(
     state: ServiceState, token: str, csr_pem: str, address: str
 ) -> dict[str, Any]:
-    """Check the token and the CSR, spend the token, issue; nothing issued on refusal."""
+    """Check the CSR, then in ONE transaction: count the request against the rate limits,
+    check the token, record the certificate and spend the token. Nothing is issued on
+    refusal, and a token is spent exactly when its certificate is in the inventory.
+
+    The same request again (the token, a CSR for the same key) answers the same
+    certificate: an answer lost on the way (the connection, or the replica, died after
+    the commit) is fetched again, from any replica. Another key gets "already used".
+    """
     with counted(state, "enroll"):
-        state.check_rate(f"addr:{address}", f"token:{tokens.token_hash(token)[:16]}")
-        now = state.now()
-        record = tokens.find_token(state.db, token, now=now)
-        csr = load_request_csr(csr_pem)
-        check_csr(csr)
-        subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, record.name)])
-        _check_subject(csr, subject, "the token")
-        allowed = list(record.sans)
-        _check_sans(csr, allowed, "the token")
-        names = _names(requested_sans(csr)) or allowed
-        tokens.spend(state.db, record, now=now)
-    try:
-        chain, serial = issue_from_csr(
-            state,
-            csr,
-            names=names,
-            profile=record.profile,
-            subject=subject,
-            route="enroll",
-            requester=f"token:{record.id}",
-            address=address,
+        return _rate_counted(
+            state, _keys(token, address), lambda tx: _enroll(state, tx, token, csr_pem, address)
         )
-    except BaseException:
-        # The database that failed the issuance may fail this too.
-        with contextlib.suppress(Exception):
-            tokens.give_back(state.db, record)
-        raise
-    tokens.record_serial(state.db, record, serial)
+
+
+def _enroll(
+    state: ServiceState,
+    tx: Transaction,
+    token: str,
+    csr_pem: str,
+    address: str,
+) -> dict[str, Any]:
+    csr = load_request_csr(csr_pem)
+    check_csr(csr)
+    now = state.now()
+    record = tokens.find_token(tx, token, now=now)
+    if record.used_at is not None:
+        return _answer_again(state, tx, record, csr)
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, record.name)])
+    _check_subject(csr, subject, "the token")
+    allowed = list(record.sans)
+    _check_sans(csr, allowed, "the token")
+    names = _names(requested_sans(csr)) or allowed
+    chain, serial = issue_from_csr(
+        state,
+        csr,
+        names=names,
+        profile=record.profile,
+        subject=subject,
+        route="enroll",
+        requester=f"token:{record.id}",
+        address=address,
+        tx=tx,
+    )
+    # After signing: of two requests racing for one token, the loser's certificate
+    # goes with its rolled-back savepoint.
+    tokens.spend(tx, record, serial, now=now)
     return _answer(state, chain, serial, record.profile)
+
+
+def _answer_again(
+    state: ServiceState, tx: Transaction, record: tokens.Token, csr: x509.CertificateSigningRequest
+) -> dict[str, Any]:
+    """The certificate a spent token got, for a request with the same key; else 403."""
+    try:
+        issued = state.inventory().get(record.serial, tx=tx) if record.serial else None
+    except PKIError:
+        issued = None
+    if issued is None or issued.pem is None or issued.status != "valid":
+        raise tokens.refuse_used(record)
+    cert = issued.certificate
+    if public_key_der(cert.public_key()) != public_key_der(csr.public_key()):  # type: ignore[arg-type]
+        raise tokens.refuse_used(record)
+    log.info(
+        "enroll: token %s answered again with certificate %s (same key)", record.id, issued.serial
+    )
+    state.metrics.count_issuance("enroll", "repeated")
+    chain = b"".join(cert_pem(c) for c in (cert, *state.ca.leaf_chain))
+    return _answer(state, chain, issued.serial, record.profile)
 
 
 # -- renewal -----------------------------------------------------------------------------
@@ -168,40 +239,51 @@ def _client_certificate(request: Request) -> x509.Certificate:
 def renew_with_certificate(
     state: ServiceState, current: x509.Certificate, csr_pem: str, address: str
 ) -> dict[str, Any]:
-    """A certificate like ``current`` (verified in the handshake) for the CSR's new key."""
+    """A certificate like ``current`` (verified in the handshake) for the CSR's new key,
+    in one transaction (rate count, the current certificate's record, the new one)."""
+    serial = serial_hex(current.serial_number)
     with counted(state, "renew"):
-        serial = serial_hex(current.serial_number)
-        state.check_rate(f"addr:{address}", f"cert:{serial}")
-        if not issued_by(current, state.ca.certificate):
-            raise RefusedError(
-                "the client certificate was not issued by this CA", status=403, hint="enroll first"
-            )
-        record = state.inventory().find(current)
-        if record is None:
-            raise RefusedError(
-                f"certificate {serial} is not in this CA's inventory",
-                status=403,
-                hint="enroll again",
-            )
-        if record.status == "revoked":
-            raise RefusedError(
-                f"certificate {serial} is revoked", status=403, hint="enroll again with a new token"
-            )
-        if record.profile not in ("server", "client", "server-client"):
-            raise RefusedError(f"a {record.profile} certificate cannot be renewed here", status=403)
-        if state.now() >= current.not_valid_after_utc:
-            raise RefusedError(f"certificate {serial} has expired", status=403, hint="enroll again")
-        csr = load_request_csr(csr_pem)
-        check_csr(csr)
-        if public_key_der(csr.public_key()) == public_key_der(current.public_key()):  # type: ignore[arg-type]
-            raise RefusedError(
-                "the CSR carries the current certificate's key; renewal needs a new key",
-                status=403,
-                hint="make a new key for each renewal (mtlskit agent does)",
-            )
-        _check_subject(csr, current.subject, "the current certificate")
-        names = list(record.sans)
-        _check_sans(csr, names, "the current certificate")
+        return _rate_counted(
+            state,
+            (f"addr:{address}", f"cert:{serial}"),
+            lambda tx: _renew(state, tx, current, csr_pem, address),
+        )
+
+
+def _renew(
+    state: ServiceState, tx: Transaction, current: x509.Certificate, csr_pem: str, address: str
+) -> dict[str, Any]:
+    serial = serial_hex(current.serial_number)
+    if not issued_by(current, state.ca.certificate):
+        raise RefusedError(
+            "the client certificate was not issued by this CA", status=403, hint="enroll first"
+        )
+    record = state.inventory().find(current, tx=tx)
+    if record is None:
+        raise RefusedError(
+            f"certificate {serial} is not in this CA's inventory",
+            status=403,
+            hint="enroll again",
+        )
+    if record.status == "revoked":
+        raise RefusedError(
+            f"certificate {serial} is revoked", status=403, hint="enroll again with a new token"
+        )
+    if record.profile not in ("server", "client", "server-client"):
+        raise RefusedError(f"a {record.profile} certificate cannot be renewed here", status=403)
+    if state.now() >= current.not_valid_after_utc:
+        raise RefusedError(f"certificate {serial} has expired", status=403, hint="enroll again")
+    csr = load_request_csr(csr_pem)
+    check_csr(csr)
+    if public_key_der(csr.public_key()) == public_key_der(current.public_key()):  # type: ignore[arg-type]
+        raise RefusedError(
+            "the CSR carries the current certificate's key; renewal needs a new key",
+            status=403,
+            hint="make a new key for each renewal (mtlskit agent does)",
+        )
+    _check_subject(csr, current.subject, "the current certificate")
+    names = list(record.sans)
+    _check_sans(csr, names, "the current certificate")
     chain, new_serial = issue_from_csr(
         state,
         csr,
@@ -212,6 +294,7 @@ def renew_with_certificate(
         requester=f"cert:{serial}",
         address=address,
         renewed_from=serial,
+        tx=tx,
     )
     return _answer(state, chain, new_serial, record.profile)
 

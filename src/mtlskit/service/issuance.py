@@ -20,8 +20,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from mtlskit.database import Transaction
 from mtlskit.errors import MtlsError, RefusedError, StorageError
 from mtlskit.pki import profiles
+from mtlskit.pki.ca import cert_pem
 from mtlskit.pki.inventory import format_time, serial_hex
 from mtlskit.pki.names import format_san, parse_sans
 from mtlskit.service.state import ServiceState
@@ -102,13 +104,23 @@ def _outcome(exc: BaseException) -> str:
     )
 
 
+def _count_failure(state: ServiceState, route: str, exc: BaseException) -> None:
+    """Count a refused or failed request once, however many of our blocks it leaves."""
+    if getattr(exc, "_mtlskit_counted", False):
+        return
+    state.metrics.count_issuance(route, _outcome(exc))
+    with contextlib.suppress(AttributeError):  # a built-in exception without __dict__
+        exc._mtlskit_counted = True  # type: ignore[attr-defined]
+
+
 @contextlib.contextmanager
 def counted(state: ServiceState, route: str) -> Iterator[None]:
-    """Count a request refused (or failed) before it reaches :func:`issue_from_csr`."""
+    """Count a request refused (or failed) in the block, e.g. before or around
+    :func:`issue_from_csr` (which counts its own failures)."""
     try:
         yield
     except BaseException as exc:
-        state.metrics.count_issuance(route, _outcome(exc))
+        _count_failure(state, route, exc)
         raise
 
 
@@ -124,12 +136,15 @@ def issue_from_csr(
     requester: str | None = None,
     address: str | None = None,
     renewed_from: str | None = None,
+    tx: Transaction | None = None,
 ) -> tuple[bytes, str]:
     """Sign ``csr``'s key for ``names`` (SANs) with ``profile``: (chain PEM, serial hex).
 
     ``subject`` defaults to CN=<first name>; ``lifetime`` to ``--lifetime`` (capped at
     the CA's end). ``route`` (enroll, renew, acme) and ``requester`` (token id, serial,
-    account) go into the audit line and the metrics.
+    account) go into the audit line and the metrics. Within ``tx`` when given: the
+    certificate is recorded with the caller's other writes, and the audit line and the
+    "issued" count follow that transaction's commit.
     """
     try:
         check_csr(csr)
@@ -148,25 +163,31 @@ def issue_from_csr(
             not_after=now + (lifetime or state.config.lifetime),
             crl_url=state.config.crl_url,
             renewed_from=renewed_from,
+            tx=tx,
         )
         serial = serial_hex(cert.serial_number)
     except BaseException as exc:
-        state.metrics.count_issuance(route, _outcome(exc))
+        _count_failure(state, route, exc)
         raise
-    state.metrics.count_issuance(route, "issued")
-    state.audit_event(
-        "renew" if renewed_from is not None else "issue",
-        route=route,
-        serial=serial,
-        subject=cert.subject.rfc4514_string(),
-        sans=[format_san(n) for n in sans],
-        profile=prof,
-        not_after=format_time(cert.not_valid_after_utc),
-        renewed_from=renewed_from,
-        by=requester,
-        addr=address,
-    )
-    from mtlskit.pki.ca import cert_pem
 
+    def issued() -> None:
+        state.metrics.count_issuance(route, "issued")
+        state.audit_event(
+            "renew" if renewed_from is not None else "issue",
+            route=route,
+            serial=serial,
+            subject=cert.subject.rfc4514_string(),
+            sans=[format_san(n) for n in sans],
+            profile=prof,
+            not_after=format_time(cert.not_valid_after_utc),
+            renewed_from=renewed_from,
+            by=requester,
+            addr=address,
+        )
+
+    if tx is None:
+        issued()
+    else:
+        tx.on_commit(issued)
     chain = b"".join(cert_pem(c) for c in (cert, *state.ca.leaf_chain))
     return chain, serial

@@ -56,7 +56,7 @@ class ServiceMetrics:
 
     def count_issuance(self, route: str, outcome: str) -> None:
         """One issuance attempt: ``route`` enroll|renew|acme|service, ``outcome``
-        issued|refused|failed."""
+        issued|refused|failed, or repeated (an enrollment answered again)."""
         with self._lock:
             self._issuances[(route, outcome)] += 1
 

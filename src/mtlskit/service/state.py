@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,13 @@ SERVICE_CERT_LIFETIME = dt.timedelta(days=7)
 # the first revocation it does not list), so a client's copy never runs out.
 CRL_DAYS = 7
 RATE_WINDOW = 60  # seconds: --rate-limit counts requests per minute
+# Each replica records that it is alive this often; one silent for REPLICA_LOST has
+# stopped (killed, crashed, cut off), and the work it claimed is taken over. A live
+# replica taken for gone only costs a validation done twice.
+REPLICA_BEAT = 2.0  # seconds
+REPLICA_LOST = dt.timedelta(seconds=10)
+# A replica row silent this long is deleted (maintenance).
+REPLICA_FORGET = dt.timedelta(days=1)
 
 
 def root_of(ca: CA) -> x509.Certificate:
@@ -107,6 +115,9 @@ class ServiceState:
         self.fingerprint = fingerprint(self.root)
         self._crl: _CachedCRL | None = None
         self._crl_lock = threading.Lock()
+        # Names this process among the replicas that share the database.
+        self.replica_id = secrets.token_hex(8)
+        self.started_at = self.now()
         self.metrics.ca_not_after = ca.certificate.not_valid_after_utc.timestamp()
 
     @classmethod
@@ -178,6 +189,39 @@ class ServiceState:
         with self.db.transaction() as tx:
             return tx.execute(
                 "DELETE FROM rate_limits WHERE window_start < ?", (format_time(before),)
+            )
+
+    # -- replicas --------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """Record that this replica is alive (every REPLICA_BEAT seconds)."""
+        now = format_time(self.now())
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO service_replicas (id, started_at, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+                (self.replica_id, format_time(self.started_at), now),
+            )
+
+    def leave(self) -> None:
+        """Stopping cleanly: the others need not wait to take over what was claimed here."""
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM service_replicas WHERE id = ?", (self.replica_id,))
+
+    def replica_gone(self, tx: Transaction, replica_id: str) -> bool:
+        """True when ``replica_id`` has stopped: no row, or silent for REPLICA_LOST."""
+        row = tx.one("SELECT seen_at FROM service_replicas WHERE id = ?", (replica_id,))
+        if row is None:
+            return True
+        seen = dt.datetime.strptime(row["seen_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        return seen + REPLICA_LOST <= self.now()
+
+    def forget_old_replicas(self) -> int:
+        """Drop rows of replicas silent for REPLICA_FORGET (maintenance)."""
+        with self.db.transaction() as tx:
+            return tx.execute(
+                "DELETE FROM service_replicas WHERE seen_at < ?",
+                (format_time(self.now() - REPLICA_FORGET),),
             )
 
     # -- CRL -------------------------------------------------------------------------

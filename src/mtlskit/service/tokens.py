@@ -5,8 +5,10 @@ A token is 256 random bits (``secrets.token_urlsafe(32)``). Only its SHA-256 is
 stored (``tokens`` table), with what it allows: the subject's common name, the
 SANs, the profile and the expiry. It is spent with one conditional ``UPDATE …
 WHERE used_at IS NULL``, whose row count says who won when two requests race,
-in SQLite and in PostgreSQL alike. A spend whose issuance then fails is given
-back (nothing was issued), so a database outage does not burn a token.
+in SQLite and in PostgreSQL alike, in the one transaction that also counts the
+request against the rate limit and records the certificate: a token is spent
+exactly when its certificate is in the inventory, so a failed issuance or a
+database outage does not burn it, and a spent token names its certificate.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mtlskit.database import Database, Row
+from mtlskit.database import Database, Row, Transaction
 from mtlskit.errors import ConfigError, RefusedError
 from mtlskit.pki import profiles
 from mtlskit.pki.inventory import format_time
@@ -29,7 +31,7 @@ __all__ = [
     "Token",
     "create_token",
     "find_token",
-    "give_back",
+    "refuse_used",
     "spend",
     "token_hash",
 ]
@@ -133,22 +135,15 @@ def create_token(
 _REFUSED = "token refused"
 
 
-def find_token(db: Database, token: str, *, now: dt.datetime) -> Token:
-    """The token's record when it can still be spent; else 403 with the reason."""
-    with db.transaction() as tx:
-        row = tx.one("SELECT * FROM tokens WHERE token_hash = ?", (token_hash(token),))
+def find_token(tx: Transaction, token: str, *, now: dt.datetime) -> Token:
+    """The token's record, whether spent or not; 403 for an unknown or expired one."""
+    row = tx.one("SELECT * FROM tokens WHERE token_hash = ?", (token_hash(token),))
     if row is None:
         raise RefusedError(
             f"{_REFUSED}: unknown token", status=403, hint="ask the CA for a new one"
         )
     record = Token.from_row(row)
-    if record.used_at is not None:
-        raise RefusedError(
-            f"{_REFUSED}: already used at {format_time(record.used_at)}",
-            status=403,
-            hint="a token enrolls once; ask the CA for a new one",
-        )
-    if now >= record.expires_at:
+    if record.used_at is None and now >= record.expires_at:
         raise RefusedError(
             f"{_REFUSED}: expired at {format_time(record.expires_at)}",
             status=403,
@@ -157,23 +152,25 @@ def find_token(db: Database, token: str, *, now: dt.datetime) -> Token:
     return record
 
 
-def spend(db: Database, record: Token, *, now: dt.datetime) -> None:
-    """Mark the token used, atomically: exactly one of several racing requests wins."""
-    with db.transaction() as tx:
-        won = tx.execute(
-            "UPDATE tokens SET used_at = ? WHERE id = ? AND used_at IS NULL AND expires_at > ?",
-            (format_time(now), record.id, format_time(now)),
-        )
+def refuse_used(record: Token) -> RefusedError:
+    assert record.used_at is not None
+    return RefusedError(
+        f"{_REFUSED}: already used at {format_time(record.used_at)}",
+        status=403,
+        hint="a token enrolls once; ask the CA for a new one",
+    )
+
+
+def spend(tx: Transaction, record: Token, serial: str, *, now: dt.datetime) -> None:
+    """Mark the token used by the certificate ``serial``, in the transaction that records
+    that certificate: a token is never spent without its certificate, nor a certificate
+    issued on a spent token. The ``UPDATE … WHERE used_at IS NULL`` makes exactly one
+    of several racing requests win (PostgreSQL: the loser waits on the row, then finds
+    it changed)."""
+    won = tx.execute(
+        "UPDATE tokens SET used_at = ?, serial = ? "
+        "WHERE id = ? AND used_at IS NULL AND expires_at > ?",
+        (format_time(now), serial, record.id, format_time(now)),
+    )
     if won != 1:
         raise RefusedError(f"{_REFUSED}: already used", status=403, hint="ask the CA for a new one")
-
-
-def give_back(db: Database, record: Token) -> None:
-    """Undo :func:`spend` when nothing was issued with it."""
-    with db.transaction() as tx:
-        tx.execute("UPDATE tokens SET used_at = NULL WHERE id = ? AND serial IS NULL", (record.id,))
-
-
-def record_serial(db: Database, record: Token, serial: str) -> None:
-    with db.transaction() as tx:
-        tx.execute("UPDATE tokens SET serial = ? WHERE id = ?", (serial, record.id))

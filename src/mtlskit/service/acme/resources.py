@@ -65,8 +65,9 @@ _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 log = logging.getLogger("mtlskit.service.acme")
 
 ORDER_LIFETIME = dt.timedelta(hours=8)
-# A challenge or finalize left "processing" this long (its replica died, or the
-# database was down when the result came) is started again.
+# A challenge left "processing" this long (the database was down when the result
+# came, or its replica died) is started again; at once when the replica that claimed
+# it has stopped beating (ServiceState.replica_gone). Validation stays well under it.
 STALE_PROCESSING = dt.timedelta(seconds=60)
 POLL_SECONDS = 1
 MAX_CONTACTS = 10
@@ -242,11 +243,10 @@ class Acme:
                 tx, f"account:{account_id}" if account_id else f"addr:{incoming.client}"
             )
             auth = Auth(request, key, account, mint_nonce(tx, now))
-            tx.execute("SAVEPOINT acme_work")
             try:
-                yield auth, tx
+                with tx.savepoint():
+                    yield auth, tx
             except AcmeProblem as problem:
-                tx.execute("ROLLBACK TO SAVEPOINT acme_work")
                 problem.nonce = auth.nonce
                 refused = problem
         if refused is not None:
@@ -564,11 +564,7 @@ class Acme:
         now = self.now()
         with self.signed(incoming) as (auth, tx):
             order = self._owned_order(tx, incoming.params["id"], auth)
-            if order.status == "processing" and self._stale(order.body, now):
-                order.body.pop("processing_since", None)
-                order.move(tx, "processing", "ready")  # the finalize that claimed it died
-        headers = {"Retry-After": str(POLL_SECONDS)} if order.status == "processing" else {}
-        return Reply(body=self._order_json(order, now), headers=headers, nonce=auth.nonce)
+        return Reply(body=self._order_json(order, now), nonce=auth.nonce)
 
     # -- authorizations and challenges ---------------------------------------------------
 
@@ -650,7 +646,7 @@ class Acme:
                 if authz.status == "pending" and parse_time(authz.expires_at) <= now:
                     raise AcmeProblem("malformed", "the authorization has expired")
                 if authz.status == "pending" and challenge.status == "pending":
-                    challenge.body["processing_since"] = format_time(now)
+                    self._mark_processing(challenge, now)
                     if challenge.move(tx, "pending", "processing"):
                         start.append(challenge)
             start += self._claim_stale(tx, [challenge], now)
@@ -673,10 +669,23 @@ class Acme:
         reply.wait = None
         return reply
 
-    @staticmethod
-    def _stale(body: dict[str, Any], now: dt.datetime) -> bool:
+    def _mark_processing(self, challenge: Challenge, now: dt.datetime) -> None:
+        """Claimed by this replica, now: its validation runs here."""
+        challenge.body["processing_since"] = format_time(now)
+        challenge.body["processing_by"] = self.state.replica_id
+
+    def _stale(self, tx: Transaction, body: dict[str, Any], now: dt.datetime) -> bool:
+        """Whether the validation that claimed a challenge will never report: it is past
+        STALE_PROCESSING, or the replica that runs it has stopped (killed, crashed)."""
         since = body.get("processing_since")
-        return since is None or parse_time(since) + STALE_PROCESSING <= now
+        if since is None or parse_time(since) + STALE_PROCESSING <= now:
+            return True
+        owner = body.get("processing_by")
+        return (
+            isinstance(owner, str)
+            and owner != self.state.replica_id
+            and self.state.replica_gone(tx, owner)
+        )
 
     def _claim_stale(
         self, tx: Transaction, challenges: list[Challenge], now: dt.datetime
@@ -684,9 +693,9 @@ class Acme:
         """Challenges whose result never came (their replica stopped): validated again."""
         claimed = []
         for challenge in challenges:
-            if challenge.status != "processing" or not self._stale(challenge.body, now):
+            if challenge.status != "processing" or not self._stale(tx, challenge.body, now):
                 continue
-            challenge.body["processing_since"] = format_time(now)
+            self._mark_processing(challenge, now)
             if challenge.move(tx, "processing", "processing"):
                 claimed.append(challenge)
         return claimed
@@ -762,6 +771,7 @@ class Acme:
             if authz is None:
                 return None
             challenge.body.pop("processing_since", None)
+            challenge.body.pop("processing_by", None)
             if error is None:
                 challenge.body["validated"] = format_time(now)
                 challenge.move(tx, "processing", "valid")
@@ -787,6 +797,10 @@ class Acme:
     # -- finalize and certificates -------------------------------------------------------
 
     def finalize(self, incoming: Incoming) -> Reply:
+        """Issue in the request's one transaction: the certificate is recorded and the
+        order made valid together, or neither. So an order is never left half-finalized:
+        a replica that dies before the commit leaves it "ready", finalizable on another
+        (RFC 8555 7.1.6 lets "ready" go straight to "valid")."""
         now = self.now()
         with self.signed(incoming) as (auth, tx):
             payload = auth.request.json_payload()
@@ -795,32 +809,16 @@ class Acme:
             if status != "ready":
                 why = {
                     "pending": "its authorizations are not all valid yet",
-                    "processing": "it is being finalized",
                     "valid": "it already has its certificate",
                     "invalid": "it is invalid",
                 }.get(status, status)
                 raise AcmeProblem("orderNotReady", f"the order cannot be finalized: {why}")
             csr = self._check_csr(payload.get("csr"), order, auth)
-            order.body["processing_since"] = format_time(now)
-            # Claimed here, signed after the commit: of two finalize calls, one signs.
-            if not order.move(tx, "ready", "processing"):
-                raise AcmeProblem(
-                    "orderNotReady", "the order is being finalized by another request"
-                )
-        try:
-            chain_pem, serial = self._issue(csr, order, incoming)
-        except BaseException as exc:
-            with self.transaction() as tx:
-                order.body.pop("processing_since", None)
-                order.move(tx, "processing", "ready")
-            if isinstance(exc, AcmeProblem):
-                exc.nonce = auth.nonce
-            raise
-        order.body.pop("processing_since", None)
-        order.body["chain_pem"] = chain_pem
-        order.serial = serial
-        with self.transaction() as tx:
-            order.move(tx, "processing", "valid")
+            order.body["chain_pem"], order.serial = self._issue(csr, order, incoming, tx)
+            # Of two finalize calls at once, one moves the order; the other's certificate
+            # goes with its rolled-back savepoint (PostgreSQL: it waits on the row lock).
+            if not order.move(tx, "ready", "valid"):
+                raise AcmeProblem("orderNotReady", "the order was finalized by another request")
         return Reply(
             body=self._order_json(order, self.now()),
             headers={"Location": self.url("order", order.id)},
@@ -859,7 +857,11 @@ class Acme:
         return csr
 
     def _issue(
-        self, csr: x509.CertificateSigningRequest, order: Order, incoming: Incoming
+        self,
+        csr: x509.CertificateSigningRequest,
+        order: Order,
+        incoming: Incoming,
+        tx: Transaction,
     ) -> tuple[str, str]:
         """The one issuance path of the service: profile ``server``, the service's lifetime."""
         idents = [parse_identifier(i) for i in order.body["identifiers"]]
@@ -873,6 +875,7 @@ class Acme:
                 route="acme",
                 requester=f"account:{order.account_id}",
                 address=incoming.client or None,
+                tx=tx,
             )
         except (ConfigError, RefusedError) as exc:  # the request, not the CA, is at fault
             raise AcmeProblem("badCSR", exc.what) from None

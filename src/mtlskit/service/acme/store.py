@@ -128,7 +128,7 @@ class Order:
     account_id: str
     status: str
     expires_at: str
-    body: dict[str, Any]  # identifiers, authzs (ids), error, chain_pem, processing_since
+    body: dict[str, Any]  # identifiers, authzs (ids), error, chain_pem
     serial: str | None
     created_at: str
 
@@ -257,7 +257,8 @@ class Challenge:
     type: str
     token: str
     status: str
-    body: dict[str, Any] = field(default_factory=dict)  # validated, error, processing_since
+    # validated, error; while processing: processing_since, processing_by (replica id)
+    body: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Challenge:
