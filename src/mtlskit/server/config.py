@@ -31,7 +31,9 @@ class ServerConfig:
 
     Listening: ``host`` (``""``: every interface, IPv4 and IPv6, as Go's ``":8443"``;
     ``"127.0.0.1"`` for this machine only), ``port`` (8443; 0 picks a free one),
-    ``workers`` (1; N processes share the port with SO_REUSEPORT), ``backlog`` (4096).
+    ``workers`` (1; N processes share the port with SO_REUSEPORT), ``worker_affinity``
+    (True: with several workers a client stays on one, by its IP address, and resumes its
+    TLS session there), ``backlog`` (4096).
 
     What runs: ``app`` (None: the seed's hello world; ``"module:attribute"`` or an ASGI 3
     callable), ``quiet`` (False: one log line per request).
@@ -40,7 +42,8 @@ class ServerConfig:
     (``()``) list glob patterns (then the others get 403); ``client_cert``
     (``"required"``; ``"optional"`` for services with anonymous routes) and
     ``client_cert_any_purpose`` (False: a client certificate needs clientAuth when it has
-    an extendedKeyUsage).
+    an extendedKeyUsage), ``client_ca_names`` (True: the CertificateRequest names the
+    CAs of the CA bundle, on the default engine).
 
     Time limits, in seconds: ``handshake_timeout`` (10), ``idle_timeout`` (60, keep-alive
     connections with no request), ``shutdown_timeout`` (10, in-flight requests after
