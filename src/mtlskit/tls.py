@@ -17,9 +17,15 @@ import ssl
 
 from mtlskit.errors import ConfigError, PKIError
 
-__all__ = ["client_context", "pinning_context", "server_context"]
+__all__ = ["SERVER_TLS12_CIPHERS", "client_context", "pinning_context", "server_context"]
 
 PathLike = str | os.PathLike[str]
+
+# What a server offers a TLS 1.2 client: forward-secret AEAD suites only (ECDHE with
+# AES-GCM or ChaCha20-Poly1305, Mozilla's "intermediate" profile); no CBC suite, which
+# scanners flag as legacy. TLS 1.3 suites are all AEAD and forward-secret already.
+# Both server TLS engines read it (server/openssl_engine.py).
+SERVER_TLS12_CIPHERS = "@SECLEVEL=2:ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 
 
 def _check_file(path: PathLike, what: str) -> str:
@@ -127,6 +133,7 @@ def server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx, min_version)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.set_ciphers(SERVER_TLS12_CIPHERS)
     _load_chain(ctx, cert, key, password)
     if ca is not None:
         _load_ca(ctx, ca, crl)

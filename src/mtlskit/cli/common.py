@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import click
 
 from mtlskit.errors import ConfigError
 from mtlskit.logs import log_to_stderr
 
-__all__ = ["ca_dir_option", "db_option", "has_terminal", "read_passphrase", "setup_logging"]
+__all__ = [
+    "SESSION_TICKETS_OPTIONS",
+    "ca_dir_option",
+    "db_option",
+    "has_terminal",
+    "read_passphrase",
+    "session_tickets_choice",
+    "setup_logging",
+    "warn_session_cache",
+]
 
 ca_dir_option = click.option(
     "--ca-dir",
@@ -76,3 +87,46 @@ def has_terminal() -> bool:
 def setup_logging() -> None:
     """Log lines like Go's log package: ``2021/12/05 23:36:03 listen on …`` on stderr."""
     log_to_stderr()
+
+
+def SESSION_TICKETS_OPTIONS(f: Any) -> Any:
+    """--session-tickets, and the deprecated --session-cache (serve and proxy server)."""
+    f = click.option(
+        "--session-cache",
+        type=click.IntRange(min=0),
+        default=None,
+        hidden=True,
+        help="Deprecated: 0 is --session-tickets stateless; the size is OpenSSL's own.",
+    )(f)
+    return click.option(
+        "--session-tickets",
+        type=click.Choice(["stateful", "stateless"]),
+        default=None,
+        help="TLS 1.3 resumption: sessions kept in the worker (faster, up to 20480) or "
+        "carried encrypted by the client (no server memory)  [default: stateful]",
+    )(f)
+
+
+def session_tickets_choice(
+    tickets: str | None, cache: int | None
+) -> Literal["stateful", "stateless"]:
+    """--session-tickets, or what the deprecated --session-cache N meant (0: stateless)."""
+    if cache is not None:
+        implied = "stateless" if cache == 0 else "stateful"
+        if tickets is not None and tickets != implied:
+            raise ConfigError(
+                f"--session-cache {cache} contradicts --session-tickets {tickets}",
+                hint="use --session-tickets alone (--session-cache is deprecated)",
+            )
+        tickets = implied
+    return cast(Literal["stateful", "stateless"], tickets or "stateful")
+
+
+def warn_session_cache(cache: int | None, tickets: str) -> None:
+    """One log line when the deprecated --session-cache was given (after setup_logging)."""
+    if cache is not None:
+        logging.getLogger("mtlskit").warning(
+            "--session-cache is deprecated: use --session-tickets %s (the number of sessions "
+            "kept is OpenSSL's own, 20480)",
+            tickets,
+        )

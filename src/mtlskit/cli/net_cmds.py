@@ -6,11 +6,28 @@ from pathlib import Path
 
 import click
 
-from mtlskit.cli.common import setup_logging
+from mtlskit.cli.common import (
+    SESSION_TICKETS_OPTIONS,
+    session_tickets_choice,
+    setup_logging,
+    warn_session_cache,
+)
 from mtlskit.server import ServerConfig, run
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
 
-__all__ = ["serve"]
+__all__ = ["byte_size", "serve"]
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """``1048576``, ``512K``, ``1M``, ``1MiB``, ``2G``: binary multiples."""
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    number = text.rstrip("KMG")
+    unit = text[len(number) :]
+    if not number.isdigit() or unit not in _UNITS:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 1048576, 512K, 1M, 2G)")
+    return int(number) * _UNITS[unit]
 
 
 @click.command(
@@ -82,14 +99,7 @@ __all__ = ["serve"]
     metavar="S",
     help="Start new TLS sessions and ticket keys this often; older tickets stop resuming (0: never).",
 )
-@click.option(
-    "--session-cache",
-    type=click.IntRange(min=0),
-    default=DEFAULT_SESSION_CACHE,
-    show_default=True,
-    metavar="N",
-    help="TLS 1.3 sessions kept for resumption, ~9 KiB each (0: stateless tickets).",
-)
+@SESSION_TICKETS_OPTIONS
 @click.option(
     "--no-client-ca-names",
     is_flag=True,
@@ -99,6 +109,38 @@ __all__ = ["serve"]
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
 @click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True, metavar="S")
+@click.option(
+    "--head-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="From a request's first byte to the end of its head (then 408).",
+)
+@click.option(
+    "--body-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="A request body that stalls this long (then 408).",
+)
+@click.option(
+    "--write-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="A client that reads nothing of its response this long is dropped.",
+)
+@click.option(
+    "--max-body-size",
+    default="1MiB",
+    callback=byte_size,
+    show_default=True,
+    metavar="SIZE",
+    help="Larger request bodies get 413 (bytes, or with K/M/G; 0: no limit).",
+)
 def serve(
     app: str | None,
     certs: Path,
@@ -115,13 +157,19 @@ def serve(
     crl: Path | None,
     watch_interval: float,
     ticket_key_rotation: float,
-    session_cache: int,
+    session_tickets: str | None,
+    session_cache: int | None,
     no_client_ca_names: bool,
     metrics_port: int | None,
     metrics_host: str,
     handshake_timeout: float,
     idle_timeout: float,
+    head_timeout: float,
+    body_timeout: float,
+    write_timeout: float,
+    max_body_size: int,
 ) -> None:
+    tickets = session_tickets_choice(session_tickets, session_cache)
     config = ServerConfig(
         certs=certs,
         ca=ca,
@@ -137,13 +185,18 @@ def serve(
         allow_san=allow_san,
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
+        head_timeout=head_timeout,
+        body_timeout=body_timeout,
+        write_timeout=write_timeout,
+        max_body_size=max_body_size,
         crl=crl,
         watch_interval=watch_interval,
         ticket_key_rotation=ticket_key_rotation,
-        session_cache=session_cache,
+        session_tickets=tickets,
         client_ca_names=not no_client_ca_names,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
     setup_logging()
+    warn_session_cache(session_cache, tickets)
     run(config)

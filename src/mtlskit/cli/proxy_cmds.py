@@ -6,8 +6,12 @@ from pathlib import Path
 
 import click
 
-from mtlskit.cli.common import setup_logging
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
+from mtlskit.cli.common import (
+    SESSION_TICKETS_OPTIONS,
+    session_tickets_choice,
+    setup_logging,
+    warn_session_cache,
+)
 
 __all__ = ["proxy"]
 
@@ -109,14 +113,7 @@ def proxy() -> None:
     metavar="S",
     help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
 )
-@click.option(
-    "--session-cache",
-    type=click.IntRange(min=0),
-    default=DEFAULT_SESSION_CACHE,
-    show_default=True,
-    metavar="N",
-    help="TLS 1.3 sessions kept for resumption (0: stateless tickets).",
-)
+@SESSION_TICKETS_OPTIONS
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
 def server(
@@ -142,13 +139,15 @@ def server(
     unsafe_target: bool,
     quiet: bool,
     watch_interval: float,
-    session_cache: int,
+    session_tickets: str | None,
+    session_cache: int | None,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
     from mtlskit.proxy import Address, ProxyConfig, run_server
     from mtlskit.server import ServerConfig
 
+    tickets = session_tickets_choice(session_tickets, session_cache)
     where = Address.parse(listen, "--listen", unix=False)
     listener = ServerConfig(
         certs=certs,
@@ -165,7 +164,7 @@ def server(
         idle_timeout=idle_timeout,
         shutdown_timeout=shutdown_timeout,
         watch_interval=watch_interval,
-        session_cache=session_cache,
+        session_tickets=tickets,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
@@ -182,6 +181,7 @@ def server(
         unsafe_target=unsafe_target,
     )
     setup_logging()
+    warn_session_cache(session_cache, tickets)
     run_server(config)
 
 

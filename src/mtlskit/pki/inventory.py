@@ -57,7 +57,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from mtlskit.database import (
     SCHEMA_VERSION,
     Database,
-    IntegrityError,
     Transaction,
     UnusableDatabaseError,
     open_database,
@@ -297,6 +296,7 @@ INSERT INTO certs (serial, subject, sans, profile, not_before, not_after, pem, i
                    renewed_from, source)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+_INSERT_NEW = _INSERT.rstrip() + " ON CONFLICT (serial) DO NOTHING"
 
 
 # -- the database ----------------------------------------------------------------------------
@@ -506,22 +506,25 @@ class Inventory:
             self._prepare(create=True)
         elif not self._ready:
             raise PKIError("the inventory must be opened before issuing in a transaction")
+        elif not tx.durable:
+            # Nothing issued may be lost with a power cut: its record is on disk first.
+            raise PKIError("a certificate is recorded only in a durable transaction")
         fresh = new_serial or random_serial
         for _ in range(SERIAL_ATTEMPTS):
             # Without a transaction, sign outside one: the write lock is held only for
             # the insert.
             cert = sign(fresh())
             row = _row_values(cert, source="issued", renewed_from=renewed_from)
-            try:
-                if tx is None:
-                    with self.database.transaction() as own:
-                        _record(own, row, renewed_from)
-                else:
-                    with tx.savepoint():
-                        _record(tx, row, renewed_from)
-            except IntegrityError:
-                continue  # serial collision: another process (or a past one) has it
-            return cert
+            # ON CONFLICT DO NOTHING: a serial collision (another process, or a past one,
+            # has it) inserts nothing, and the transaction goes on (PostgreSQL would
+            # abort it on a UNIQUE violation).
+            if tx is None:
+                with self.database.transaction() as own:
+                    added = _record(own, row, renewed_from)
+            else:
+                added = _record(tx, row, renewed_from)
+            if added == 1:
+                return cert
         raise PKIError(
             f"no unused serial after {SERIAL_ATTEMPTS} attempts",
             file=self.location,
@@ -646,16 +649,17 @@ class Inventory:
         return int(row["n"]) if row else 0
 
 
-def _record(tx: Transaction, row: tuple[object, ...], renewed_from: str | None) -> None:
-    """Insert a new certificate's row; mark the one it renews superseded: still valid
-    (not revoked, in no CRL: it may serve until the new one is rolled out), with RFC
-    5280's word for it, and out of ``--expiring``."""
-    tx.execute(_INSERT, row)
-    if renewed_from is not None:
+def _record(tx: Transaction, row: tuple[object, ...], renewed_from: str | None) -> int:
+    """Insert a new certificate's row unless its serial is taken (the rows added: 0 or 1);
+    mark the one it renews superseded: still valid (not revoked, in no CRL: it may serve
+    until the new one is rolled out), with RFC 5280's word for it, out of ``--expiring``."""
+    added = tx.execute(_INSERT_NEW, row)
+    if added == 1 and renewed_from is not None:
         tx.execute(
             "UPDATE certs SET reason = ? WHERE serial = ? AND status = 'valid'",
             (SUPERSEDED, renewed_from),
         )
+    return added
 
 
 def _no_tables(tx: Transaction) -> bool:
@@ -672,7 +676,7 @@ def _no_tables(tx: Transaction) -> bool:
 def _adopt(tx: Transaction, adoption: _Adoption) -> None:
     for cert in adoption.certs:
         tx.execute(
-            _INSERT.rstrip() + " ON CONFLICT (serial) DO NOTHING",
+            _INSERT_NEW,
             _row_values(cert, source="adopted", renewed_from=None),
         )
     for item in adoption.revoked:

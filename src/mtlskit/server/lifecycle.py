@@ -42,7 +42,12 @@ from mtlskit.server.protocol import HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
-from mtlskit.server.tlsstate import ContextHolder, TLSState, default_engine_selected
+from mtlskit.server.tlsstate import (
+    ContextHolder,
+    TLSState,
+    default_engine_selected,
+    engine_description,
+)
 
 if sys.platform != "win32":
     import resource
@@ -156,9 +161,12 @@ class Server:
         return lambda: HelloProtocol(state, rules, holder.current, hello)
 
     async def _sweep(self) -> None:
-        """Every interval: the coarse clock, the Date header, handshake and idle timeouts."""
+        """Every interval: the coarse clock, the Date header, handshake timeouts, and each
+        connection's own (idle, request head, request body, write: check_timeouts)."""
         cfg = self.config
-        interval = max(0.05, min(1.0, cfg.handshake_timeout / 4, cfg.idle_timeout / 4))
+        timeouts = [cfg.handshake_timeout, cfg.idle_timeout, cfg.head_timeout]
+        timeouts += [cfg.body_timeout, cfg.write_timeout]
+        interval = max(0.05, min(1.0, *(t / 4 for t in timeouts)))
         state = self.state
         while True:
             await asyncio.sleep(interval)
@@ -167,15 +175,14 @@ class Server:
                 self.hello.refresh(state.date)
             now = state.now
             hs_deadline = now - cfg.handshake_timeout
-            idle_deadline = now - cfg.idle_timeout
             for conn in list(state.connections):
                 if conn.closed:
                     continue
                 if conn.handshaking:
                     if conn.started < hs_deadline:
                         conn.handshake_timed_out()
-                elif conn.last_active < idle_deadline and conn.waiting_on_peer():
-                    conn.close()
+                else:
+                    conn.check_timeouts(now)
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -257,7 +264,7 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, ASGIApp | None]:
         config.ca_path,
         crl=config.crl,
         build=checked_build,
-        session_cache=config.session_cache,
+        stateful_tickets=config.session_tickets == "stateful",
         require_client_cert=config.client_cert == "required",
         any_client_purpose=config.client_cert_any_purpose,
         client_ca_names=config.client_ca_names,
@@ -305,6 +312,7 @@ async def _serve_worker(
         ),
     ):
         if announce:
+            log.info("%s", engine_description())
             log.info("%s", announce)
         await server.serve()
 
@@ -427,6 +435,7 @@ def _supervise(
         for w in workers:
             w.start()
         probe.close()
+        log.info("%s", engine_description())
         log.info("%s (%d workers)", banner or f"listen on {config.url}", config.workers)
         failed = 0
         while any(w.exitcode is None for w in workers):

@@ -45,7 +45,6 @@ from mtlskit.errors import MtlsError, PKIError
 from mtlskit.pki.crl import check_crl, read_crl
 from mtlskit.pki.load import read_certificates
 from mtlskit.pki.verify import can_anchor_trust, eku_names
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
 from mtlskit.server.tlsstate import ContextHolder, TLSState, build_state
 
 __all__ = [
@@ -157,7 +156,7 @@ def checked_build(
     ca: PathLike,
     *,
     crl: PathLike | None = None,
-    session_cache: int = DEFAULT_SESSION_CACHE,
+    stateful_tickets: bool = True,
     require_client_cert: bool = True,
     any_client_purpose: bool = False,
     client_ca_names: bool = True,
@@ -170,7 +169,7 @@ def checked_build(
         key,
         ca,
         crl=crl,
-        session_cache=session_cache,
+        stateful_tickets=stateful_tickets,
         require_client_cert=require_client_cert,
         any_client_purpose=any_client_purpose,
         client_ca_names=client_ca_names,
