@@ -141,6 +141,30 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     metavar="SIZE",
     help="Larger request bodies get 413 (bytes, or with K/M/G; 0: no limit).",
 )
+@click.option(
+    "--ws-max-size",
+    default="16MiB",
+    callback=byte_size,
+    show_default=True,
+    metavar="SIZE",
+    help="Larger WebSocket messages close the connection with 1009.",
+)
+@click.option(
+    "--ws-ping-interval",
+    type=float,
+    default=20.0,
+    show_default=True,
+    metavar="S",
+    help="Ping a quiet WebSocket peer this often (0: never).",
+)
+@click.option(
+    "--ws-ping-timeout",
+    type=float,
+    default=20.0,
+    show_default=True,
+    metavar="S",
+    help="Drop a WebSocket peer whose pong does not come within this.",
+)
 def serve(
     app: str | None,
     certs: Path,
@@ -168,6 +192,9 @@ def serve(
     body_timeout: float,
     write_timeout: float,
     max_body_size: int,
+    ws_max_size: int,
+    ws_ping_interval: float,
+    ws_ping_timeout: float,
 ) -> None:
     tickets = session_tickets_choice(session_tickets, session_cache)
     config = ServerConfig(
@@ -189,6 +216,9 @@ def serve(
         body_timeout=body_timeout,
         write_timeout=write_timeout,
         max_body_size=max_body_size,
+        ws_max_size=ws_max_size,
+        ws_ping_interval=ws_ping_interval,
+        ws_ping_timeout=ws_ping_timeout,
         crl=crl,
         watch_interval=watch_interval,
         ticket_key_rotation=ticket_key_rotation,

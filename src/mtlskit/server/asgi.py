@@ -1,6 +1,6 @@
-"""ASGI 3 hosting: http and lifespan scopes, with the ASGI TLS extension.
+"""ASGI 3 hosting: http, websocket and lifespan scopes, with the ASGI TLS extension.
 
-Every http scope carries ``scope["extensions"]["tls"]`` as the asgiref spec
+Every http and websocket scope carries ``scope["extensions"]["tls"]`` as the asgiref spec
 "ASGI TLS Extension" 0.2 defines it: ``server_cert`` (PEM), ``client_cert_chain``
 (PEM strings, leaf first), ``client_cert_name`` (RFC 4514), ``client_cert_error``
 (None: unverified clients never get this far), ``tls_version`` (0x0304 …) and
@@ -26,10 +26,11 @@ from urllib.parse import unquote
 import httptools
 
 from mtlskit.errors import ConfigError, ServerError
-from mtlskit.server.asgi_types import ASGIApp, Message, Scope
+from mtlskit.server.asgi_types import ASGIApp, ClientDisconnected, Message, Scope
 from mtlskit.server.protocol import ERROR_RESPONSES, BaseProtocol
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.tlsstate import TLSState, cipher_suite_id, tls_version_id
+from mtlskit.server.websocket import WebSocketCycle, is_websocket_upgrade
 
 __all__ = [
     "ASGIApp",
@@ -100,10 +101,6 @@ def load_app(spec: str) -> ASGIApp:
     return app
 
 
-class ClientDisconnected(OSError):
-    """Raised by ``send()`` once the client has gone away."""
-
-
 class HostedApp:
     """The ASGI app one worker runs: the callable, its requests still running, and the
     lifespan state (each request's scope gets a shallow copy, as the spec says)."""
@@ -113,7 +110,7 @@ class HostedApp:
         self.tasks: set[asyncio.Task[None]] = set()
         self.lifespan_state: dict[str, Any] = {}
 
-    def start_request(self, cycle: RequestResponseCycle) -> None:
+    def start_request(self, cycle: RequestResponseCycle | WebSocketCycle) -> None:
         task = asyncio.get_running_loop().create_task(cycle.run(self.app))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -468,6 +465,9 @@ class ASGIProtocol(BaseProtocol):
         )  # the running one first, then queued ones
         self.parsing: RequestResponseCycle | None = None
         self.pending_error = 0
+        self.websocket: WebSocketCycle | None = None
+        # A WebSocket handshake parsed while earlier requests still run: (scope, request).
+        self._ws_request: tuple[Scope, bytes] | None = None
         self._tls_ext: dict[str, Any] | None = None
         self._server_addr: tuple[str, int] | None = None
 
@@ -498,6 +498,7 @@ class ASGIProtocol(BaseProtocol):
             self.stop(400, "invalid request target")
         raw_path = url.path or b"/"
         parser = self.parser
+        method = parser.get_method()
         scope: Scope = {
             "type": "http",
             "asgi": ASGI_VERSION,
@@ -505,7 +506,7 @@ class ASGIProtocol(BaseProtocol):
             "server": self._server(),
             "client": self.peer[:2] if self.peer else None,
             "scheme": "https",
-            "method": parser.get_method().decode("ascii"),
+            "method": method.decode("ascii"),
             "root_path": "",
             "path": unquote(raw_path.decode("latin-1")),
             "raw_path": raw_path,
@@ -514,6 +515,9 @@ class ASGIProtocol(BaseProtocol):
             "state": dict(self.hosted.lifespan_state),
             "extensions": {"tls": self.tls_extension()},
         }
+        if parser.should_upgrade() and is_websocket_upgrade(method, self.headers):
+            self._websocket_requested(scope)
+            return
         cycle = RequestResponseCycle(self, scope, parser.should_keep_alive(), self.expect)
         self.parsing = cycle
         self.cycles.append(cycle)
@@ -541,6 +545,69 @@ class ASGIProtocol(BaseProtocol):
             c.event.set()
             self.parsing = None
 
+    # -- WebSocket -------------------------------------------------------------------------------------
+
+    def _websocket_requested(self, scope: Scope) -> None:
+        """The head of a WebSocket handshake: its scope, until the parser hands over."""
+        del scope["method"]
+        scope["type"] = "websocket"
+        scope["scheme"] = "wss"
+        scope["subprotocols"] = [
+            p.strip().decode("latin-1")
+            for name, value in self.headers
+            if name == b"sec-websocket-protocol"
+            for p in value.split(b",")
+            if p.strip()
+        ]
+        scope["extensions"]["websocket.http.response"] = {}
+        head = [b"GET %s HTTP/1.1\r\n" % self.url]
+        head += [b"%s: %s\r\n" % (name, value) for name, value in self.headers]
+        self._ws_request = (scope, b"".join(head) + b"\r\n")
+
+    def upgrade_requested(self, rest: bytes) -> None:
+        if self._ws_request is None:  # another protocol (h2c …), or a refused client
+            super().upgrade_requested(rest)
+            return
+        if self.cycles:  # answer the requests before it first (response_complete)
+            scope, request = self._ws_request
+            self._ws_request = (scope, request + rest)
+            self.update_reading()
+            return
+        self._start_websocket(rest)
+
+    def _start_websocket(self, rest: bytes) -> None:
+        assert self._ws_request is not None
+        scope, request = self._ws_request
+        self._ws_request = None
+        self.server_state.stats.requests += 1
+        if not self.rules.quiet:
+            self.log_request(b"GET")
+        ws = WebSocketCycle(self, scope, request, self.rules.websocket, self.server_state.now)
+        self.websocket = ws
+        if not ws.closed:  # wsproto accepted the handshake request
+            self.hosted.start_request(ws)
+        if rest:
+            ws.feed(rest)
+
+    def received(self, plain: bytes) -> None:
+        ws = self.websocket
+        if ws is None:
+            super().received(plain)
+            return
+        ws.now = self.server_state.now
+        ws.feed(plain)
+
+    def check_timeouts(self, now: float) -> None:
+        super().check_timeouts(now)
+        if self.websocket is not None and not self.closed:
+            self.websocket.check_timeouts(now)
+
+    def shutdown_if_idle(self) -> None:
+        if self.websocket is not None and not self.closed:
+            self.websocket.going_away()
+            return
+        super().shutdown_if_idle()
+
     # -- requests -----------------------------------------------------------------------------------
 
     def _run(self, cycle: RequestResponseCycle) -> None:
@@ -558,6 +625,10 @@ class ASGIProtocol(BaseProtocol):
             return
         if self.cycles:
             self._run(self.cycles[0])
+        elif self._ws_request is not None:
+            self._start_websocket(b"")
+            self.update_reading()
+            return
         elif self.pending_error:
             self.send_now(ERROR_RESPONSES[self.pending_error])
             self.close()
@@ -569,10 +640,13 @@ class ASGIProtocol(BaseProtocol):
             self.update_reading()
 
     def responses_owed(self) -> bool:
-        return bool(self.cycles)
+        return bool(self.cycles) or self._ws_request is not None
 
     def waiting_on_peer(self) -> bool:
-        # No request in the app, or the app waits for the body of the one it runs.
+        # No request in the app, or the app waits for the body of the one it runs. A
+        # WebSocket may be quiet: its pings tell whether the peer is there.
+        if self.websocket is not None:
+            return False
         return not self.cycles or self.parsing is self.cycles[0]
 
     def refuse_upgrade(self) -> None:
@@ -619,11 +693,15 @@ class ASGIProtocol(BaseProtocol):
             self.write_paused
             or len(self.cycles) > _PIPELINE_MAX
             or (parsing is not None and parsing.body_size > _BODY_HIGH_WATER)
+            or self._ws_request is not None  # nothing is read until the switch
+            or (self.websocket is not None and self.websocket.wants_read_pause())
         )
 
     def lost(self) -> None:
         for c in self.cycles:
             c.abandon()
+        if self.websocket is not None:
+            self.websocket.lost()
 
     # -- scope ----------------------------------------------------------------------------------------
 

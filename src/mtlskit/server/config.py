@@ -88,6 +88,11 @@ class ServerConfig:
     write_timeout: float = 60.0
     # Request bodies larger than this are refused with 413 (0: no limit); nginx's default.
     max_body_size: int = 1024 * 1024
+    # WebSocket: the largest message (uvicorn's default), and how often the server pings a
+    # quiet peer (0: never) and waits for its pong (uvicorn's defaults).
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
     shutdown_timeout: float = 10.0  # how long in-flight requests may run after SIGTERM
     max_header_bytes: int = 32 * 1024  # request line + headers (431 beyond)
     max_headers: int = 100  # header fields per request (431 beyond)
@@ -135,12 +140,17 @@ class ServerConfig:
             raise ConfigError("--workers must be 1 or more")
         if self.max_body_size < 0:
             raise ConfigError("--max-body-size must be 0 (no limit) or more bytes")
+        if self.ws_max_size < 1:
+            raise ConfigError("--ws-max-size must be 1 or more bytes")
+        if self.ws_ping_interval < 0:
+            raise ConfigError("--ws-ping-interval must be 0 (off) or more seconds")
         for name in (
             "handshake_timeout",
             "idle_timeout",
             "head_timeout",
             "body_timeout",
             "write_timeout",
+            "ws_ping_timeout",
             "shutdown_timeout",
         ):
             if getattr(self, name) <= 0:

@@ -165,7 +165,8 @@ class Server:
         connection's own (idle, request head, request body, write: check_timeouts)."""
         cfg = self.config
         timeouts = [cfg.handshake_timeout, cfg.idle_timeout, cfg.head_timeout]
-        timeouts += [cfg.body_timeout, cfg.write_timeout]
+        timeouts += [cfg.body_timeout, cfg.write_timeout, cfg.ws_ping_timeout]
+        timeouts += [cfg.ws_ping_interval] if cfg.ws_ping_interval else []
         interval = max(0.05, min(1.0, *(t / 4 for t in timeouts)))
         state = self.state
         while True:

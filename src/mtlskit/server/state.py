@@ -24,6 +24,7 @@ from typing import Protocol
 from mtlskit.identity import AccessPolicy
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.stats import Stats
+from mtlskit.server.websocket import WebSocketLimits
 
 __all__ = ["AcceptedConnection", "ConnectionRules", "ServerState"]
 
@@ -63,6 +64,7 @@ class ConnectionRules:
     head_timeout: float
     body_timeout: float
     write_timeout: float
+    websocket: WebSocketLimits
     quiet: bool
 
     @classmethod
@@ -78,6 +80,11 @@ class ConnectionRules:
             head_timeout=config.head_timeout,
             body_timeout=config.body_timeout,
             write_timeout=config.write_timeout,
+            websocket=WebSocketLimits(
+                max_size=config.ws_max_size,
+                ping_interval=config.ws_ping_interval,
+                ping_timeout=config.ws_ping_timeout,
+            ),
             quiet=config.quiet,
         )
 
