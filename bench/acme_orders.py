@@ -35,14 +35,24 @@ NAME = "app.internal"
 CLIENT_CPUS = {1}
 
 
-def start_mtlskit_ca(ca: Path, http_port: int) -> Server:
+def start_mtlskit_ca(
+    ca: Path,
+    http_port: int,
+    *args: str,
+    name: str = "mtlskit",
+    env: dict[str, str] | None = None,
+) -> Server:
+    """`mtlskit ca serve` on CPU 0 with ACME for *.internal (``args``: e.g. --db URL;
+    ``env``: e.g. PYTHONPATH of another source tree, the bench's baseline)."""
     port = free_port()
     argv = [sys.executable, "-m", "mtlskit", "ca", "serve", "--ca-dir", str(ca)]
     argv += ["--port", str(port), "--url", f"https://127.0.0.1:{port}"]
     argv += ["--acme-allow", "DNS:*.internal", "--acme-http-port", str(http_port)]
-    argv += ["--acme-resolve", f"{NAME}:127.0.0.1", "--rate-limit", "100000000"]
-    server = _spawn("mtlskit", argv, port, "0", Path(tempfile.mkdtemp(prefix="bench-acme-")))
+    argv += ["--acme-resolve", f"{NAME}:127.0.0.1", "--rate-limit", "100000000", *args]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-acme-"))
+    server = _spawn(name, argv, port, "0", workdir, env=env)
     server.notes["directory"] = f"https://127.0.0.1:{port}/acme/directory"
+    server.notes["url"] = f"https://127.0.0.1:{port}"
     return server
 
 

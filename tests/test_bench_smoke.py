@@ -80,3 +80,35 @@ def test_quick_scale_benches_write_their_json(tmp_path: Path, bench: str) -> Non
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(row["errors"] == 0 for row in rows), rows
     assert "|" in r.stdout  # the table
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_quick_ca_service_bench(tmp_path: Path) -> None:
+    """bench/ca_service.py --quick: enrollments on SQLite and PostgreSQL, ACME against
+    pebble, one JSON and one table (speeds not asserted)."""
+    out = tmp_path / "ca_service.json"
+    r = subprocess.run(
+        [sys.executable, ROOT / "bench" / "ca_service.py", "--quick", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    enroll = {row["db"]: row for row in rows if row["bench"] == "enroll"}
+    assert set(enroll) == {"sqlite", "postgresql"}
+    for row in enroll.values():
+        assert row["enrollments"] > 0 and row["errors"] == 0 and row["per_cpu_s"] > 0, row
+    assert enroll["postgresql"]["db_cpu_s"] >= 0
+    acme = {row["server"]: row for row in rows if row["bench"] == "acme"}
+    assert set(acme) == {"current", "pebble"}
+    assert all(row["orders"] > 0 for row in acme.values()), acme
+    assert {s["what"] for s in data["summary"]} == {
+        "enrollments per server CPU-s (sqlite)",
+        "enrollments per server CPU-s (postgresql)",
+        "ACME orders per server CPU-s vs pebble",
+    }
+    assert "| enrollments per server CPU-s (sqlite) | current |" in r.stdout

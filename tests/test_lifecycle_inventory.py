@@ -16,6 +16,8 @@ from mtlskit.errors import PKIError
 from mtlskit.pki import inventory as inventory_mod
 from mtlskit.pki.ca import CA
 from mtlskit.pki.inventory import DB_NAME, Inventory, serial_hex
+from mtlskit.pki.keys import generate_key
+from mtlskit.pki.names import parse_name
 from mtlskit.pki.seed import init_seed
 from tests.support.processes import ROOT, run_cli
 
@@ -124,6 +126,27 @@ def test_serial_collision_is_retried_with_a_fresh_serial(
     assert len(_db_rows(certs)) == 3
 
 
+def test_issuing_in_the_callers_transaction(certs: Path) -> None:
+    """A certificate recorded in the caller's transaction commits with it, or not at all;
+    never in a transaction that does not wait for the disk (durable=False)."""
+    ca = CA.load(certs)
+    assert ca.inventory is not None
+    inv = ca.inventory
+    inv.check()
+    key = generate_key().public_key()
+    before = inv.count()
+    with pytest.raises(RuntimeError), inv.database.transaction() as tx:
+        ca.sign_public_key(key, parse_name("CN=undone"), profile="client", tx=tx)
+        raise RuntimeError("the caller's other write failed")
+    assert inv.count() == before
+    with inv.database.transaction() as tx:
+        cert = ca.sign_public_key(key, parse_name("CN=kept"), profile="client", tx=tx)
+    assert inv.get(serial_hex(cert.serial_number)).subject == "CN=kept"
+    with pytest.raises(PKIError, match="durable"), inv.database.transaction(durable=False) as tx:
+        ca.sign_public_key(key, parse_name("CN=lost"), profile="client", tx=tx)
+    assert inv.count() == before + 1
+
+
 def test_openssl_ca_gets_an_inventory_on_first_issuance(
     seed_certs_openssl: Path, tmp_path: Path
 ) -> None:
@@ -210,7 +233,7 @@ def test_list_expiring(certs: Path) -> None:
     ]
     assert "no certificates" in run_cli("list", "--ca-dir", certs, "--expiring", "1d").stdout
     bad = run_cli("list", "--ca-dir", certs, "--expiring", "soon")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: invalid duration")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --expiring 'soon' is not a")
 
 
 CRL_WORKER = """

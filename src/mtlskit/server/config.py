@@ -22,7 +22,45 @@ SESSION_CACHE_BOUND = 20480
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything ``mtlskit serve`` needs; the defaults are the seed's."""
+    """Everything ``mtlskit serve`` needs; the defaults are the seed's::
+
+        ServerConfig()   # https://localhost:8443 on every interface, certs/ca.crt,
+                         # certs/server.crt, certs/server.key, hello world
+
+    Files: ``certs`` (``Path("certs")``) is the folder with ``ca.crt``, ``server.crt``
+    and ``server.key``; ``ca``, ``cert``, ``key`` (None) override one file each;
+    ``crl`` (None) refuses the clients a CRL revokes.
+
+    Listening: ``host`` (``""``: every interface, IPv4 and IPv6, as Go's ``":8443"``;
+    ``"127.0.0.1"`` for this machine only), ``port`` (8443; 0 picks a free one),
+    ``workers`` (1; N processes share the port with SO_REUSEPORT), ``worker_affinity``
+    (True: with several workers a client stays on one, by its IP address, and resumes its
+    TLS session there), ``backlog`` (4096).
+
+    What runs: ``app`` (None: the seed's hello world; ``"module:attribute"`` or an ASGI 3
+    callable), ``quiet`` (False: one log line per request).
+
+    Who may connect: every certificate the CA issued, unless ``allow_cn`` / ``allow_san``
+    (``()``) list glob patterns (then the others get 403); ``client_cert``
+    (``"required"``; ``"optional"`` for services with anonymous routes) and
+    ``client_cert_any_purpose`` (False: a client certificate needs clientAuth when it has
+    an extendedKeyUsage), ``client_ca_names`` (True: the CertificateRequest names the
+    CAs of the CA bundle, on the default engine).
+
+    Time limits, in seconds: ``handshake_timeout`` (10), ``head_timeout`` (10, to
+    receive a request head), ``body_timeout`` (60, between two reads of a body),
+    ``write_timeout`` (60, a client that does not read), ``idle_timeout`` (60, keep-alive
+    connections with no request), ``shutdown_timeout`` (10, in-flight requests after
+    SIGTERM). Request limits: ``max_header_bytes`` (32 KiB) and ``max_headers`` (100)
+    answer 431 beyond, ``max_body_size`` (1 MiB) 413.
+
+    TLS state: ``watch_interval`` (1.0 s between looks at the files; 0: SIGHUP only),
+    ``ticket_key_rotation`` (3600 s; 0: never), ``session_tickets`` (``"stateful"``:
+    TLS 1.3 sessions kept in the worker; ``"stateless"``: carried by the client).
+
+    Metrics: ``metrics_port`` (None: off) serves Prometheus text on ``metrics_host``
+    (``"127.0.0.1"``); ``extra_metrics`` (None) adds text to it.
+    """
 
     certs: Path = Path("certs")  # folder with ca.crt, server.crt, server.key
     ca: Path | None = None  # override certs/ca.crt

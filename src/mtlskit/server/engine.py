@@ -16,6 +16,7 @@ from typing import Protocol
 
 __all__ = [
     "HELLO_PREFIX",
+    "PLAIN_HTTP",
     "StdlibSession",
     "TLSClosed",
     "TLSFailure",
@@ -45,6 +46,10 @@ _VERIFY_REASONS = {
     11: "crl",  # CRL not yet valid
     12: "crl",  # CRL has expired
 }
+
+
+# A request line instead of a ClientHello (check_client_hello, or OpenSSL's HTTP_REQUEST).
+PLAIN_HTTP = "plain HTTP sent to the TLS port"
 
 
 class TLSFailure(Exception):
@@ -89,7 +94,7 @@ def failure_from_openssl_reason(reason: str, *, otherwise: str) -> TLSFailure:
             "old_protocol", "the client offered only a protocol version below TLS 1.2"
         )
     if reason in ("HTTP_REQUEST", "WRONG_VERSION_NUMBER"):
-        detail = "plain HTTP sent to the TLS port" if reason == "HTTP_REQUEST" else "not TLS"
+        detail = PLAIN_HTTP if reason == "HTTP_REQUEST" else "not TLS"
         return TLSFailure("not_tls", detail)
     if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
         return TLSFailure("peer_alert", "the client refused: " + reason.lower())
@@ -165,7 +170,7 @@ def check_client_hello(head: bytes) -> TLSFailure | None:
         )
     method = head.split(b" ", 1)[0]
     if method.isalpha() and method.isupper():
-        return TLSFailure("not_tls", "plain HTTP sent to the TLS port")
+        return TLSFailure("not_tls", PLAIN_HTTP)
     return TLSFailure("not_tls", "not TLS", _alert(_ALERT_UNEXPECTED_MESSAGE))
 
 

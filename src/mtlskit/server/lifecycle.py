@@ -32,6 +32,7 @@ from typing import Any
 
 from mtlskit.errors import ServerError
 from mtlskit.identity import AccessPolicy
+from mtlskit.logs import log_to_stderr
 from mtlskit.server.affinity import attach_client_affinity
 from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
 from mtlskit.server.asgi_types import ASGIApp
@@ -341,7 +342,12 @@ def run(
     ``protocol`` replaces the HTTP protocol of each connection (the proxy's); ``banner``
     the ``listen on …`` line logged once listening; ``holder`` the TLS state built from
     ``config``'s files (the proxy's client mode holds a client's).
+
+    It logs what the command line logs (``listen on …``, one line per request and per
+    refused handshake) to stderr, unless the program has configured logging itself:
+    then the lines go to the ``mtlskit.server`` logger, at INFO, like any other.
     """
+    log_to_stderr(unless_configured=True)
     if holder is None:
         holder, app = prepare(config)
     else:

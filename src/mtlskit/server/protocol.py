@@ -30,6 +30,7 @@ import httptools
 from mtlskit.identity import PeerIdentity
 from mtlskit.server.engine import (
     HELLO_PREFIX,
+    PLAIN_HTTP,
     TLSClosed,
     TLSFailure,
     TLSSession,
@@ -79,6 +80,9 @@ ERROR_RESPONSES = {
     431: RESPONSE_431,
     505: error_response(505, "HTTP version not supported: use HTTP/1.1"),
 }
+RESPONSE_PLAIN_HTTP = error_response(
+    400, "this port speaks HTTPS with client certificates: use https:// and a client certificate"
+)
 
 
 class HelloResponses:
@@ -300,9 +304,13 @@ class BaseProtocol(asyncio.Protocol):
         if failure.reason == "eof":  # the client is gone: nothing to tell it
             self.transport.close()
             return
-        self._send_output()  # the alert tells the client why
-        if failure.alert:  # refused before the engine saw anything: our own alert
-            self.transport.write(failure.alert)
+        if failure.detail == PLAIN_HTTP:
+            # As nginx: a plain-HTTP client reads a 400 that says why, not an empty reply.
+            self.transport.write(RESPONSE_PLAIN_HTTP)
+        else:
+            self._send_output()  # the alert tells the client why
+            if failure.alert:  # refused before the engine saw anything: our own alert
+                self.transport.write(failure.alert)
         self.linger_close()
 
     def linger_close(self) -> None:

@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -162,9 +161,9 @@ async def _maintain(state: ServiceState) -> None:
     while True:
         await asyncio.sleep(MAINTENANCE_INTERVAL)
         try:
-            await run_in_threadpool(state.ensure_server_certificate)
-            await run_in_threadpool(state.forget_old_rate_windows)
-            await run_in_threadpool(state.forget_old_replicas)
+            await state.blocking(state.ensure_server_certificate)
+            await state.blocking(state.forget_old_rate_windows)
+            await state.blocking(state.forget_old_replicas)
         except MtlsError as exc:
             log.warning("maintenance: %s", exc.one_line())
         except Exception:
@@ -177,7 +176,7 @@ async def _beat(state: ServiceState) -> None:
     failing = False
     while True:
         try:
-            await run_in_threadpool(state.beat)
+            await state.blocking(state.beat)
             failing = False
         except MtlsError as exc:
             if not failing:
@@ -204,7 +203,7 @@ def create_app(state: ServiceState) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             with contextlib.suppress(MtlsError):
-                await run_in_threadpool(state.leave)
+                await state.blocking(state.leave)
 
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
         MtlsError: _error_response

@@ -16,19 +16,19 @@ the CSR must carry a new key; the new certificate keeps subject, SANs and profil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cryptography import x509
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mtlskit.database import Transaction
-from mtlskit.errors import PKIError, RefusedError
+from mtlskit.errors import MtlsError, PKIError, RefusedError
 from mtlskit.pki.ca import cert_pem
 from mtlskit.pki.inventory import format_time, issued_by, serial_hex
 from mtlskit.pki.keys import public_key_der
@@ -74,8 +74,9 @@ def _address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _answer(state: ServiceState, chain: bytes, serial: str, profile: str) -> dict[str, Any]:
-    leaf = x509.load_pem_x509_certificate(chain)
+def _answer(
+    state: ServiceState, leaf: x509.Certificate, chain: bytes, serial: str, profile: str
+) -> dict[str, Any]:
     return {
         "certificate": chain.decode("ascii"),
         "ca": state.roots_pem.decode("ascii"),
@@ -115,21 +116,25 @@ def _check_sans(csr: x509.CertificateSigningRequest, allowed: list[str], what: s
 
 
 def _rate_counted(
-    state: ServiceState, keys: tuple[str, ...], work: Callable[[Transaction], T]
+    state: ServiceState,
+    keys: tuple[str, ...],
+    work: Callable[[Transaction], T],
+    *,
+    durable: bool = True,
 ) -> T:
     """``work(tx)`` in one transaction that first counts the request against the rate
-    limits (429 beyond). A refusal from ``work`` undoes only its writes (a savepoint):
-    the count is still committed, so refused guesses add up like any request."""
-    refused: RefusedError | None = None
-    with state.db.transaction() as tx:
-        state.check_rate(*keys, tx=tx)
-        try:
-            with tx.savepoint():
-                return work(tx)
-        except RefusedError as exc:
-            refused = exc
-    assert refused is not None
-    raise refused
+    limits (429 beyond). A refusal from ``work`` rolls everything back, the count too:
+    that count is then made again on its own, so refused guesses add up like any
+    request, while a request that succeeds pays for one transaction."""
+    try:
+        with state.db.transaction(durable=durable) as tx:
+            state.check_rate(*keys, tx=tx)
+            return work(tx)
+    except RefusedError as exc:
+        if exc.status != 429:
+            with contextlib.suppress(MtlsError):  # past the limit, or the DB: the refusal
+                state.check_rate(*keys)
+        raise
 
 
 def _keys(token: str, address: str) -> tuple[str, ...]:
@@ -145,7 +150,8 @@ def token_info(state: ServiceState, token: str, address: str) -> dict[str, objec
             raise tokens.refuse_used(record)
         return record
 
-    return _rate_counted(state, _keys(token, address), look).as_json()
+    # Reads only (and counts): nothing to keep through a power cut.
+    return _rate_counted(state, _keys(token, address), look, durable=False).as_json()
 
 
 def enroll_with_token(
@@ -172,8 +178,8 @@ def _enroll(
     csr_pem: str,
     address: str,
 ) -> dict[str, Any]:
-    csr = load_request_csr(csr_pem)
-    check_csr(csr)
+    checked = check_csr(load_request_csr(csr_pem))
+    csr = checked.csr
     now = state.now()
     record = tokens.find_token(tx, token, now=now)
     if record.used_at is not None:
@@ -183,9 +189,9 @@ def _enroll(
     allowed = list(record.sans)
     _check_sans(csr, allowed, "the token")
     names = _names(requested_sans(csr)) or allowed
-    chain, serial = issue_from_csr(
+    issued = issue_from_csr(
         state,
-        csr,
+        checked,
         names=names,
         profile=record.profile,
         subject=subject,
@@ -195,9 +201,9 @@ def _enroll(
         tx=tx,
     )
     # After signing: of two requests racing for one token, the loser's certificate
-    # goes with its rolled-back savepoint.
-    tokens.spend(tx, record, serial, now=now)
-    return _answer(state, chain, serial, record.profile)
+    # goes with its rolled-back transaction.
+    tokens.spend(tx, record, issued.serial, now=now)
+    return _answer(state, issued.certificate, issued.chain_pem, issued.serial, record.profile)
 
 
 def _answer_again(
@@ -218,7 +224,7 @@ def _answer_again(
     )
     state.metrics.count_issuance("enroll", "repeated")
     chain = b"".join(cert_pem(c) for c in (cert, *state.ca.leaf_chain))
-    return _answer(state, chain, issued.serial, record.profile)
+    return _answer(state, cert, chain, issued.serial, record.profile)
 
 
 # -- renewal -----------------------------------------------------------------------------
@@ -273,8 +279,8 @@ def _renew(
         raise RefusedError(f"a {record.profile} certificate cannot be renewed here", status=403)
     if state.now() >= current.not_valid_after_utc:
         raise RefusedError(f"certificate {serial} has expired", status=403, hint="enroll again")
-    csr = load_request_csr(csr_pem)
-    check_csr(csr)
+    checked = check_csr(load_request_csr(csr_pem))
+    csr = checked.csr
     if public_key_der(csr.public_key()) == public_key_der(current.public_key()):  # type: ignore[arg-type]
         raise RefusedError(
             "the CSR carries the current certificate's key; renewal needs a new key",
@@ -284,9 +290,9 @@ def _renew(
     _check_subject(csr, current.subject, "the current certificate")
     names = list(record.sans)
     _check_sans(csr, names, "the current certificate")
-    chain, new_serial = issue_from_csr(
+    issued = issue_from_csr(
         state,
-        csr,
+        checked,
         names=names,
         profile=record.profile,
         subject=current.subject,
@@ -296,18 +302,18 @@ def _renew(
         renewed_from=serial,
         tx=tx,
     )
-    return _answer(state, chain, new_serial, record.profile)
+    return _answer(state, issued.certificate, issued.chain_pem, issued.serial, record.profile)
 
 
 def routes(state: ServiceState) -> list[BaseRoute]:
     async def info(request: Request) -> Response:
         data = await _json_body(request, "token")
-        out = await run_in_threadpool(token_info, state, data["token"], _address(request))
+        out = await state.blocking(token_info, state, data["token"], _address(request))
         return JSONResponse(out)
 
     async def enroll(request: Request) -> Response:
         data = await _json_body(request, "token", "csr")
-        out = await run_in_threadpool(
+        out = await state.blocking(
             enroll_with_token, state, data["token"], data["csr"], _address(request)
         )
         return JSONResponse(out, status_code=201)
@@ -315,7 +321,7 @@ def routes(state: ServiceState) -> list[BaseRoute]:
     async def renew(request: Request) -> Response:
         current = _client_certificate(request)
         data = await _json_body(request, "csr")
-        out = await run_in_threadpool(
+        out = await state.blocking(
             renew_with_certificate, state, current, data["csr"], _address(request)
         )
         return JSONResponse(out, status_code=201)

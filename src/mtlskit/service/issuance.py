@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -28,7 +29,15 @@ from mtlskit.pki.inventory import format_time, serial_hex
 from mtlskit.pki.names import format_san, parse_sans
 from mtlskit.service.state import ServiceState
 
-__all__ = ["MIN_RSA_BITS", "check_csr", "counted", "issue_from_csr", "load_request_csr"]
+__all__ = [
+    "MIN_RSA_BITS",
+    "CheckedCSR",
+    "Issued",
+    "check_csr",
+    "counted",
+    "issue_from_csr",
+    "load_request_csr",
+]
 
 MIN_RSA_BITS = 2048
 
@@ -47,7 +56,15 @@ def load_request_csr(data: str | bytes) -> x509.CertificateSigningRequest:
         ) from None
 
 
-def check_csr(csr: x509.CertificateSigningRequest) -> None:
+@dataclass(frozen=True)
+class CheckedCSR:
+    """A CSR that :func:`check_csr` accepted: what :func:`issue_from_csr` takes, so the
+    checks run once per request (a signature check is the costly part) and never not."""
+
+    csr: x509.CertificateSigningRequest
+
+
+def check_csr(csr: x509.CertificateSigningRequest) -> CheckedCSR:
     """Refuse a CSR with a bad signature, a weak or unknown key, or asking for CA:TRUE."""
     try:
         valid = csr.is_signature_valid
@@ -85,6 +102,7 @@ def check_csr(csr: x509.CertificateSigningRequest) -> None:
             status=403,
             hint="this service issues leaf certificates only; leave the extension out",
         )
+    return CheckedCSR(csr)
 
 
 def requested_sans(csr: x509.CertificateSigningRequest) -> list[str]:
@@ -124,9 +142,18 @@ def counted(state: ServiceState, route: str) -> Iterator[None]:
         raise
 
 
+@dataclass(frozen=True)
+class Issued:
+    """A certificate :func:`issue_from_csr` made (and recorded)."""
+
+    certificate: x509.Certificate
+    chain_pem: bytes  # the leaf, then this CA when it is an intermediate
+    serial: str  # hex, as the inventory writes it
+
+
 def issue_from_csr(
     state: ServiceState,
-    csr: x509.CertificateSigningRequest,
+    checked: CheckedCSR,
     *,
     names: Sequence[str],
     profile: str,
@@ -137,8 +164,8 @@ def issue_from_csr(
     address: str | None = None,
     renewed_from: str | None = None,
     tx: Transaction | None = None,
-) -> tuple[bytes, str]:
-    """Sign ``csr``'s key for ``names`` (SANs) with ``profile``: (chain PEM, serial hex).
+) -> Issued:
+    """Sign the CSR's key for ``names`` (SANs) with ``profile``.
 
     ``subject`` defaults to CN=<first name>; ``lifetime`` to ``--lifetime`` (capped at
     the CA's end). ``route`` (enroll, renew, acme) and ``requester`` (token id, serial,
@@ -147,7 +174,6 @@ def issue_from_csr(
     "issued" count follow that transaction's commit.
     """
     try:
-        check_csr(csr)
         prof = profiles.check_profile(profile)
         sans = parse_sans(names)
         if subject is None:
@@ -156,7 +182,7 @@ def issue_from_csr(
             subject = x509.Name(cn)
         now = state.now().replace(microsecond=0)
         cert = state.ca.sign_public_key(
-            csr.public_key(),  # type: ignore[arg-type]
+            checked.csr.public_key(),  # type: ignore[arg-type]
             subject,
             profile=prof,
             sans=sans,
@@ -190,4 +216,4 @@ def issue_from_csr(
     else:
         tx.on_commit(issued)
     chain = b"".join(cert_pem(c) for c in (cert, *state.ca.leaf_chain))
-    return chain, serial
+    return Issued(cert, chain, serial)

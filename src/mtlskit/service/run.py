@@ -35,6 +35,7 @@ def server_config(
         client_cert_any_purpose=True,
         metrics_port=config.metrics_port,
         extra_metrics=extra_metrics,
+        quiet=not config.log_requests,
     )
 
 

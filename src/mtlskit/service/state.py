@@ -8,23 +8,28 @@ audit log, the metrics, and the few things kept in memory (the CRL, the root).
     state.check_rate("addr:127.0.0.1")                    # 429 beyond --rate-limit
     state.ensure_server_certificate()                     # the service's own TLS cert
 
-Methods that touch the database or sign are blocking: the app calls them from
-Starlette's thread pool, and :class:`~mtlskit.database.Database` gives each thread
-its own connection.
+Methods that touch the database or sign are blocking: the app calls them with
+:meth:`ServiceState.blocking`, on the service's own threads, and
+:class:`~mtlskit.database.Database` gives each thread its own connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import json
 import logging
 import secrets
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -64,6 +69,12 @@ REPLICA_BEAT = 2.0  # seconds
 REPLICA_LOST = dt.timedelta(seconds=10)
 # A replica row silent this long is deleted (maintenance).
 REPLICA_FORGET = dt.timedelta(days=1)
+# Threads for the blocking work of requests (database, signing); each keeps its own
+# database connection, so this also bounds the connections of one replica.
+THREADS = 16
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def root_of(ca: CA) -> x509.Certificate:
@@ -118,6 +129,7 @@ class ServiceState:
         # Names this process among the replicas that share the database.
         self.replica_id = secrets.token_hex(8)
         self.started_at = self.now()
+        self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="ca-service")
         self.metrics.ca_not_after = ca.certificate.not_valid_after_utc.timestamp()
 
     @classmethod
@@ -132,7 +144,18 @@ class ServiceState:
         return cls(config, ca, ca.inventory.database)
 
     def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
         self.db.close()
+
+    async def blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` on one of the service's threads, awaited.
+
+        asyncio's own executor hand-off, not Starlette's run_in_threadpool (anyio's
+        worker threads): it costs half the CPU per call (56 µs against 112 µs,
+        measured), and a request makes one.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
@@ -163,7 +186,9 @@ class ServiceState:
         now = self.now()
         window = now.replace(second=0, microsecond=0)
         counts = []
-        with contextlib.nullcontext(tx) if tx is not None else self.db.transaction() as tx:
+        # Alone, not durable: a count lost with a power cut does no harm.
+        ctx = contextlib.nullcontext(tx) if tx is not None else self.db.transaction(durable=False)
+        with ctx as tx:
             for key in keys:
                 row = tx.one(
                     "INSERT INTO rate_limits (key, window_start, count) VALUES (?, ?, 1) "
@@ -186,7 +211,7 @@ class ServiceState:
     def forget_old_rate_windows(self) -> int:
         """Drop rate-limit windows older than the current one (maintenance)."""
         before = self.now().replace(second=0, microsecond=0) - dt.timedelta(seconds=RATE_WINDOW)
-        with self.db.transaction() as tx:
+        with self.db.transaction(durable=False) as tx:
             return tx.execute(
                 "DELETE FROM rate_limits WHERE window_start < ?", (format_time(before),)
             )
@@ -196,7 +221,7 @@ class ServiceState:
     def beat(self) -> None:
         """Record that this replica is alive (every REPLICA_BEAT seconds)."""
         now = format_time(self.now())
-        with self.db.transaction() as tx:
+        with self.db.transaction(durable=False) as tx:
             tx.execute(
                 "INSERT INTO service_replicas (id, started_at, seen_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
@@ -205,7 +230,7 @@ class ServiceState:
 
     def leave(self) -> None:
         """Stopping cleanly: the others need not wait to take over what was claimed here."""
-        with self.db.transaction() as tx:
+        with self.db.transaction(durable=False) as tx:
             tx.execute("DELETE FROM service_replicas WHERE id = ?", (self.replica_id,))
 
     def replica_gone(self, tx: Transaction, replica_id: str) -> bool:
@@ -218,7 +243,7 @@ class ServiceState:
 
     def forget_old_replicas(self) -> int:
         """Drop rows of replicas silent for REPLICA_FORGET (maintenance)."""
-        with self.db.transaction() as tx:
+        with self.db.transaction(durable=False) as tx:
             return tx.execute(
                 "DELETE FROM service_replicas WHERE seen_at < ?",
                 (format_time(self.now() - REPLICA_FORGET),),

@@ -55,7 +55,7 @@ from mtlskit.service.acme.store import (
     parse_time,
 )
 from mtlskit.service.acme.validation import CHALLENGE_TYPES, validate
-from mtlskit.service.issuance import check_csr, issue_from_csr
+from mtlskit.service.issuance import CheckedCSR, check_csr, issue_from_csr
 from mtlskit.service.state import ServiceState
 
 __all__ = ["Acme", "Reply"]
@@ -121,6 +121,12 @@ class Auth:
         assert self.account is not None
         return self.account.id
 
+    @property
+    def thumbprint(self) -> str:
+        """The account key's RFC 7638 thumbprint (stored with the account)."""
+        assert self.account is not None
+        return self.account.thumbprint
+
 
 def _b64decode(value: object, what: str) -> bytes:
     if not isinstance(value, str) or not _BASE64URL.fullmatch(value):
@@ -152,11 +158,11 @@ class Acme:
     def now(self) -> dt.datetime:
         return self.state.now().replace(microsecond=0)
 
-    def transaction(self) -> Any:
-        return self.state.db.transaction()
+    def transaction(self, *, durable: bool) -> Any:
+        return self.state.db.transaction(durable=durable)
 
     def mint(self) -> str:
-        with self.transaction() as tx:
+        with self.transaction(durable=False) as tx:
             return mint_nonce(tx, self.now())
 
     def directory(self, incoming: Incoming) -> Reply:
@@ -205,7 +211,7 @@ class Acme:
 
     @contextlib.contextmanager
     def signed(
-        self, incoming: Incoming, *, jwk: bool = False, kid: bool = True
+        self, incoming: Incoming, *, jwk: bool = False, kid: bool = True, durable: bool = False
     ) -> Iterator[tuple[Auth, Transaction]]:
         """Authenticate a signed POST, then run the resource's work in the same transaction.
 
@@ -213,8 +219,15 @@ class Acme:
         the nonce used up, the rate limit counted, the reply's nonce, and the work. A
         refusal (:class:`AcmeProblem`) from the work rolls back to a savepoint and still
         commits the preamble, so a refused request spends its nonce like any other.
+
+        ``durable``: the work must survive a power cut (an issuance, a revocation, an
+        account's key or status), unless the request is a POST-as-GET. Other work (an
+        order, a validation's progress, a nonce) a client simply does again if lost,
+        and a replay of it does no harm: its commit does not wait for the disk
+        (:meth:`mtlskit.database.Database.transaction`).
         """
         request = self._parse(incoming, jwk=jwk, kid=kid)
+        durable = durable and not request.is_post_as_get
         account_id = None
         if request.kid is not None:
             account_prefix = self.url("acct") + "/"
@@ -223,7 +236,7 @@ class Acme:
                 raise AcmeProblem("accountDoesNotExist", f"no account at {request.kid}")
         now = self.now()
         refused: AcmeProblem | None = None
-        with self.transaction() as tx:
+        with self.transaction(durable=durable) as tx:
             account = None
             key = request.jwk
             if account_id is not None:
@@ -306,7 +319,7 @@ class Acme:
         return list(value)
 
     def new_account(self, incoming: Incoming) -> Reply:
-        with self.signed(incoming, jwk=True, kid=False) as (auth, tx):
+        with self.signed(incoming, jwk=True, kid=False, durable=True) as (auth, tx):
             payload = auth.request.json_payload()
             thumb = J.thumbprint(auth.jwk)
             existing = Account.by_thumbprint(tx, thumb)
@@ -372,7 +385,7 @@ class Acme:
         return inner.kid
 
     def account(self, incoming: Incoming) -> Reply:
-        with self.signed(incoming) as (auth, tx):
+        with self.signed(incoming, durable=True) as (auth, tx):
             if incoming.params["id"] != auth.account_id:
                 raise AcmeProblem("unauthorized", "this account URL is not the signer's account")
             account = auth.account
@@ -405,7 +418,7 @@ class Acme:
 
     def key_change(self, incoming: Incoming) -> Reply:
         """Roll the account over to a new key (RFC 8555 7.3.5)."""
-        with self.signed(incoming) as (auth, tx):
+        with self.signed(incoming, durable=True) as (auth, tx):
             account = auth.account
             assert account is not None
             inner = J.parse_jws(auth.request.json_payload())
@@ -607,7 +620,7 @@ class Acme:
 
     def authz(self, incoming: Incoming) -> Reply:
         now = self.now()
-        with self.signed(incoming) as (auth, tx):
+        with self.signed(incoming, durable=True) as (auth, tx):
             authz = self._owned_authz(tx, incoming.params["id"], auth)
             challenges = Challenge.of_authz(tx, authz.id)
             if not auth.request.is_post_as_get:
@@ -627,7 +640,7 @@ class Acme:
                         break
             restart = self._claim_stale(tx, challenges, now)
         for challenge in restart:
-            self._start_validation(challenge, authz, auth.jwk)
+            self._start_validation(challenge, authz, auth.thumbprint)
         headers = {"Retry-After": str(POLL_SECONDS)} if authz.status == "pending" else {}
         return Reply(
             body=self._authz_json(authz, challenges, now), headers=headers, nonce=auth.nonce
@@ -651,7 +664,7 @@ class Acme:
                         start.append(challenge)
             start += self._claim_stale(tx, [challenge], now)
         # After the commit: the validation thread reads what this transaction wrote.
-        futures = [self._start_validation(claimed, authz, auth.jwk) for claimed in start]
+        futures = [self._start_validation(claimed, authz, auth.thumbprint) for claimed in start]
         headers = {"Link": f'<{self.url("authz", authz.id)}>;rel="up"'}
         reply = Reply(body=self._challenge_json(challenge), headers=headers, nonce=auth.nonce)
         if challenge.status == "processing":
@@ -711,11 +724,11 @@ class Acme:
             return self._executor
 
     def _start_validation(
-        self, challenge: Challenge, authz: Authz, jwk: JWK
+        self, challenge: Challenge, authz: Authz, thumbprint: str
     ) -> Future[Challenge | None] | None:
         """Validate in a thread; the future gives the challenge as saved (None: not saved)."""
         ident = Identifier(authz.identifier_type, authz.identifier_value)
-        key_auth = J.key_authorization(challenge.token, J.thumbprint(jwk))
+        key_auth = J.key_authorization(challenge.token, thumbprint)
         try:
             return self.executor().submit(
                 self._validate, challenge.id, ident, challenge.type, key_auth
@@ -763,7 +776,7 @@ class Acme:
     def _record_validation(self, challenge_id: str, error: AcmeProblem | None) -> Challenge | None:
         """Save the result: challenge, authorization, and the order when it is decided."""
         now = self.now()
-        with self.transaction() as tx:
+        with self.transaction(durable=False) as tx:
             challenge = Challenge.get(tx, challenge_id)
             if challenge is None or challenge.status != "processing":
                 return challenge
@@ -802,7 +815,7 @@ class Acme:
         a replica that dies before the commit leaves it "ready", finalizable on another
         (RFC 8555 7.1.6 lets "ready" go straight to "valid")."""
         now = self.now()
-        with self.signed(incoming) as (auth, tx):
+        with self.signed(incoming, durable=True) as (auth, tx):
             payload = auth.request.json_payload()
             order = self._owned_order(tx, incoming.params["id"], auth)
             status = self._order_status(order, now)
@@ -825,14 +838,14 @@ class Acme:
             nonce=auth.nonce,
         )
 
-    def _check_csr(self, value: object, order: Order, auth: Auth) -> x509.CertificateSigningRequest:
+    def _check_csr(self, value: object, order: Order, auth: Auth) -> CheckedCSR:
         der = _b64decode(value, "csr")
         try:
             csr = x509.load_der_x509_csr(der)
         except ValueError as exc:
             raise AcmeProblem("badCSR", f"the CSR cannot be parsed: {exc}") from None
         try:
-            check_csr(csr)  # the service's checks: signature, key type and size, not a CA
+            checked = check_csr(csr)  # the service's checks: signature, key, not a CA
         except RefusedError as exc:
             raise AcmeProblem("badCSR", exc.what) from None
         key = csr.public_key()
@@ -854,11 +867,11 @@ class Acme:
             if missing:
                 parts.append(f"missing: {', '.join(missing)}")
             raise AcmeProblem("badCSR", f"the CSR's names must be the order's ({'; '.join(parts)})")
-        return csr
+        return checked
 
     def _issue(
         self,
-        csr: x509.CertificateSigningRequest,
+        csr: CheckedCSR,
         order: Order,
         incoming: Incoming,
         tx: Transaction,
@@ -867,7 +880,7 @@ class Acme:
         idents = [parse_identifier(i) for i in order.body["identifiers"]]
         names = [f"{'IP' if i.type == 'ip' else 'DNS'}:{i.value}" for i in idents]
         try:
-            chain, serial = issue_from_csr(
+            issued = issue_from_csr(
                 self.state,
                 csr,
                 names=names,
@@ -879,12 +892,12 @@ class Acme:
             )
         except (ConfigError, RefusedError) as exc:  # the request, not the CA, is at fault
             raise AcmeProblem("badCSR", exc.what) from None
-        chain_text = chain.decode()
-        if chain_text.count("-----BEGIN CERTIFICATE-----") == 1:
+        chain_text = issued.chain_pem.decode()
+        if not self.state.ca.leaf_chain:
             # Issued by a root: the ACME chain still names its issuer, because clients
             # split it into cert + chain and certbot refuses a chain of one.
             chain_text += cert_pem(self.state.ca.certificate).decode()
-        return chain_text, serial
+        return chain_text, issued.serial
 
     def certificate(self, incoming: Incoming) -> Reply:
         with self.signed(incoming) as (auth, tx):
@@ -900,7 +913,7 @@ class Acme:
     # -- revocation ----------------------------------------------------------------------
 
     def revoke_cert(self, incoming: Incoming) -> Reply:
-        with self.signed(incoming, jwk=True, kid=True) as (auth, tx):
+        with self.signed(incoming, jwk=True, kid=True, durable=True) as (auth, tx):
             payload = auth.request.json_payload()
             der = _b64decode(payload.get("certificate"), "certificate")
             try:

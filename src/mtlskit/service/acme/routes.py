@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Callable
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -103,7 +102,7 @@ class _Routes:
                 body=body,
                 client=request.client.host if request.client else "",
             )
-            reply = await run_in_threadpool(self.respond, kind, handler, incoming, problem)
+            reply = await self.state.blocking(self.respond, kind, handler, incoming, problem)
             if reply.wait is not None:
                 # asyncio.wait, not wait_for: a timeout must not cancel the validation.
                 await asyncio.wait({asyncio.wrap_future(reply.wait)}, timeout=VALIDATION_WAIT)
@@ -173,7 +172,9 @@ class _Routes:
         elif isinstance(reply.body, str):
             content = reply.body.encode()
         else:
-            content = json.dumps(reply.body, indent=2).encode()
+            # No indent: json's C encoder serves only indent=None (pretty JSON went
+            # through the pure-Python one, ~2 % of an ACME order).
+            content = json.dumps(reply.body, separators=(",", ":")).encode()
         return Response(
             content=content,
             status_code=reply.status,
