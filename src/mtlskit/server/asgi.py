@@ -457,7 +457,7 @@ class RequestResponseCycle:
         if self.status not in _NO_BODY_STATUS and not self._has_length:
             if not more:
                 lines.append(b"Content-Length: %d\r\n" % first_len)
-            elif self.http10 or not self.sends_body:
+            elif self.http10:
                 # HTTP/1.0 has no chunked encoding: the body ends with the connection.
                 self.keep_alive = False
             else:
@@ -485,6 +485,8 @@ class RequestResponseCycle:
 
 class ASGIProtocol(BaseProtocol):
     """HTTP/1.1 for an ASGI app: one :class:`RequestResponseCycle` per request, in order."""
+
+    limits_body = True
 
     def __init__(
         self, server_state: ServerState, rules: ConnectionRules, tls: TLSState, hosted: HostedApp
@@ -523,7 +525,6 @@ class ASGIProtocol(BaseProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self.check_declared_length()
         if self.allowed is None and not self.access_allowed():
             self.refuse()
             return

@@ -218,7 +218,10 @@ class BaseProtocol(asyncio.Protocol):
                 self.received(plain)
                 if session.peer_closed:  # close_notify after the requests: answer, then close
                     self.close_after_response()
-            self.settle()
+            if self._close_after and not self.in_request and not self.responses_owed():
+                self.close()
+            else:
+                self.flush()
         except TLSFailure as failure:
             if self.handshaking:
                 self._handshake_failed(failure)
@@ -522,29 +525,33 @@ class BaseProtocol(asyncio.Protocol):
     def count_header(self, name: bytes, value: bytes) -> bool:
         """Apply the head limits to one field; False for a trailer field (after the body),
         which the limits count but nobody gets."""
-        self.header_count += 1
-        if self.header_count > self.rules.max_headers:
-            self.stop(431, "too many header fields")
+        count = self.header_count = self.header_count + 1
+        rules = self.rules
         if self.head_bytes < 0:
+            if count > rules.max_headers:
+                self.stop(431, "too many header fields")
             return False
-        self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > self.rules.max_header_bytes:
-            self.stop(431, "request head too large")
+        size = self.head_bytes = self.head_bytes + len(name) + len(value) + 4
+        if size > rules.max_header_bytes or count > rules.max_headers:
+            self.stop(
+                431,
+                "too many header fields" if count > rules.max_headers else "request head too large",
+            )
         if len(name) == 14 and name.lower() == b"content-length" and value.isdigit():
             self.content_length = int(value)  # the parser refuses a second, other one
         return True
 
+    # The HTTP server protocols refuse a body declared over --max-body-size before it is
+    # read (or the app runs): 413 at once, as nginx does.
+    limits_body = False
+
     def on_headers_complete(self) -> None:
         self.head_bytes = -1  # the head is complete: stop counting
-        self.last_active = self.server_state.now  # the body timeout counts from here
+        # (The body timeout counts from last_active: data_received set it with this head.)
         version = self.http_version = self.parser.get_http_version()
         if version != "1.1" and version != "1.0":  # llhttp reads "HTTP/2.0" too
             self.stop(505, f"HTTP/{version} request")
-
-    def check_declared_length(self) -> None:
-        """A body declared over --max-body-size is refused before it is read (or the app
-        runs): 413 at once, as nginx does (the HTTP server protocols call it)."""
-        if self.content_length > self.rules.max_body_size:
+        if self.content_length > self.rules.max_body_size and self.limits_body:
             self.stop(413, f"a body of {self.content_length} bytes is over --max-body-size")
 
     def count_body(self, body: bytes) -> None:
@@ -693,12 +700,10 @@ class HelloProtocol(BaseProtocol):
             swap = {r.keep: r.close, r.head_keep: r.head_close}
             self._out[-1] = swap.get(self._out[-1], self._out[-1])
 
+    limits_body = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.count_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        self.check_declared_length()
 
     def on_body(self, body: bytes) -> None:
         self.count_body(body)  # the hello world reads no body: only the limit applies
