@@ -254,7 +254,7 @@ class RequestResponseCycle:
         self.status = 0
         self.remaining = -1  # body bytes still owed to a Content-Length the app declared
         self.error: RuntimeError | None = None  # the app broke the protocol
-        self.event = asyncio.Event()
+        self.event: asyncio.Event | None = None  # made when receive() first has to wait
         self._head: list[bytes] | None = None
         self._has_date = False
         self._has_length = False
@@ -315,15 +315,13 @@ class RequestResponseCycle:
         if self.final_sent:
             # The whole body was delivered: what comes next is the disconnect.
             while not (self.disconnected or self.response_complete):
-                self.event.clear()
-                await self.event.wait()
+                await self._wait()
             return {"type": "http.disconnect"}
         if self.expect_continue and not self.complete:
             self.expect_continue = False
             self.proto.send_now(_CONTINUE)
         while not self.body and not self.complete and not self.disconnected:
-            self.event.clear()
-            await self.event.wait()
+            await self._wait()
         if self.disconnected:
             return {"type": "http.disconnect"}
         data = b"".join(self.body)
@@ -332,6 +330,17 @@ class RequestResponseCycle:
         self.final_sent = self.complete
         self.proto.body_consumed()
         return {"type": "http.request", "body": data, "more_body": not self.complete}
+
+    async def _wait(self) -> None:
+        """Until the parser or the connection has news for receive()."""
+        if self.event is None:
+            self.event = asyncio.Event()
+        self.event.clear()
+        await self.event.wait()
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
 
     async def send(self, message: Message) -> None:
         proto = self.proto
@@ -473,14 +482,14 @@ class RequestResponseCycle:
 
     def _finish(self) -> None:
         self.response_complete = True
-        self.event.set()
+        self.wake()
         self.proto.response_complete(self)
 
     def abandon(self) -> None:
         """The request cannot be read to its end (a framing error, a timeout, the client
         left): the app's receive() says http.disconnect, its send() raises."""
         self.disconnected = True
-        self.event.set()
+        self.wake()
 
 
 class ASGIProtocol(BaseProtocol):
@@ -505,6 +514,7 @@ class ASGIProtocol(BaseProtocol):
         self._ws_request: tuple[Scope, bytes] | None = None
         self._tls_ext: dict[str, Any] | None = None
         self._server_addr: tuple[str, int] | None = None
+        self._scope_base: dict[str, Any] | None = None
 
     # -- parser callbacks -------------------------------------------------------------------------
 
@@ -540,22 +550,25 @@ class ASGIProtocol(BaseProtocol):
             path = unquote(raw_path.decode("latin-1"))
         parser = self.parser
         method = parser.get_method()
-        scope: Scope = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": self.http_version,
-            "server": self._server(),
-            "client": self.peer[:2] if self.peer else None,
-            "scheme": "https",
-            "method": method.decode("ascii"),
-            "root_path": "",
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "headers": self.headers,
-            "state": dict(self.hosted.lifespan_state),
-            "extensions": {"tls": self.tls_extension()},
-        }
+        base: dict[str, Any] | None = self._scope_base
+        if base is None:  # what every request of this connection shares, made once
+            base = self._scope_base = {
+                "type": "http",
+                "asgi": ASGI_VERSION,
+                "server": self._server(),
+                "client": self.peer[:2] if self.peer else None,
+                "scheme": "https",
+                "root_path": "",
+            }
+        scope: Scope = base.copy()
+        scope["http_version"] = self.http_version
+        scope["method"] = method.decode("ascii")
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["headers"] = self.headers
+        scope["state"] = self.hosted.lifespan_state.copy()
+        scope["extensions"] = {"tls": self.tls_extension()}
         if self.upgrade and parser.should_upgrade() and is_websocket_upgrade(method, self.headers):
             self._websocket_requested(scope)
             return
@@ -574,7 +587,7 @@ class ASGIProtocol(BaseProtocol):
             return  # nobody will read it
         c.body.append(body)
         c.body_size += len(body)
-        c.event.set()
+        c.wake()
         if c.body_size > _BODY_HIGH_WATER:
             self.update_reading()
 
@@ -583,7 +596,7 @@ class ASGIProtocol(BaseProtocol):
         c = self.parsing
         if c is not None:
             c.complete = True
-            c.event.set()
+            c.wake()
             self.parsing = None
 
     # -- WebSocket -------------------------------------------------------------------------------------
