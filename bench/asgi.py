@@ -107,6 +107,7 @@ def start_mtlskit(certs: Path, app_dir: Path, src: Path | None = None) -> Server
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from mtlskit.pki.seed import init_seed
 
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tmp = Path(tempfile.mkdtemp(prefix="bench-asgi-"))
     certs = tmp / "certs"
     init_seed(certs)
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "command": " ".join(["python3", "bench/asgi.py", *sys.argv[1:]]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started": started,
         "settings": {
             "duration_s": args.duration,
             "rounds": args.rounds,

@@ -535,6 +535,7 @@ class ASGIProtocol(BaseProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self.check_version()  # the scope says it anyway
         if self.allowed is None and not self.access_allowed():
             self.refuse()
             return

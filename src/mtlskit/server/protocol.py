@@ -157,6 +157,7 @@ class BaseProtocol(asyncio.Protocol):
     error_status = 0
     error_detail = ""
     http_version = "1.1"
+    connection_field = False  # the request has a Connection field
     url = b""
     write_paused = False
     read_paused = False
@@ -514,6 +515,7 @@ class BaseProtocol(asyncio.Protocol):
         self.header_count = 0
         self.content_length = -1
         self.body_bytes = 0
+        self.connection_field = False
         self.url = b""
 
     def on_url(self, url: bytes) -> None:
@@ -531,26 +533,36 @@ class BaseProtocol(asyncio.Protocol):
             if count > rules.max_headers:
                 self.stop(431, "too many header fields")
             return False
-        size = self.head_bytes = self.head_bytes + len(name) + len(value) + 4
+        n = len(name)
+        size = self.head_bytes = self.head_bytes + n + len(value) + 4
         if size > rules.max_header_bytes or count > rules.max_headers:
             self.stop(
                 431,
                 "too many header fields" if count > rules.max_headers else "request head too large",
             )
-        if len(name) == 14 and name.lower() == b"content-length" and value.isdigit():
-            self.content_length = int(value)  # the parser refuses a second, other one
+        if n == 14:
+            if name.lower() == b"content-length" and value.isdigit():
+                self.content_length = int(value)  # the parser refuses a second, other one
+        elif n == 10 and name.lower() == b"connection":
+            self.connection_field = True
         return True
 
     # The HTTP server protocols refuse a body declared over --max-body-size before it is
     # read (or the app runs): 413 at once, as nginx does.
     limits_body = False
 
+    def check_version(self) -> str:
+        """The request's HTTP version; 505 for one other than 1.0 and 1.1 (llhttp reads
+        "HTTP/2.0" too). Asked only when needed: formatting it costs a microsecond."""
+        version: str = self.parser.get_http_version()
+        self.http_version = version
+        if version != "1.1" and version != "1.0":
+            self.stop(505, f"HTTP/{version} request")
+        return version
+
     def on_headers_complete(self) -> None:
         self.head_bytes = -1  # the head is complete: stop counting
         # (The body timeout counts from last_active: data_received set it with this head.)
-        version = self.http_version = self.parser.get_http_version()
-        if version != "1.1" and version != "1.0":  # llhttp reads "HTTP/2.0" too
-            self.stop(505, f"HTTP/{version} request")
         if self.content_length > self.rules.max_body_size and self.limits_body:
             self.stop(413, f"a body of {self.content_length} bytes is over --max-body-size")
 
@@ -722,14 +734,15 @@ class HelloProtocol(BaseProtocol):
         method = self.parser.get_method()
         if not self.rules.quiet:
             self.log_request(method)
-        keep = (
-            self.parser.should_keep_alive() and not server_state.draining and not self._close_after
-        )
+        keep = self.parser.should_keep_alive() and not server_state.draining
+        # Kept alive without a Connection field: HTTP/1.1, for llhttp keeps 1.0 (and the
+        # 2.0 it reads) only when asked. Else the version decides (and may refuse).
+        version = "1.1" if keep and not self.connection_field else self.check_version()
         r = self.responses
         if not keep:
             self.write(r.head_close if method == b"HEAD" else r.close)
             self.close_after_response()
-        elif self.http_version == "1.1":
+        elif version == "1.1":
             self.write(r.head_keep if method == b"HEAD" else r.keep)
         else:  # an HTTP/1.0 client asked for keep-alive: say it is kept
             self.write(r.head_keep10 if method == b"HEAD" else r.keep10)
