@@ -14,6 +14,7 @@ from mtlskit.errors import ConfigError
 from mtlskit.logs import log_to_stderr
 
 __all__ = [
+    "SERVER_TLS_OPTIONS",
     "SESSION_TICKETS_OPTIONS",
     "ca_dir_option",
     "db_option",
@@ -130,3 +131,60 @@ def warn_session_cache(cache: int | None, tickets: str) -> None:
             "kept is OpenSSL's own, 20480)",
             tickets,
         )
+
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def SERVER_TLS_OPTIONS(f: Any) -> Any:
+    """What every mTLS listener takes, declared once (serve, proxy server): its files,
+    the access rules, reload, the handshake timeout and the metrics port."""
+    options = [
+        click.option(
+            "--certs",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("certs"),
+            show_default=True,
+            help="Folder with ca.crt, server.crt and server.key.",
+        ),
+        click.option("--ca", type=_FILE, help="CA file for client certificates [certs/ca.crt]."),
+        click.option("--cert", type=_FILE, help="Certificate [certs/server.crt]."),
+        click.option("--key", type=_FILE, help="Key [certs/server.key]."),
+        click.option(
+            "--crl",
+            type=_FILE,
+            help="Refuse clients this CRL revokes (make it with mtlskit crl; reloaded on change).",
+        ),
+        click.option(
+            "--allow-cn",
+            multiple=True,
+            metavar="PATTERN",
+            help="Allow clients whose subject CN matches this glob (repeatable).",
+        ),
+        click.option(
+            "--allow-san",
+            multiple=True,
+            metavar="PATTERN",
+            help="Allow clients with a SAN matching DNS:glob, URI:glob or email:glob (repeatable).",
+        ),
+        click.option(
+            "--watch-interval",
+            type=float,
+            default=1.0,
+            show_default=True,
+            metavar="S",
+            help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
+        ),
+        click.option(
+            "--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S"
+        ),
+        click.option(
+            "--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here."
+        ),
+        click.option(
+            "--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mtlskit.cli.common import (
+    SERVER_TLS_OPTIONS,
     SESSION_TICKETS_OPTIONS,
     session_tickets_choice,
     setup_logging,
@@ -38,24 +39,7 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     )
 )
 @click.argument("app", required=False)
-@click.option(
-    "--certs",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("certs"),
-    show_default=True,
-    help="Folder with ca.crt, server.crt and server.key.",
-)
-@click.option(
-    "--ca", type=click.Path(dir_okay=False, path_type=Path), help="CA file [certs/ca.crt]."
-)
-@click.option(
-    "--cert",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Certificate [certs/server.crt].",
-)
-@click.option(
-    "--key", type=click.Path(dir_okay=False, path_type=Path), help="Key [certs/server.key]."
-)
+@SERVER_TLS_OPTIONS
 @click.option("--host", default="", help="Address to listen on [every interface].")
 @click.option("--port", type=int, default=8443, show_default=True)
 @click.option("--quiet", is_flag=True, help="Do not log each request.")
@@ -65,31 +49,6 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     is_flag=True,
     help="With --workers: spread each client's connections over the workers instead of "
     "keeping them on one by client address (clients behind one address; fewer resumptions).",
-)
-@click.option(
-    "--allow-cn",
-    multiple=True,
-    metavar="PATTERN",
-    help="Allow clients whose subject CN matches this glob (repeatable).",
-)
-@click.option(
-    "--allow-san",
-    multiple=True,
-    metavar="PATTERN",
-    help="Allow clients with a SAN matching DNS:glob, URI:glob or email:glob (repeatable).",
-)
-@click.option(
-    "--crl",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Refuse clients this CRL revokes (make it with mtlskit crl; reloaded when it changes).",
-)
-@click.option(
-    "--watch-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    metavar="S",
-    help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
 )
 @click.option(
     "--ticket-key-rotation",
@@ -105,9 +64,6 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     is_flag=True,
     help="Do not name the CA bundle's CAs in the CertificateRequest (for very large bundles).",
 )
-@click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
-@click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True, metavar="S")
 @click.option(
     "--head-timeout",

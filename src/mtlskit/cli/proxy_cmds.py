@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mtlskit.cli.common import (
+    SERVER_TLS_OPTIONS,
     SESSION_TICKETS_OPTIONS,
     session_tickets_choice,
     setup_logging,
@@ -44,24 +45,7 @@ def proxy() -> None:
     metavar="HOST:PORT|unix:PATH",
     help="Where to forward (loopback or a unix socket unless --unsafe-target).",
 )
-@click.option(
-    "--certs",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("certs"),
-    show_default=True,
-    help="Folder with ca.crt, server.crt and server.key.",
-)
-@click.option("--ca", type=_FILE, help="CA file for client certificates [certs/ca.crt].")
-@click.option("--cert", type=_FILE, help="Certificate [certs/server.crt].")
-@click.option("--key", type=_FILE, help="Key [certs/server.key].")
-@click.option("--crl", type=_FILE, help="Refuse clients this CRL revokes (reloaded on change).")
-@click.option("--allow-cn", multiple=True, metavar="PATTERN", help="Allow clients by CN glob.")
-@click.option(
-    "--allow-san",
-    multiple=True,
-    metavar="PATTERN",
-    help="Allow clients with a SAN matching DNS:glob, URI:glob or email:glob.",
-)
+@SERVER_TLS_OPTIONS
 @click.option("--allow-all", is_flag=True, help="Allow every certificate the CA verifies.")
 @click.option("--http", "http", is_flag=True, help="L7: HTTP/1.1 with identity headers.")
 @click.option(
@@ -83,7 +67,6 @@ def proxy() -> None:
     metavar="S",
     help="Close a connection with no bytes either way for this long.",
 )
-@click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
 @click.option(
     "--shutdown-timeout",
     type=float,
@@ -105,17 +88,7 @@ def proxy() -> None:
     "--unsafe-target", is_flag=True, help="Allow a target on another machine (plain bytes)."
 )
 @click.option("--quiet", is_flag=True, help="--http: do not log each request.")
-@click.option(
-    "--watch-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    metavar="S",
-    help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
-)
 @SESSION_TICKETS_OPTIONS
-@click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
 def server(
     listen: str,
     target: str,

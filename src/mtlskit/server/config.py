@@ -54,9 +54,9 @@ class ServerConfig:
     SIGTERM). Request limits: ``max_header_bytes`` (32 KiB) and ``max_headers`` (100)
     answer 431 beyond, ``max_body_size`` (1 MiB) 413.
 
-    WebSocket: ``ws_max_size`` (16 MiB in a message; beyond, close 1009),
-    ``ws_ping_interval`` (20 s between pings of a quiet peer; 0: none) and
-    ``ws_ping_timeout`` (20 s for its pong).
+    WebSocket (ASGI apps): ``ws_max_size`` (16 MiB per message; 1009 beyond),
+    ``ws_ping_interval`` (20 s of silence before a ping; 0: none) and ``ws_ping_timeout``
+    (20 s for its pong).
 
     TLS state: ``watch_interval`` (1.0 s between looks at the files; 0: SIGHUP only),
     ``ticket_key_rotation`` (3600 s; 0: never), ``session_tickets`` (``"stateful"``:

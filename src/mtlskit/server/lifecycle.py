@@ -189,14 +189,21 @@ class Server:
         if self._stop is not None:
             self._stop.set()
 
-    async def serve(self, *, install_signals: bool = True) -> None:
-        """Serve until :meth:`request_stop` (or SIGINT/SIGTERM), then drain."""
+    async def serve(self, *, install_signals: bool = True, announce: str | None = None) -> None:
+        """Serve until :meth:`request_stop` (or SIGINT/SIGTERM), then drain.
+
+        ``announce`` (the ``listen on …`` line) is logged once the signal handlers are in
+        place, so a SIGTERM sent as soon as that line appears is a graceful stop.
+        """
         assert self._stop is not None, "call start() first"
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in _STOP_SIGNALS:
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self.holder.try_reload)
+        if announce:
+            log.info("%s", engine_description())
+            log.info("%s", announce)
         try:
             await self._stop.wait()
         finally:
@@ -312,10 +319,7 @@ async def _serve_worker(
             extra=config.extra_metrics,
         ),
     ):
-        if announce:
-            log.info("%s", engine_description())
-            log.info("%s", announce)
-        await server.serve()
+        await server.serve(announce=announce)
 
 
 def _raise_open_files_limit() -> None:

@@ -38,7 +38,13 @@ from cryptography.hazmat.primitives import serialization
 from mtlskit.database import Database, Transaction
 from mtlskit.errors import PKIError, RefusedError
 from mtlskit.pki.ca import CA, cert_pem
-from mtlskit.pki.inventory import Inventory, create_inventory, format_time, issued_by
+from mtlskit.pki.inventory import (
+    Inventory,
+    create_inventory,
+    format_time,
+    issued_by,
+    parse_time,
+)
 from mtlskit.pki.load import read_certificates
 from mtlskit.pki.renew import due_at
 from mtlskit.pki.store import CERT_MODE, KEY_MODE, write_many
@@ -238,8 +244,7 @@ class ServiceState:
         row = tx.one("SELECT seen_at FROM service_replicas WHERE id = ?", (replica_id,))
         if row is None:
             return True
-        seen = dt.datetime.strptime(row["seen_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-        return seen + REPLICA_LOST <= self.now()
+        return parse_time(row["seen_at"]) + REPLICA_LOST <= self.now()
 
     def forget_old_replicas(self) -> int:
         """Drop rows of replicas silent for REPLICA_FORGET (maintenance)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from mtlskit.database import Database, Row, Transaction
 from mtlskit.errors import ConfigError, RefusedError
 from mtlskit.pki import profiles
-from mtlskit.pki.inventory import format_time
+from mtlskit.pki.inventory import format_time, parse_time
 from mtlskit.pki.names import format_san, parse_sans
 
 __all__ = [
@@ -43,10 +43,6 @@ TOKEN_BYTES = 32
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.strip().encode("utf-8", "replace")).hexdigest()
-
-
-def _parse_time(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -69,9 +65,9 @@ class Token:
             name=str(row["name"]),
             sans=tuple(json.loads(row["sans"])),
             profile=str(row["profile"]),
-            created_at=_parse_time(row["created_at"]),
-            expires_at=_parse_time(row["expires_at"]),
-            used_at=_parse_time(row["used_at"]) if row["used_at"] else None,
+            created_at=parse_time(row["created_at"]),
+            expires_at=parse_time(row["expires_at"]),
+            used_at=parse_time(row["used_at"]) if row["used_at"] else None,
             serial=row["serial"],
         )
 

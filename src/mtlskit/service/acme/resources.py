@@ -34,7 +34,7 @@ from josepy.jwk import JWK
 from mtlskit.database import Transaction
 from mtlskit.errors import ConfigError, MtlsError, PKIError, RefusedError
 from mtlskit.pki.ca import cert_pem
-from mtlskit.pki.inventory import format_time, serial_hex
+from mtlskit.pki.inventory import format_time, parse_time, serial_hex
 from mtlskit.service.acme import jws as J
 from mtlskit.service.acme.policy import (
     MAX_IDENTIFIERS,
@@ -52,7 +52,6 @@ from mtlskit.service.acme.store import (
     consume_nonce,
     mint_nonce,
     new_id,
-    parse_time,
 )
 from mtlskit.service.acme.validation import CHALLENGE_TYPES, validate
 from mtlskit.service.issuance import CheckedCSR, check_csr, issue_from_csr

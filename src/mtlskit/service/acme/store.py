@@ -28,7 +28,6 @@ __all__ = [
     "consume_nonce",
     "mint_nonce",
     "new_id",
-    "parse_time",
 ]
 
 NONCE_LIFETIME = dt.timedelta(hours=1)
@@ -39,10 +38,6 @@ _SWEEP_ONE_IN = 64
 def new_id() -> str:
     """128 random bits, base64url: unguessable, unique across replicas."""
     return secrets.token_urlsafe(16)
-
-
-def parse_time(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 def _dumps(obj: Any) -> str:
