@@ -543,7 +543,7 @@ class BaseProtocol(asyncio.Protocol):
         if n == 14:
             if name.lower() == b"content-length" and value.isdigit():
                 self.content_length = int(value)  # the parser refuses a second, other one
-        elif n == 10 and name.lower() == b"connection":
+        elif n == 10 and name[0] | 0x20 == 0x63 and name.lower() == b"connection":  # "c"
             self.connection_field = True
         return True
 
