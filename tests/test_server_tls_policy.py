@@ -191,8 +191,7 @@ def test_start_up_names_the_engine_and_its_openssl(
     env = {**os.environ, "MTLSKIT_TLS_ENGINE": engine}
     s = start_serve(procs, pki, tmp_path, "--quiet", env=env)
     if engine == "openssl":
-        line = s.wait_log("TLS engine: OpenSSL 4")
-        assert "(bundled with cryptography " in line
+        line = s.wait_log(f"TLS engine: {openssl_engine.openssl_version()} (bundled with")
     else:
         line = s.wait_log("TLS engine: Python's ssl module, ")
         assert f"{ssl.OPENSSL_VERSION} (MTLSKIT_TLS_ENGINE=stdlib)" in line
