@@ -102,6 +102,27 @@ def markdown(data: dict[str, Any]) -> str:
                     f"| {_ratio(ratio)} |"
                 )
 
+    if any(r.get("server") == "mtlskit-before" for r in rows):
+        out += [
+            "",
+            "Before and after, same run (`--before`: mtlskit from an earlier source tree), "
+            "requests per server CPU-second and each over Go:",
+            "",
+            "| certs | workload | before | after | after/before | before/Go | after/Go |",
+            "|---|---|--:|--:|--:|--:|--:|",
+        ]
+        for keys in keys_list:
+            for mode in MODE_LABEL:
+                a = _row(rows, "mtlskit", keys, mode).get("per_cpu_s")
+                b = _row(rows, "mtlskit-before", keys, mode).get("per_cpu_s")
+                g = _row(rows, "go", keys, mode).get("per_cpu_s")
+                out.append(
+                    f"| {KEY_LABEL[keys]} | {MODE_LABEL[mode]} | {_num(b)} | {_num(a)} "
+                    f"| {_ratio(a / b if a and b else None)} "
+                    f"| {_ratio(b / g if b and g else None)} "
+                    f"| {_ratio(a / g if a and g else None)} |"
+                )
+
     if data.get("targets"):
         out += ["", "| target | measured | goal | met |", "|---|--:|--:|:-:|"]
         for t in data["targets"]:

@@ -161,13 +161,16 @@ def cryptography_speed(seconds: float) -> dict[str, Any]:
 Starter = Callable[[Path], Server]
 
 
-def starters(engines: bool = False) -> dict[str, Starter]:
-    """The servers; with ``engines``, also mtlskit on its other TLS engine (see report.py)."""
+def starters(engines: bool = False, before: Path | None = None) -> dict[str, Starter]:
+    """The servers; with ``engines``, also mtlskit on its other TLS engine; with
+    ``before``, also mtlskit run from that source tree (a before/after in one run)."""
     out: dict[str, Starter] = {
         "mtlskit": lambda c: harness.start_mtlskit(c),
         "go": lambda c: harness.start_go(c),
         "nginx": lambda c: harness.start_nginx(c),
     }
+    if before is not None:  # e.g. `git archive <commit> src | tar -x -C DIR`; DIR/src
+        out["mtlskit-before"] = lambda c: harness.start_mtlskit(c, env={"PYTHONPATH": str(before)})
     if engines:  # the same server on the stdlib ssl engine (system OpenSSL 3.0)
         out["mtlskit-stdlib"] = lambda c: harness.start_mtlskit(
             c, env={"MTLSKIT_TLS_ENGINE": "stdlib"}
@@ -183,7 +186,7 @@ def throughput(
     for keys, folder in certs.items():
         running: dict[str, Server] = {}
         try:
-            for name, start in starters(engines=not args.quick).items():
+            for name, start in starters(engines=args.engines, before=args.before).items():
                 if name.split("-")[0] in skipped:
                     continue
                 try:
@@ -510,9 +513,18 @@ def main() -> int:
     p.add_argument("--speed-seconds", type=int, help="openssl speed -seconds (default 3)")
     p.add_argument("--skip", default="", help="servers to leave out, e.g. nginx")
     p.add_argument("--no-workers", action="store_true", help="skip the --workers 2 runs")
+    p.add_argument(
+        "--before",
+        type=Path,
+        help="also run mtlskit from this source folder (the src/ of an earlier commit)",
+    )
+    p.add_argument(
+        "--no-engines", action="store_true", help="skip mtlskit on the stdlib TLS engine"
+    )
     p.add_argument("--out", type=Path, default=HERE / "results", help="output folder")
     args = p.parse_args()
     quick = args.quick
+    args.engines = not (quick or args.no_engines)
     args.duration = args.duration or (0.3 if quick else 3.0)
     args.rounds = args.rounds or (1 if quick else 5)
     args.idle = args.idle if args.idle is not None else (50 if quick else 10_000)

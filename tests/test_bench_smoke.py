@@ -112,3 +112,26 @@ def test_quick_ca_service_bench(tmp_path: Path) -> None:
         "ACME orders per server CPU-s vs pebble",
     }
     assert "| enrollments per server CPU-s (sqlite) | current |" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_quick_asgi_bench_runs_all_three_servers(tmp_path: Path) -> None:
+    """bench/asgi.py --quick: mtlskit serve, uvicorn and granian, each with client
+    certificates required, answer every request (the bench extras install both)."""
+    go_binary("mtls-loadgen")
+    r = subprocess.run(
+        [sys.executable, ROOT / "bench" / "asgi.py", "--quick", "--out", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads((tmp_path / "asgi.json").read_text())
+    rows = {(row["server"], row.get("mode")): row for row in data["rows"]}
+    for server in ("mtlskit", "uvicorn", "granian"):
+        for mode in ("keepalive", "handshake"):
+            row = rows[(server, mode)]
+            assert row["errors"] == 0 and row["per_cpu_s"], (server, mode, row)
+    assert "| keepalive |" in (tmp_path / "asgi.md").read_text()

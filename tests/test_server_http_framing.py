@@ -471,3 +471,16 @@ def test_size_and_timeout_options_are_checked(tmp_path: Path) -> None:
     ]:
         r = run_cli("serve", "--certs", tmp_path, *args)
         assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_head_responses_have_no_body_and_keep_the_connection(asgi: Served) -> None:
+    request = b"HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n"
+    data, _ = exchange(
+        asgi, request % b"/next" + request % b"/stream" + get("/", b"Connection: close\r\n")
+    )
+    first, rest = data.split(b"\r\n\r\n", 1)
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nContent-Length: 4" in first
+    second, rest = rest.split(b"\r\n\r\n", 1)
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in second
+    assert b"Connection: close" not in first + second  # kept alive: the GET is answered
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"fine")

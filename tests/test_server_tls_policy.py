@@ -191,8 +191,7 @@ def test_start_up_names_the_engine_and_its_openssl(
     env = {**os.environ, "MTLSKIT_TLS_ENGINE": engine}
     s = start_serve(procs, pki, tmp_path, "--quiet", env=env)
     if engine == "openssl":
-        line = s.wait_log("TLS engine: OpenSSL 4")
-        assert "(bundled with cryptography " in line
+        line = s.wait_log(f"TLS engine: {openssl_engine.openssl_version()} (bundled with")
     else:
         line = s.wait_log("TLS engine: Python's ssl module, ")
         assert f"{ssl.OPENSSL_VERSION} (MTLSKIT_TLS_ENGINE=stdlib)" in line
@@ -302,12 +301,15 @@ def _connected(pki: Path) -> tuple[TLSSession, ssl.SSLObject, ssl.MemoryBIO, ssl
 
 
 def test_sessions_in_two_threads_do_not_share_a_buffer(pki: Path) -> None:
-    """Two event loops in two threads: cffi lets go of the GIL in each OpenSSL call, so one
-    module-level buffer would be filled by one thread while the other copies it out."""
+    """Two event loops in two threads, each making and driving its own connections (as
+    asyncio does): cffi lets go of the GIL in each OpenSSL call, so one module-level
+    buffer would be filled by one thread while the other copies it out."""
     errors: list[str] = []
-    threads = [
-        threading.Thread(target=_echo, args=(*_connected(pki), 3000, errors)) for _ in range(2)
-    ]
+
+    def loop() -> None:
+        _echo(*_connected(pki), 3000, errors)
+
+    threads = [threading.Thread(target=loop) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:

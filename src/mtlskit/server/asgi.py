@@ -27,7 +27,7 @@ import httptools
 
 from mtlskit.errors import ConfigError, ServerError
 from mtlskit.server.asgi_types import ASGIApp, ClientDisconnected, Message, Scope
-from mtlskit.server.protocol import ERROR_RESPONSES, BaseProtocol
+from mtlskit.server.protocol import ERROR_RESPONSES, BaseProtocol, identity_of
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.tlsstate import TLSState, cipher_suite_id, tls_version_id
 from mtlskit.server.websocket import WebSocketCycle, is_websocket_upgrade
@@ -59,6 +59,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Section 5.5: a field value has no control character but HTAB (obs-text is allowed).
 # Leading and trailing whitespace, which recipients strip, is let through (as uvicorn).
 _NOT_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Response header fields found valid, and their line: (name, value) -> b"name: value\r\n".
+# Only ordinary fields (not Content-Length, Transfer-Encoding, Connection, Date, which
+# change the framing), as immutable bytes tuples.
+_HEADER_LINES: dict[tuple[bytes, bytes], bytes] = {}
 
 
 def load_app(spec: str) -> ASGIApp:
@@ -99,6 +103,19 @@ def load_app(spec: str) -> ASGIApp:
         raise ConfigError(f"{spec} is not callable", hint="name an ASGI 3 application")
     app: ASGIApp = obj
     return app
+
+
+# PEM of the client certificates seen lately (DER -> PEM), for the TLS extension. Bounded.
+_PEMS: dict[bytes, str] = {}
+
+
+def _pem(der: bytes) -> str:
+    pem = _PEMS.get(der)
+    if pem is None:
+        if len(_PEMS) >= 1024:
+            _PEMS.clear()
+        pem = _PEMS[der] = ssl.DER_cert_to_PEM_cert(der)
+    return pem
 
 
 class HostedApp:
@@ -237,7 +254,7 @@ class RequestResponseCycle:
         self.status = 0
         self.remaining = -1  # body bytes still owed to a Content-Length the app declared
         self.error: RuntimeError | None = None  # the app broke the protocol
-        self.event = asyncio.Event()
+        self.event: asyncio.Event | None = None  # made when receive() first has to wait
         self._head: list[bytes] | None = None
         self._has_date = False
         self._has_length = False
@@ -298,15 +315,13 @@ class RequestResponseCycle:
         if self.final_sent:
             # The whole body was delivered: what comes next is the disconnect.
             while not (self.disconnected or self.response_complete):
-                self.event.clear()
-                await self.event.wait()
+                await self._wait()
             return {"type": "http.disconnect"}
         if self.expect_continue and not self.complete:
             self.expect_continue = False
             self.proto.send_now(_CONTINUE)
         while not self.body and not self.complete and not self.disconnected:
-            self.event.clear()
-            await self.event.wait()
+            await self._wait()
         if self.disconnected:
             return {"type": "http.disconnect"}
         data = b"".join(self.body)
@@ -315,6 +330,17 @@ class RequestResponseCycle:
         self.final_sent = self.complete
         self.proto.body_consumed()
         return {"type": "http.request", "body": data, "more_body": not self.complete}
+
+    async def _wait(self) -> None:
+        """Until the parser or the connection has news for receive()."""
+        if self.event is None:
+            self.event = asyncio.Event()
+        self.event.clear()
+        await self.event.wait()
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
 
     async def send(self, message: Message) -> None:
         proto = self.proto
@@ -378,12 +404,18 @@ class RequestResponseCycle:
             )
         self.status = status
         lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
-        headers = message.get("headers", ())
-        try:
-            pairs = [(name, value) for name, value in headers]
-        except (TypeError, ValueError):
-            raise self._error("the headers must be (name, value) pairs") from None
-        for name, value in pairs:
+        for item in message.get("headers", ()):
+            try:
+                line = _HEADER_LINES.get(item)
+            except TypeError:  # a list, or bytearrays: not a cache key
+                line = None
+            if line is not None:  # the same (name, value) checked before: most apps
+                lines.append(line)
+                continue
+            try:
+                name, value = item
+            except (TypeError, ValueError):
+                raise self._error("the headers must be (name, value) pairs") from None
             if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
                 raise self._error("header names and values must be bytes")
             if not _TOKEN.fullmatch(name):
@@ -409,7 +441,17 @@ class RequestResponseCycle:
                 continue
             elif lower == b"date":
                 self._has_date = True
-            lines.append(b"%s: %s\r\n" % (name, value))
+            line = b"%s: %s\r\n" % (name, value)
+            lines.append(line)
+            if (
+                lower != b"date"
+                and lower != b"content-length"
+                and type(item) is tuple
+                and type(name) is type(value) is bytes
+            ):
+                if len(_HEADER_LINES) >= 1024:
+                    _HEADER_LINES.clear()  # a bound, not an LRU: apps repeat a few
+                _HEADER_LINES[item] = line
         self._head = lines
         self.sends_body = not self.head_request and status not in _NO_BODY_STATUS
         if not self.sends_body:
@@ -424,7 +466,7 @@ class RequestResponseCycle:
         if self.status not in _NO_BODY_STATUS and not self._has_length:
             if not more:
                 lines.append(b"Content-Length: %d\r\n" % first_len)
-            elif self.http10 or not self.sends_body:
+            elif self.http10:
                 # HTTP/1.0 has no chunked encoding: the body ends with the connection.
                 self.keep_alive = False
             else:
@@ -440,18 +482,20 @@ class RequestResponseCycle:
 
     def _finish(self) -> None:
         self.response_complete = True
-        self.event.set()
+        self.wake()
         self.proto.response_complete(self)
 
     def abandon(self) -> None:
         """The request cannot be read to its end (a framing error, a timeout, the client
         left): the app's receive() says http.disconnect, its send() raises."""
         self.disconnected = True
-        self.event.set()
+        self.wake()
 
 
 class ASGIProtocol(BaseProtocol):
     """HTTP/1.1 for an ASGI app: one :class:`RequestResponseCycle` per request, in order."""
+
+    limits_body = True
 
     def __init__(
         self, server_state: ServerState, rules: ConnectionRules, tls: TLSState, hosted: HostedApp
@@ -459,7 +503,7 @@ class ASGIProtocol(BaseProtocol):
         super().__init__(server_state, rules, tls)
         self.hosted = hosted
         self.headers: list[tuple[bytes, bytes]] = []
-        self.expect = False
+        self.expect = self.upgrade = False
         self.cycles: deque[RequestResponseCycle] = (
             deque()
         )  # the running one first, then queued ones
@@ -470,13 +514,14 @@ class ASGIProtocol(BaseProtocol):
         self._ws_request: tuple[Scope, bytes] | None = None
         self._tls_ext: dict[str, Any] | None = None
         self._server_addr: tuple[str, int] | None = None
+        self._scope_base: dict[str, Any] | None = None
 
     # -- parser callbacks -------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.headers = []
-        self.expect = False
+        self.expect = self.upgrade = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.count_header(name, value):
@@ -484,38 +529,48 @@ class ASGIProtocol(BaseProtocol):
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect = True
+        elif name == b"upgrade":
+            self.upgrade = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self.check_declared_length()
+        self.check_version()  # the scope says it anyway
         if self.allowed is None and not self.access_allowed():
             self.refuse()
             return
-        try:
-            url = httptools.parse_url(self.url)
-        except httptools.HttpParserInvalidURLError:
-            self.stop(400, "invalid request target")
-        raw_path = url.path or b"/"
+        target = self.url
+        if target[:1] == b"/" and not (b"?" in target or b"%" in target or b"#" in target):
+            raw_path, query, path = target, b"", target.decode("latin-1")  # the usual "/x"
+        else:
+            try:
+                url = httptools.parse_url(target)
+            except httptools.HttpParserInvalidURLError:
+                self.stop(400, "invalid request target")
+            raw_path, query = url.path or b"/", url.query or b""
+            path = unquote(raw_path.decode("latin-1"))
         parser = self.parser
         method = parser.get_method()
-        scope: Scope = {
-            "type": "http",
-            "asgi": ASGI_VERSION,
-            "http_version": parser.get_http_version(),
-            "server": self._server(),
-            "client": self.peer[:2] if self.peer else None,
-            "scheme": "https",
-            "method": method.decode("ascii"),
-            "root_path": "",
-            "path": unquote(raw_path.decode("latin-1")),
-            "raw_path": raw_path,
-            "query_string": url.query or b"",
-            "headers": self.headers,
-            "state": dict(self.hosted.lifespan_state),
-            "extensions": {"tls": self.tls_extension()},
-        }
-        if parser.should_upgrade() and is_websocket_upgrade(method, self.headers):
+        base: dict[str, Any] | None = self._scope_base
+        if base is None:  # what every request of this connection shares, made once
+            base = self._scope_base = {
+                "type": "http",
+                "asgi": ASGI_VERSION,
+                "server": self._server(),
+                "client": self.peer[:2] if self.peer else None,
+                "scheme": "https",
+                "root_path": "",
+            }
+        scope: Scope = base.copy()
+        scope["http_version"] = self.http_version
+        scope["method"] = method.decode("ascii")
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["headers"] = self.headers
+        scope["state"] = self.hosted.lifespan_state.copy()
+        scope["extensions"] = {"tls": self.tls_extension()}
+        if self.upgrade and parser.should_upgrade() and is_websocket_upgrade(method, self.headers):
             self._websocket_requested(scope)
             return
         cycle = RequestResponseCycle(self, scope, parser.should_keep_alive(), self.expect)
@@ -533,7 +588,7 @@ class ASGIProtocol(BaseProtocol):
             return  # nobody will read it
         c.body.append(body)
         c.body_size += len(body)
-        c.event.set()
+        c.wake()
         if c.body_size > _BODY_HIGH_WATER:
             self.update_reading()
 
@@ -542,7 +597,7 @@ class ASGIProtocol(BaseProtocol):
         c = self.parsing
         if c is not None:
             c.complete = True
-            c.event.set()
+            c.wake()
             self.parsing = None
 
     # -- WebSocket -------------------------------------------------------------------------------------
@@ -716,12 +771,13 @@ class ASGIProtocol(BaseProtocol):
         if self._tls_ext is None:
             session = self.session
             assert session is not None and self.tls is not None
-            ident = self.identity
+            chain = session.peer_chain_der()
+            if self._identity is None and chain:
+                self._identity = identity_of(chain[0])  # the leaf: no second look-up
+            ident = self._identity
             self._tls_ext = {
                 "server_cert": self.tls.server_cert_pem or None,
-                "client_cert_chain": [
-                    ssl.DER_cert_to_PEM_cert(d) for d in session.peer_chain_der()
-                ],
+                "client_cert_chain": [_pem(d) for d in chain],
                 "client_cert_name": ident.subject if ident else None,
                 "client_cert_error": None,
                 "tls_version": tls_version_id(session.version()),

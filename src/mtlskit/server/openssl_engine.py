@@ -70,8 +70,6 @@ _NEEDED = [
     "SSL_CTX_set_session_id_context",
     "SSL_CTX_set_session_cache_mode",
     "SSL_CTX_get_session_cache_mode",
-    "SSL_CTX_set_timeout",
-    "SSL_CTX_get_timeout",
     "SSL_CTX_get_cert_store",
     "SSL_CTX_set_mode",
     "X509_STORE_set_flags",
@@ -151,10 +149,11 @@ if AVAILABLE:
 
 
 class _ThreadBuffer(threading.local):
-    """One I/O buffer per thread, looked up in each call: filled and emptied within that
-    call (cffi lets go of the GIL inside OpenSSL, so a buffer shared between threads, e.g.
-    two event loops, would be overwritten under the reader). Per connection it would cost
-    64 KiB for each idle connection."""
+    """One I/O buffer per thread, so per event loop: a session takes the buffer of the
+    thread that makes it (asyncio makes and drives a connection in its loop's thread) and
+    fills and empties it within one call. One module-level buffer would be overwritten
+    under its reader when two loops run in two threads (cffi lets go of the GIL inside
+    OpenSSL); one per connection would cost 64 KiB for each idle connection."""
 
     def __init__(self) -> None:
         self.buf = ffi.new("char[]", _BUF_SIZE)
@@ -501,11 +500,12 @@ class OpenSSLSession:
     cannot allocate the connection.
     """
 
-    __slots__ = ("_context", "_rbio", "_ssl", "_wbio", "peer_closed")
+    __slots__ = ("_buf", "_context", "_rbio", "_ssl", "_wbio", "peer_closed")
 
     def __init__(self, context: OpenSSLContext) -> None:
         self.peer_closed = False
         self._context = context  # keeps the SSL_CTX alive as long as this connection
+        self._buf = _thread.buf  # this thread's (this event loop's)
         raw = lib.SSL_new(context.ptr)
         if raw == ffi.NULL:
             raise _internal("SSL_new failed")
@@ -536,7 +536,7 @@ class OpenSSLSession:
     def read(self) -> bytes:
         if self.peer_closed:
             raise TLSClosed
-        s, buf, rbio = self._ssl, _thread.buf, self._rbio
+        s, buf, rbio = self._ssl, self._buf, self._rbio
         parts: list[bytes] = []
         while True:
             n = lib.SSL_read(s, buf, _BUF_SIZE)
@@ -567,7 +567,7 @@ class OpenSSLSession:
                 raise self._failure(lib.SSL_get_error(self._ssl, n))
 
     def output(self) -> bytes:
-        wbio, buf = self._wbio, _thread.buf
+        wbio, buf = self._wbio, self._buf
         n = lib.BIO_read(wbio, buf, _BUF_SIZE)
         if n <= 0:
             return b""
