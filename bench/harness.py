@@ -222,7 +222,7 @@ def start_mtlskit(
     args: list[str] | None = None,
 ) -> Server:
     """``mtlskit serve`` (or ``launcher serve``: an experiment that patches the server),
-    with more ``args`` (``--crl FILE`` …)."""
+    with more ``args`` (``--crl FILE`` …, or an APP)."""
     port = free_port()
     argv = [*(launcher or [sys.executable, "-m", "mtlskit"]), "serve", "--certs", str(certs)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--quiet", *(args or [])]

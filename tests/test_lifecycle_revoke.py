@@ -158,7 +158,8 @@ def test_crl_signed_by_the_wrong_key_is_refused(certs: Path, tmp_path: Path) -> 
     write_crl(forged, certs / "ca.crl")
     r = run_cli("list", "--ca-dir", certs, "--adopt")
     assert r.returncode == 1
-    assert r.stderr.startswith("error: CRL is signed by another key") and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: CRL names CN=CA") and r.stderr.count("\n") == 1
+    assert "signed by another key (key id " in r.stderr  # two CAs of one name told apart
     assert not (certs / DB_NAME).exists()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mtlskit.errors import ConfigError
 from mtlskit.pki.ca import CA, SEED_CA_SUBJECT
 from mtlskit.pki.crl import build_crl, make_crl, write_crl
 from mtlskit.pki.seed import init_seed
@@ -114,7 +115,7 @@ def test_status_bad_input(tmp_path: Path) -> None:
     r = run_cli("status", tmp_path / "nope")
     assert r.returncode == 1 and r.stderr.startswith("error: folder not found")
     r = run_cli("status", tmp_path, "--warn", "a while")
-    assert r.returncode == 2 and r.stderr.startswith("error: invalid duration")
+    assert r.returncode == 2 and r.stderr.startswith("error: --warn 'a while' is not a duration")
     (tmp_path / "junk.crt").write_text("not a certificate")
     r = run_cli("status", tmp_path, "--json")
     assert r.returncode == 1
@@ -125,7 +126,9 @@ def test_parse_duration() -> None:
     assert parse_duration("30d") == dt.timedelta(days=30)
     assert parse_duration("12h") == dt.timedelta(hours=12)
     assert parse_duration("2w") == dt.timedelta(weeks=2)
-    assert parse_duration("7") == dt.timedelta(days=7)
+    assert parse_duration("1h30m") == dt.timedelta(minutes=90)
+    with pytest.raises(ConfigError, match="has no unit"):
+        parse_duration("7")  # days? hours? refused, not guessed
 
 
 def test_status_of_the_seeds_openssl_folder(seed_certs_openssl: Path) -> None:

@@ -72,7 +72,7 @@ def test_certificate_where_a_key_or_csr_is_expected(certs: Path) -> None:
     )  # fmt: skip
     assert_one_line(
         run_cli("csr", "create", "--key", certs / "client.crt", "--out", certs / "x.csr",
-                "--subject", "x"),
+                "--subject", "CN=x"),
         1,
         "expected a private key",
     )  # fmt: skip

@@ -168,7 +168,16 @@ def test_csr_create_then_sign_like_openssl(pki: Path, tmp_path: Path) -> None:
 
 
 def test_sign_with_san_overrides_the_csr(pki: Path, tmp_path: Path) -> None:
-    ok("csr", "create", "--key", tmp_path / "k.pem", "--out", tmp_path / "r.csr", "--subject", "x")
+    ok(
+        "csr",
+        "create",
+        "--key",
+        tmp_path / "k.pem",
+        "--out",
+        tmp_path / "r.csr",
+        "--subject",
+        "CN=x",
+    )
     ok(
         "sign", tmp_path / "r.csr", "--ca-dir", pki / "root", "--profile", "server",
         "--san", "a.example", "-o", tmp_path / "r.pem",
@@ -188,7 +197,7 @@ def test_csr_create_reuses_an_existing_key(tmp_path: Path) -> None:
         "--out",
         tmp_path / "two.csr",
         "--subject",
-        "two",
+        "CN=two",
     )
     assert "used existing key" in out
     assert (tmp_path / "one.key").read_bytes() == key
@@ -217,11 +226,23 @@ def test_encrypted_ca_key_with_passphrase_file(tmp_path: Path) -> None:
 
 
 def test_passphrase_prompt(tmp_path: Path) -> None:
-    """--passphrase asks twice (click reads the answers from stdin when it is not a terminal)."""
-    r = run_cli("csr", "create", "p", "--dir", tmp_path, "--passphrase", input="pw1\npw1\n")
-    assert r.returncode == 0, r.stderr
+    """--passphrase asks twice on a terminal; without one it is a usage error, no warning."""
+    shown = run_on_terminal(
+        ["csr", "create", "p", "--dir", tmp_path, "--passphrase"], ["pw1", "pw1"]
+    )
+    assert "Passphrase" in shown and "pw1" not in shown  # asked for, never echoed
     r2 = openssl("pkey", "-in", tmp_path / "p.key", "-passin", "pass:pw1", "-noout")
     assert r2.returncode == 0, r2.stderr
+    # A new session has no controlling terminal (as under cron or CI), stdin is a pipe.
+    r = subprocess.run(
+        [sys.executable, "-m", "mtlskit", "ca", "create", "--dir", tmp_path / "ca", "--passphrase"],
+        input="pw\npw\n", capture_output=True, text=True, start_new_session=True, timeout=60,
+    )  # fmt: skip
+    assert (r.returncode, r.stderr) == (
+        2,
+        "error: no terminal to ask for the passphrase: use --passphrase-file\n",
+    )
+    assert not (tmp_path / "ca").exists()
 
 
 @pytest.mark.parametrize("key_type", ["ed25519", "rsa3072"])

@@ -134,7 +134,8 @@ def test_wrong_ca(ca_dir: Path, tmp_path: Path) -> None:
     assert "issuer C=TH, ST=RB, O=IT Sec, CN=CA" in err and "CA is CN=Other CA" in err
     # Same subject, different key: the names match but the signature does not.
     twin = tmp_path / "twin"
-    assert run_cli("ca", "create", "--dir", twin).returncode == 0
+    same = "/C=TH/ST=RB/O=IT Sec/CN=CA"
+    assert run_cli("ca", "create", "--dir", twin, "--subject", same).returncode == 0
     code, _, err = verify(ca_dir / "server.crt", "--ca", twin / "ca.crt")
     assert code == 1 and "signature does not verify" in err
 

@@ -320,13 +320,24 @@ def test_lifespan_startup_failure_is_one_line(pki: Path, tmp_path: Path) -> None
 def test_idle_timeout_spares_a_busy_request(
     pki: Path, app_dir: Path, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
-    served = start_serve(procs, pki, tmp_path, "raw_app:app", "--idle-timeout", "0.2", cwd=app_dir)
+    served = start_serve(
+        procs,
+        pki,
+        tmp_path,
+        "raw_app:app",
+        "--idle-timeout",
+        "0.2",
+        "--body-timeout",
+        "0.5",
+        cwd=app_dir,
+    )
     status, _, body = https(served.port, client_ctx(pki), path="/slow")  # 1 s in the app
     assert (status, body) == (200, b"slow done")
-    # ... but not a client that stops sending its request body.
+    # ... but not a client that stops sending its request body (--body-timeout).
     with tls_socket(served.port, client_ctx(pki)) as s:
         s.sendall(b"POST /scope HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
         s.settimeout(5)
-        assert read_until_closed(s) == b""
+        assert read_until_closed(s).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    served.wait_log("request body stalled for 0.5s (3 bytes of 100 received) (408)")
     assert served.stop() == 0
     assert "Traceback" not in served.log()

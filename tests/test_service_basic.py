@@ -29,7 +29,7 @@ def ca_dir(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture(params=["default", "stdlib"])
+@pytest.fixture(params=["openssl", "stdlib"], ids=["default", "stdlib"])
 def engine_env(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"MTLSKIT_TLS_ENGINE": request.param}
 
@@ -227,7 +227,7 @@ def _get(port: int, ctx: ssl.SSLContext) -> tuple[int, bytes]:
 
 @pytest.mark.parametrize(
     "optional_server",
-    [("default", False), ("stdlib", False), ("default", True), ("stdlib", True)],
+    [("openssl", False), ("stdlib", False), ("openssl", True), ("stdlib", True)],
     indirect=True,
     ids=["default", "stdlib", "default-allow", "stdlib-allow"],
 )

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from mtlskit import __version__
 from mtlskit.connect import find_client_files, open_connection, ssl_name
-from mtlskit.errors import ConfigError, HTTPStatusError
+from mtlskit.errors import ConfigError, HTTPStatusError, ProtocolError
 from mtlskit.tls import client_context
 
 if TYPE_CHECKING:
@@ -117,9 +117,19 @@ class Response:
         return next((v for k, v in self.headers if k.lower() == name), default)
 
     def json(self) -> Any:
+        """The body decoded as JSON; :class:`~mtlskit.errors.ProtocolError` (an
+        :class:`~mtlskit.errors.MtlsError`, like every other failure) when it is not."""
         import json
 
-        return json.loads(self.body)
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            kind = self.header("content-type") or "no Content-Type"
+            raise ProtocolError(
+                f"the response body is not JSON ({kind}, {len(self.body)} bytes): {exc}",
+                file=self.url,
+                hint="read it as text (r.text), or check the URL and the server",
+            ) from exc
 
     def raise_for_status(self) -> Response:
         """This response if its status is below 400, else :class:`HTTPStatusError` carrying it."""

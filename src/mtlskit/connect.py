@@ -420,7 +420,7 @@ def _refused(exc: ssl.SSLError, files: ClientFiles | None) -> MtlsError | None:
     cert = files.cert if files else None
     hint = (
         _REFUSAL_ALERTS[reason]
-        or _why_refused(cert)
+        or _why_refused(cert, files.ca if files else None)
         or ("use a client certificate issued by the CA the server trusts (mtlskit issue client)")
     )
     return CertificateRefusedError(
@@ -428,7 +428,7 @@ def _refused(exc: ssl.SSLError, files: ClientFiles | None) -> MtlsError | None:
     )
 
 
-def _why_refused(cert: str | None) -> str | None:
+def _why_refused(cert: str | None, ca: str | None) -> str | None:
     """Look at our own certificate for the likely reason a server refused it."""
     if cert is None:
         return None
@@ -437,7 +437,7 @@ def _why_refused(cert: str | None) -> str | None:
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    from mtlskit.pki.names import format_name
+    from mtlskit.pki.names import authority_key_id, format_name, key_id
 
     try:
         with open(cert, "rb") as f:
@@ -455,10 +455,31 @@ def _why_refused(cert: str | None) -> str | None:
             "it is not a client certificate (extendedKeyUsage has no clientAuth): "
             "mtlskit issue client"
         )
+    issuer = repr(format_name(ours.issuer))
+    # Two CAs made alike have the same name: tell them apart by their keys.
+    alike = [c for c in _read_certificates(ca) if c.subject == ours.issuer]
+    theirs = authority_key_id(ours)
+    if alike and all(key_id(c) != theirs for c in alike):
+        issuer += (
+            f" ({theirs or 'key unknown'}; the CA of that name we trust has "
+            f"{key_id(alike[0])}: another CA with the same name)"
+        )
     return (
-        f"the server does not trust its issuer {format_name(ours.issuer)!r}: use a client "
+        f"the server does not trust its issuer {issuer}: use a client "
         "certificate from the CA the server trusts (mtlskit issue client)"
     )
+
+
+def _read_certificates(path: str | None) -> list[x509.Certificate]:
+    """The certificates in ``path`` to explain a failure; none when it cannot be read."""
+    from mtlskit.pki.load import read_certificates
+
+    if path is None:
+        return []
+    try:
+        return read_certificates(path)
+    except MtlsError:
+        return []
 
 
 def _fetch_peer_certificate(peer: Peer) -> x509.Certificate | None:
@@ -491,7 +512,7 @@ def _trusted_names(ctx: ssl.SSLContext) -> list[str]:
 
 
 def _verify_failed(exc: ssl.SSLCertVerificationError, peer: Peer) -> MtlsError:
-    from mtlskit.pki.names import format_name, san_strings
+    from mtlskit.pki.names import authority_key_id, format_name, key_id, san_strings
 
     code = exc.verify_code
     message = exc.verify_message or str(exc)
@@ -518,9 +539,12 @@ def _verify_failed(exc: ssl.SSLCertVerificationError, peer: Peer) -> MtlsError:
         else:
             issuer = format_name(leaf.issuer)
             if issuer in trusted:
+                alike = [c for c in _read_certificates(ca_file) if c.subject == leaf.issuer]
+                theirs = authority_key_id(leaf) or "key unknown"
+                ours = f", ours has {key_id(alike[0])}" if alike else ""
                 what = (
                     "the server's certificate is not trusted: it was issued by another CA "
-                    f"that is also named {issuer!r}"
+                    f"that is also named {issuer!r} ({theirs}{ours})"
                 )
             else:
                 we = " or ".join(repr(n) for n in trusted) or "no CA"

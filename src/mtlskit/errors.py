@@ -18,6 +18,7 @@
     │   ├── PeerVerificationError  we refused the peer's certificate (*)
     │   └── CertificateRefusedError  the peer refused our certificate, or wanted one
     ├── ProtocolError              the peer's answer is not valid HTTP, or there is none
+    │                              (and ``Response.json()`` on a body that is not JSON)
     ├── HTTPStatusError            the peer answered 400 or more; ``.response`` is the answer
     ├── ServerError                the server could not start or serve
     ├── StorageError               the CA's database failed or cannot be reached
@@ -230,7 +231,8 @@ class CertificateRefusedError(HandshakeError):
 
 
 class ProtocolError(MtlsError):
-    """The peer closed without an answer, or answered with something that is not HTTP."""
+    """The peer closed without an answer, or answered with something that is not HTTP;
+    also ``Response.json()`` when the body is not JSON."""
 
 
 class HTTPStatusError(MtlsError):

@@ -17,9 +17,15 @@ import ssl
 
 from mtlskit.errors import ConfigError, PKIError
 
-__all__ = ["client_context", "pinning_context", "server_context"]
+__all__ = ["SERVER_TLS12_CIPHERS", "client_context", "pinning_context", "server_context"]
 
 PathLike = str | os.PathLike[str]
+
+# What a server offers a TLS 1.2 client: forward-secret AEAD suites only (ECDHE with
+# AES-GCM or ChaCha20-Poly1305, Mozilla's "intermediate" profile); no CBC suite, which
+# scanners flag as legacy. TLS 1.3 suites are all AEAD and forward-secret already.
+# Both server TLS engines read it (server/openssl_engine.py).
+SERVER_TLS12_CIPHERS = "@SECLEVEL=2:ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 
 
 def _check_file(path: PathLike, what: str) -> str:
@@ -29,6 +35,21 @@ def _check_file(path: PathLike, what: str) -> str:
 
         raise PKIError(f"{what} not found", file=name, hint=missing_hint(name))
     return name
+
+
+# ssl refuses a wrong file with "PEM lib" or loads it silently: the shared loader
+# (mtlskit.pki.load) then raises the error that names what the file holds. Imported on
+# failure only, so a request that works never loads cryptography.
+def _explain_chain(cert: str, key: str | None, password: bytes | None) -> None:
+    from mtlskit.pki.load import check_key_pair
+
+    check_key_pair(cert, key, passphrase=password)
+
+
+def _explain_ca(cafile: str) -> None:
+    from mtlskit.pki.load import read_certificates
+
+    read_certificates(cafile, "CA certificate")
 
 
 def _harden(ctx: ssl.SSLContext, min_version: ssl.TLSVersion) -> None:
@@ -61,6 +82,7 @@ def _load_chain(
             raise PKIError(
                 "cannot decrypt private key", file=keyfile, hint="give the right passphrase"
             ) from exc
+        _explain_chain(certfile, keyfile, password)
         raise PKIError(
             f"cannot load certificate/key: {reason or exc}",
             file=keyfile or certfile,
@@ -73,9 +95,15 @@ def _load_ca(ctx: ssl.SSLContext, ca: PathLike, crl: PathLike | None) -> None:
     try:
         ctx.load_verify_locations(cafile=cafile)
     except ssl.SSLError as exc:
+        _explain_ca(cafile)
         raise PKIError(
             "cannot load CA certificates", file=cafile, hint="pass a PEM file of CA certificates"
         ) from exc
+    if not ctx.cert_store_stats()["x509"]:  # ssl loads a file without certificates silently
+        _explain_ca(cafile)
+        raise PKIError(
+            "no certificate in the CA file", file=cafile, hint="pass a PEM file of CA certificates"
+        )
     if crl is not None:
         crlfile = _check_file(crl, "CRL")
         # ssl ignores CRLs given as cadata, so we load them from a file (CPython ssl docs);
@@ -105,6 +133,7 @@ def server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx, min_version)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.set_ciphers(SERVER_TLS12_CIPHERS)
     _load_chain(ctx, cert, key, password)
     if ca is not None:
         _load_ca(ctx, ca, crl)

@@ -63,6 +63,11 @@ curl --fail-with-body.""",
     help="Write the body to FILE instead of printing it.",
 )
 @click.option(
+    "--create-dirs",
+    is_flag=True,
+    help="Create the folders of -o FILE that are missing (as curl); else they must exist.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
@@ -91,11 +96,19 @@ def get(
     data: str | None,
     headers: tuple[str, ...],
     output: Path | None,
+    create_dirs: bool,
     as_json: bool,
     timeout: float,
     resolve: str | None,
 ) -> None:
     verb, body, sent = _request_parts(method, data, headers)
+    if output is not None and not create_dirs and not output.parent.is_dir():
+        # Checked before the request, which is then not sent in vain (curl fails after it).
+        raise ConfigError(
+            f"cannot write the body: folder {output.parent} does not exist",
+            file=output,
+            hint="create it, or pass --create-dirs (as curl)",
+        )
     resp = request(
         verb,
         url,
@@ -303,6 +316,7 @@ reused, otherwise `mtlskit init` writes them.""",
     help="Seconds to wait for the server to start and answer.",
 )
 def demo(folder: Path | None, timeout: float) -> None:
+    import shlex
     import shutil
     import subprocess
     import tempfile
@@ -315,7 +329,7 @@ def demo(folder: Path | None, timeout: float) -> None:
         _demo_pki(folder, reuse=temp is None)
         port = _free_port()
         cmd = _server_command(folder, port)
-        shown = f"mtlskit serve --certs {folder} --host 127.0.0.1 --port {port}"
+        shown = f"mtlskit serve --certs {shlex.quote(str(folder))} --host 127.0.0.1 --port {port}"
         click.echo(f"2/4 server: {shown}")
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -326,7 +340,7 @@ def demo(folder: Path | None, timeout: float) -> None:
             log.drain()
             click.echo(f"    listening (pid {proc.pid})")
             url = f"https://localhost:{port}"
-            click.echo(f"3/4 client: mtlskit get {url} --certs {folder}")
+            click.echo(f"3/4 client: mtlskit get {url} --certs {shlex.quote(str(folder))}")
             resp = request("GET", url, certs=folder, timeout=timeout)
             peer = resp.peer
             if peer is not None:
@@ -355,8 +369,10 @@ def _demo_pki(folder: Path, *, reuse: bool) -> None:
     if reuse and all((folder / name).is_file() for name in seed):
         click.echo(f"1/4 PKI: using {folder} (ca.crt, server.crt, client.crt already there)")
         return
+    import shlex
+
     from mtlskit.pki.seed import init_seed
 
     init_seed(folder)
-    click.echo(f"1/4 PKI: mtlskit init --dir {folder}")
+    click.echo(f"1/4 PKI: mtlskit init --dir {shlex.quote(str(folder))}")
     click.echo("    wrote ca.key ca.crt server.key server.crt client.key client.crt (+ CSRs)")

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import click
 
 from mtlskit.errors import ConfigError
+from mtlskit.logs import log_to_stderr
 
-__all__ = ["ca_dir_option", "db_option", "read_passphrase", "setup_logging"]
+__all__ = [
+    "SERVER_TLS_OPTIONS",
+    "SESSION_TICKETS_OPTIONS",
+    "ca_dir_option",
+    "db_option",
+    "has_terminal",
+    "read_passphrase",
+    "session_tickets_choice",
+    "setup_logging",
+    "warn_session_cache",
+]
 
 ca_dir_option = click.option(
     "--ca-dir",
@@ -27,8 +40,17 @@ db_option = click.option(
 )
 
 
-def read_passphrase(path: Path | None, *, prompt: bool, confirm: bool = False) -> bytes | None:
-    """A passphrase from a file (first line), from an interactive prompt, or none."""
+def read_passphrase(
+    path: Path | None,
+    *,
+    prompt: bool,
+    confirm: bool = False,
+    file_option: str = "--passphrase-file",
+) -> bytes | None:
+    """A passphrase from a file (first line), from an interactive prompt, or none.
+
+    A prompt needs a terminal: without one (a pipe, cron, CI) it is a usage error that
+    names ``file_option``, never getpass's warning and an echoing fallback."""
     if path is not None:
         try:
             text = path.read_text().splitlines()
@@ -42,16 +64,127 @@ def read_passphrase(path: Path | None, *, prompt: bool, confirm: bool = False) -
             )
         return text[0].encode()
     if prompt:
+        if not has_terminal():
+            raise ConfigError("no terminal to ask for the passphrase", hint=f"use {file_option}")
         value = click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
         return str(value).encode()
     return None
 
 
+def has_terminal() -> bool:
+    """Whether a passphrase can be asked for: getpass reads the controlling terminal
+    (``/dev/tty``), else stdin when it is one; without either it would fall back to
+    reading stdin with echo on and a GetPassWarning."""
+    if sys.stdin.isatty():
+        return True
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def setup_logging() -> None:
     """Log lines like Go's log package: ``2021/12/05 23:36:03 listen on …`` on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y/%m/%d %H:%M:%S"))
-    logger = logging.getLogger("mtlskit")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    log_to_stderr()
+
+
+def SESSION_TICKETS_OPTIONS(f: Any) -> Any:
+    """--session-tickets, and the deprecated --session-cache (serve and proxy server)."""
+    f = click.option(
+        "--session-cache",
+        type=click.IntRange(min=0),
+        default=None,
+        hidden=True,
+        help="Deprecated: 0 is --session-tickets stateless; the size is OpenSSL's own.",
+    )(f)
+    return click.option(
+        "--session-tickets",
+        type=click.Choice(["stateful", "stateless"]),
+        default=None,
+        help="TLS 1.3 resumption: sessions kept in the worker (faster, up to 20480) or "
+        "carried encrypted by the client (no server memory)  [default: stateful]",
+    )(f)
+
+
+def session_tickets_choice(
+    tickets: str | None, cache: int | None
+) -> Literal["stateful", "stateless"]:
+    """--session-tickets, or what the deprecated --session-cache N meant (0: stateless)."""
+    if cache is not None:
+        implied = "stateless" if cache == 0 else "stateful"
+        if tickets is not None and tickets != implied:
+            raise ConfigError(
+                f"--session-cache {cache} contradicts --session-tickets {tickets}",
+                hint="use --session-tickets alone (--session-cache is deprecated)",
+            )
+        tickets = implied
+    return cast(Literal["stateful", "stateless"], tickets or "stateful")
+
+
+def warn_session_cache(cache: int | None, tickets: str) -> None:
+    """One log line when the deprecated --session-cache was given (after setup_logging)."""
+    if cache is not None:
+        logging.getLogger("mtlskit").warning(
+            "--session-cache is deprecated: use --session-tickets %s (the number of sessions "
+            "kept is OpenSSL's own, 20480)",
+            tickets,
+        )
+
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def SERVER_TLS_OPTIONS(f: Any) -> Any:
+    """What every mTLS listener takes, declared once (serve, proxy server): its files,
+    the access rules, reload, the handshake timeout and the metrics port."""
+    options = [
+        click.option(
+            "--certs",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("certs"),
+            show_default=True,
+            help="Folder with ca.crt, server.crt and server.key.",
+        ),
+        click.option("--ca", type=_FILE, help="CA file for client certificates [certs/ca.crt]."),
+        click.option("--cert", type=_FILE, help="Certificate [certs/server.crt]."),
+        click.option("--key", type=_FILE, help="Key [certs/server.key]."),
+        click.option(
+            "--crl",
+            type=_FILE,
+            help="Refuse clients this CRL revokes (make it with mtlskit crl; reloaded on change).",
+        ),
+        click.option(
+            "--allow-cn",
+            multiple=True,
+            metavar="PATTERN",
+            help="Allow clients whose subject CN matches this glob (repeatable).",
+        ),
+        click.option(
+            "--allow-san",
+            multiple=True,
+            metavar="PATTERN",
+            help="Allow clients with a SAN matching DNS:glob, URI:glob or email:glob (repeatable).",
+        ),
+        click.option(
+            "--watch-interval",
+            type=float,
+            default=1.0,
+            show_default=True,
+            metavar="S",
+            help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
+        ),
+        click.option(
+            "--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S"
+        ),
+        click.option(
+            "--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here."
+        ),
+        click.option(
+            "--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address."
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

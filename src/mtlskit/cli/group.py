@@ -59,8 +59,9 @@ def run(argv: list[str] | None = None) -> None:
         _echo_error(f"error: {exc.one_line(_option_spelling(args))}")
         code = exc.exit_code
     except click.UsageError as exc:
-        where = exc.ctx.command_path if exc.ctx else "mtlskit"
-        _echo_error(f"error: {exc.format_message()}: see '{where} --help'")
+        where = exc.ctx.command_path if exc.ctx else _command_path(args)
+        # click's sentences end with a full stop; ours go on with ": next step".
+        _echo_error(f"error: {exc.format_message().rstrip('.')}: see '{where} --help'")
         code = 2
     except click.ClickException as exc:
         _echo_error(f"error: {exc.format_message()}")
@@ -79,10 +80,10 @@ def _echo_error(text: str) -> None:
     click.echo(text, err=True)
 
 
-def _option_spelling(args: list[str]) -> Callable[[str], str | None]:
-    """How the command in ``args`` spells a setting: its option whose parameter has the
-    setting's name (``ca`` -> ``--cacert``), or None if it has none."""
+def _command(args: list[str]) -> tuple[click.Command, list[str]]:
+    """The (sub)command ``args`` run, and the names that lead to it."""
     command: click.Command = main
+    names = ["mtlskit"]
     for arg in args:
         if not isinstance(command, click.Group):
             break
@@ -92,5 +93,17 @@ def _option_spelling(args: list[str]) -> Callable[[str], str | None]:
         if sub is None:
             break
         command = sub
+        names.append(arg)
+    return command, names
+
+
+def _command_path(args: list[str]) -> str:
+    return " ".join(_command(args)[1])
+
+
+def _option_spelling(args: list[str]) -> Callable[[str], str | None]:
+    """How the command in ``args`` spells a setting: its option whose parameter has the
+    setting's name (``ca`` -> ``--cacert``), or None if it has none."""
+    command = _command(args)[0]
     options = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
     return options.get

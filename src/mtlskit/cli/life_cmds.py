@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,7 +99,7 @@ def list_(ca_dir: Path, expiring: str | None, adopt: bool, db: str | None, as_js
     from mtlskit.pki.inventory import Inventory, create_inventory
     from mtlskit.pki.status import parse_duration
 
-    window = parse_duration(expiring) if expiring is not None else None
+    window = parse_duration(expiring, flag="--expiring") if expiring is not None else None
     ca_cert = _ca_certificate(ca_dir)
     inv = Inventory.at(ca_dir, ca_cert, db=db)
     if adopt and not inv.exists():
@@ -122,12 +123,16 @@ def list_(ca_dir: Path, expiring: str | None, adopt: bool, db: str | None, as_js
 def _list_state(r: Record, now: dt.datetime) -> str:
     if r.status == "revoked":
         return "revoked"
+    if r.superseded:
+        return "superseded"
     return "expired" if r.days_left(now) < 0 else "ok"
 
 
 def _list_row(r: Record, now: dt.datetime) -> list[str]:
-    status = r.status if r.status == "valid" else f"revoked ({r.reason or 'unspecified'})"
-    if r.status == "valid" and r.days_left(now) < 0:
+    status = r.shown_status
+    if r.status == "revoked":
+        status = f"revoked ({r.reason or 'unspecified'})"
+    elif r.days_left(now) < 0:
         status = "expired"
     return [
         r.serial,
@@ -157,7 +162,7 @@ def _list_row(r: Record, now: dt.datetime) -> list[str]:
 @json_option
 def revoke(target: str, ca_dir: Path, reason: str, db: str | None, as_json: bool) -> None:
     from mtlskit.pki.crl import parse_reason
-    from mtlskit.pki.inventory import Inventory, issued_by, parse_serial, serial_hex
+    from mtlskit.pki.inventory import Inventory, check_issued_by, parse_serial, serial_hex
     from mtlskit.pki.load import read_certificates
 
     flag = parse_reason(reason)
@@ -165,14 +170,14 @@ def revoke(target: str, ca_dir: Path, reason: str, db: str | None, as_json: bool
     path = Path(target)
     if path.exists():
         cert = read_certificates(path)[0]
-        if not issued_by(cert, ca_cert):
-            raise PKIError(
-                f"certificate was not issued by this CA (issuer {cert.issuer.rfc4514_string()}, "
-                f"CA is {ca_cert.subject.rfc4514_string()})",
-                file=path,
-                hint="pass --ca-dir of the CA that signed it",
-            )
+        check_issued_by(cert, ca_cert, file=path, hint="pass --ca-dir of the CA that signed it")
         serial = serial_hex(cert.serial_number)
+    elif any(c in target for c in "./\\"):  # a path, not a hex serial
+        raise PKIError(
+            "certificate not found",
+            file=target,
+            hint="check the path, or give a serial as mtlskit list shows it",
+        )
     else:
         serial = parse_serial(target)
     inv = Inventory.open(ca_dir, ca_cert, db=db)
@@ -180,9 +185,12 @@ def revoke(target: str, ca_dir: Path, reason: str, db: str | None, as_json: bool
     if as_json:
         click.echo(json.dumps(rec.as_json(), indent=2))
         return
-    click.echo(f"revoked {rec.serial} ({rec.subject or 'subject unknown'}): {flag.value}")
-    more = f" --db {inv.location}" if db is not None else ""
-    click.echo(f"next: mtlskit crl --ca-dir {ca_dir}{more}   (then reload the servers using it)")
+    click.echo(
+        f"revoked {rec.serial} ({rec.subject or 'subject unknown'}): {flag.value}; "
+        "servers refuse it once they load a CRL made from now on"
+    )
+    more = f" --db {shlex.quote(inv.location)}" if db is not None else ""
+    click.echo(f"next: mtlskit crl --ca-dir {shlex.quote(str(ca_dir))}{more}")
 
 
 # -- crl -----------------------------------------------------------------------------------
@@ -321,7 +329,7 @@ def status(folder: Path, warn: str, db: str | None, as_json: bool) -> int:
     from mtlskit.pki.inventory import DB_NAME, Inventory
     from mtlskit.pki.status import folder_status, needs_attention, parse_duration
 
-    window = parse_duration(warn)
+    window = parse_duration(warn, flag="--warn")
     inventory = None
     if db is not None or (folder / DB_NAME).is_file():
         inventory = Inventory.open(folder, _ca_certificate(folder), db=db)

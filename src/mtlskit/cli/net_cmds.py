@@ -6,11 +6,29 @@ from pathlib import Path
 
 import click
 
-from mtlskit.cli.common import setup_logging
+from mtlskit.cli.common import (
+    SERVER_TLS_OPTIONS,
+    SESSION_TICKETS_OPTIONS,
+    session_tickets_choice,
+    setup_logging,
+    warn_session_cache,
+)
 from mtlskit.server import ServerConfig, run
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
 
-__all__ = ["serve"]
+__all__ = ["byte_size", "serve"]
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """``1048576``, ``512K``, ``1M``, ``1MiB``, ``2G``: binary multiples."""
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    number = text.rstrip("KMG")
+    unit = text[len(number) :]
+    if not number.isdigit() or unit not in _UNITS:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 1048576, 512K, 1M, 2G)")
+    return int(number) * _UNITS[unit]
 
 
 @click.command(
@@ -21,24 +39,7 @@ __all__ = ["serve"]
     )
 )
 @click.argument("app", required=False)
-@click.option(
-    "--certs",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("certs"),
-    show_default=True,
-    help="Folder with ca.crt, server.crt and server.key.",
-)
-@click.option(
-    "--ca", type=click.Path(dir_okay=False, path_type=Path), help="CA file [certs/ca.crt]."
-)
-@click.option(
-    "--cert",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Certificate [certs/server.crt].",
-)
-@click.option(
-    "--key", type=click.Path(dir_okay=False, path_type=Path), help="Key [certs/server.key]."
-)
+@SERVER_TLS_OPTIONS
 @click.option("--host", default="", help="Address to listen on [every interface].")
 @click.option("--port", type=int, default=8443, show_default=True)
 @click.option("--quiet", is_flag=True, help="Do not log each request.")
@@ -50,31 +51,6 @@ __all__ = ["serve"]
     "keeping them on one by client address (clients behind one address; fewer resumptions).",
 )
 @click.option(
-    "--allow-cn",
-    multiple=True,
-    metavar="PATTERN",
-    help="Allow clients whose subject CN matches this glob (repeatable).",
-)
-@click.option(
-    "--allow-san",
-    multiple=True,
-    metavar="PATTERN",
-    help="Allow clients with a SAN matching DNS:glob, URI:glob or email:glob (repeatable).",
-)
-@click.option(
-    "--crl",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Refuse clients this CRL revokes (make it with mtlskit crl; reloaded when it changes).",
-)
-@click.option(
-    "--watch-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    metavar="S",
-    help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
-)
-@click.option(
     "--ticket-key-rotation",
     type=float,
     default=3600.0,
@@ -82,23 +58,69 @@ __all__ = ["serve"]
     metavar="S",
     help="Start new TLS sessions and ticket keys this often; older tickets stop resuming (0: never).",
 )
-@click.option(
-    "--session-cache",
-    type=click.IntRange(min=0),
-    default=DEFAULT_SESSION_CACHE,
-    show_default=True,
-    metavar="N",
-    help="TLS 1.3 sessions kept for resumption, ~9 KiB each (0: stateless tickets).",
-)
+@SESSION_TICKETS_OPTIONS
 @click.option(
     "--no-client-ca-names",
     is_flag=True,
     help="Do not name the CA bundle's CAs in the CertificateRequest (for very large bundles).",
 )
-@click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
-@click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
 @click.option("--idle-timeout", type=float, default=60.0, show_default=True, metavar="S")
+@click.option(
+    "--head-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="From a request's first byte to the end of its head (then 408).",
+)
+@click.option(
+    "--body-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="A request body that stalls this long (then 408).",
+)
+@click.option(
+    "--write-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="A client that reads nothing of its response this long is dropped.",
+)
+@click.option(
+    "--max-body-size",
+    default="1MiB",
+    callback=byte_size,
+    show_default=True,
+    metavar="SIZE",
+    help="Larger request bodies get 413 (bytes, or with K/M/G; 0: no limit).",
+)
+@click.option(
+    "--ws-max-size",
+    default="16MiB",
+    callback=byte_size,
+    show_default=True,
+    metavar="SIZE",
+    help="Larger WebSocket messages close the connection with 1009.",
+)
+@click.option(
+    "--ws-ping-interval",
+    type=float,
+    default=20.0,
+    show_default=True,
+    metavar="S",
+    help="Ping a quiet WebSocket peer this often (0: never).",
+)
+@click.option(
+    "--ws-ping-timeout",
+    type=float,
+    default=20.0,
+    show_default=True,
+    metavar="S",
+    help="Drop a WebSocket peer whose pong does not come within this.",
+)
 def serve(
     app: str | None,
     certs: Path,
@@ -115,13 +137,22 @@ def serve(
     crl: Path | None,
     watch_interval: float,
     ticket_key_rotation: float,
-    session_cache: int,
+    session_tickets: str | None,
+    session_cache: int | None,
     no_client_ca_names: bool,
     metrics_port: int | None,
     metrics_host: str,
     handshake_timeout: float,
     idle_timeout: float,
+    head_timeout: float,
+    body_timeout: float,
+    write_timeout: float,
+    max_body_size: int,
+    ws_max_size: int,
+    ws_ping_interval: float,
+    ws_ping_timeout: float,
 ) -> None:
+    tickets = session_tickets_choice(session_tickets, session_cache)
     config = ServerConfig(
         certs=certs,
         ca=ca,
@@ -137,13 +168,21 @@ def serve(
         allow_san=allow_san,
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
+        head_timeout=head_timeout,
+        body_timeout=body_timeout,
+        write_timeout=write_timeout,
+        max_body_size=max_body_size,
+        ws_max_size=ws_max_size,
+        ws_ping_interval=ws_ping_interval,
+        ws_ping_timeout=ws_ping_timeout,
         crl=crl,
         watch_interval=watch_interval,
         ticket_key_rotation=ticket_key_rotation,
-        session_cache=session_cache,
+        session_tickets=tickets,
         client_ca_names=not no_client_ca_names,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
     setup_logging()
+    warn_session_cache(session_cache, tickets)
     run(config)

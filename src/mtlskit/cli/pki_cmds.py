@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
-from mtlskit.cli.common import ca_dir_option, db_option, read_passphrase
+from mtlskit.cli.common import ca_dir_option, db_option, has_terminal, read_passphrase
 from mtlskit.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -89,7 +89,7 @@ def _load_ca(ca_dir: Path, passphrase_file: Path | None, *, flag: str, db: str |
 
     passphrase = read_passphrase(passphrase_file, prompt=False)
     key_path = ca_dir / "ca.key"
-    if passphrase is None and sys.stdin.isatty() and _is_encrypted(key_path):
+    if passphrase is None and has_terminal() and _is_encrypted(key_path):
         passphrase = str(
             click.prompt(f"Passphrase for {key_path}", hide_input=True, err=True)
         ).encode()
@@ -146,7 +146,7 @@ def init(
     passphrase = _new_key_passphrase(passphrase_file, ask_passphrase)
     paths = init_seed(folder, key_type=key_type, force=force, passphrase=passphrase)
     _wrote(paths)
-    click.echo(f"next: mtlskit serve --certs {folder}   (then: mtlskit get --certs {folder})")
+    click.echo(f"next: mtlskit serve --certs {shlex.quote(str(folder))}")
 
 
 # -- ca create ----------------------------------------------------------------------------
@@ -186,8 +186,8 @@ def ca() -> None:
 )
 @click.option(
     "--subject",
-    help="e.g. '/C=TH/O=IT Sec/CN=CA' or 'CN=CA,O=IT Sec'. "
-    "Default: the seed's CA, or 'CN=Intermediate CA' under --parent-dir.",
+    help="e.g. '/C=TH/O=IT Sec/CN=CA' or 'CN=CA,O=IT Sec'. Default: a name of its own, "
+    "from the folder and a random tag: 'CN=root CA 3F2A', 'CN=issuing Intermediate CA 91C0'.",
 )
 @_lifetime_options
 @_key_type_option()
@@ -216,7 +216,8 @@ def ca_create(
     passphrase_file: Path | None,
     ask_passphrase: bool,
 ) -> None:
-    from mtlskit.pki.ca import CA, SEED_CA_SUBJECT
+    from mtlskit.pki.ca import CA, default_ca_subject
+    from mtlskit.pki.names import parse_name
 
     passphrase = _new_key_passphrase(passphrase_file, ask_passphrase)
     parent = None
@@ -227,9 +228,13 @@ def ca_create(
                 hint="write the intermediate to its own folder",
             )
         parent = _load_ca(parent_dir, ca_passphrase_file, flag="--ca-passphrase-file")
+        parent.check_lifetime(days=days, not_after=_utc(not_after))
         if path_length is None:
             path_length = 0
-    name = subject or ("CN=Intermediate CA" if parent else SEED_CA_SUBJECT)
+    if subject is not None:
+        name = parse_name(subject, bare_cn=False)
+    else:
+        name = default_ca_subject(folder, intermediate=parent is not None)
     new = CA.create(
         name,
         key_type=key_type,
@@ -244,7 +249,7 @@ def ca_create(
             hint="give it its own --subject, e.g. 'CN=Intermediate CA'",
         )
     _wrote(new.save(folder, force=force, passphrase=passphrase))
-    click.echo(f"next: mtlskit issue server NAME --ca-dir {folder} --san NAME")
+    click.echo(f"next: mtlskit issue server NAME --ca-dir {shlex.quote(str(folder))} --san NAME")
 
 
 # -- csr create ---------------------------------------------------------------------------
@@ -288,7 +293,7 @@ def csr_create(
     out_path = out_path or folder / f"{name}.csr"
     if subject is None and name is None:
         raise ConfigError("give --subject (or NAME for CN=NAME)")
-    parsed_name = parse_name(subject or str(name))
+    parsed_name = parse_name(subject, bare_cn=False) if subject else parse_name(str(name))
     parsed_sans = parse_sans(sans)
     passphrase = _new_key_passphrase(passphrase_file, ask_passphrase)
     files = []
@@ -306,7 +311,11 @@ def csr_create(
     _wrote(write_many(files, force=force))
     if reuse:
         click.echo(f"used existing key {key_path}")
-    click.echo(f"next: mtlskit sign {out_path} --ca-dir certs --profile server")
+    # A server certificate needs a SAN: without one, the hint that works is a client's.
+    profile = "server" if parsed_sans else "client"
+    click.echo(
+        f"next: mtlskit sign {shlex.quote(str(out_path))} --ca-dir certs --profile {profile}"
+    )
 
 
 # -- sign ---------------------------------------------------------------------------------
@@ -358,6 +367,7 @@ def sign(
     if out.exists() and not force:
         raise AlreadyExistsError("file exists", file=out, hint="pass --force or -o OTHER")
     authority = _load_ca(ca_dir, passphrase_file, flag="--passphrase-file", db=db)
+    authority.check_lifetime(days=days, not_after=_utc(not_after))
     cert = authority.sign_csr(
         request, profile=profile, sans=extra or None, days=days, not_after=_utc(not_after)
     )
@@ -402,7 +412,7 @@ def issue(
 
     if "/" in name or name in ("", ".", "..", "ca"):
         raise ConfigError(f"invalid NAME {name!r}", hint="use a plain name such as web or alice")
-    parsed_name = parse_name(subject or name)
+    parsed_name = parse_name(subject, bare_cn=False) if subject else parse_name(name)
     parsed_sans = parse_sans(sans)
     if not parsed_sans and role != "client":
         parsed_sans = parse_sans([name])
@@ -415,6 +425,7 @@ def issue(
                     "file exists", file=out / f"{name}.{ext}", hint="pass --force to overwrite it"
                 )
     authority = _load_ca(ca_dir, ca_passphrase_file, flag="--ca-passphrase-file", db=db)
+    authority.check_lifetime(days=days, not_after=_utc(not_after))
     leaf = authority.issue(
         role,
         parsed_name,
@@ -445,13 +456,14 @@ def inspect(files: tuple[Path, ...], as_json: bool, password_file: Path | None) 
     if as_json:
         click.echo(json.dumps([i.to_dict() for i in items], indent=2))
     else:
-        last = None
+        last, nth = None, 0
         for item in items:
-            if item.source != last:
-                if last is not None:
-                    click.echo()
-                click.echo(f"== {item.source}")
-                last = item.source
+            nth = nth + 1 if item.source == last else 1
+            if last is not None:
+                click.echo()
+            # Each object of a file (a chain, a bundle) under its own header.
+            click.echo(f"== {item.source}" + (f" ({nth})" if nth > 1 else ""))
+            last = item.source
             click.echo(render_text(item))
     bad = [i for i in items if i.problems]
     if bad:
@@ -554,12 +566,14 @@ def export_p12(
         raise AlreadyExistsError("file exists", file=out, hint="pass --force or -o OTHER")
     password: bytes | None = None
     if not no_password:
-        if password_file is None and not sys.stdin.isatty():
+        if password_file is None and not has_terminal():
             raise ConfigError(
-                "no password given",
-                hint="pass --password-file FILE, or --no-password for an unprotected file",
+                "no terminal to ask for the password",
+                hint="use --password-file FILE, or --no-password for an unprotected file",
             )
-        password = read_passphrase(password_file, prompt=True, confirm=True)
+        password = read_passphrase(
+            password_file, prompt=True, confirm=True, file_option="--password-file"
+        )
     path = export_pkcs12_files(
         cert_file,
         key_file,

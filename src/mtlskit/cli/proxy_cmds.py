@@ -6,8 +6,13 @@ from pathlib import Path
 
 import click
 
-from mtlskit.cli.common import setup_logging
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
+from mtlskit.cli.common import (
+    SERVER_TLS_OPTIONS,
+    SESSION_TICKETS_OPTIONS,
+    session_tickets_choice,
+    setup_logging,
+    warn_session_cache,
+)
 
 __all__ = ["proxy"]
 
@@ -40,24 +45,7 @@ def proxy() -> None:
     metavar="HOST:PORT|unix:PATH",
     help="Where to forward (loopback or a unix socket unless --unsafe-target).",
 )
-@click.option(
-    "--certs",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("certs"),
-    show_default=True,
-    help="Folder with ca.crt, server.crt and server.key.",
-)
-@click.option("--ca", type=_FILE, help="CA file for client certificates [certs/ca.crt].")
-@click.option("--cert", type=_FILE, help="Certificate [certs/server.crt].")
-@click.option("--key", type=_FILE, help="Key [certs/server.key].")
-@click.option("--crl", type=_FILE, help="Refuse clients this CRL revokes (reloaded on change).")
-@click.option("--allow-cn", multiple=True, metavar="PATTERN", help="Allow clients by CN glob.")
-@click.option(
-    "--allow-san",
-    multiple=True,
-    metavar="PATTERN",
-    help="Allow clients with a SAN matching DNS:glob, URI:glob or email:glob.",
-)
+@SERVER_TLS_OPTIONS
 @click.option("--allow-all", is_flag=True, help="Allow every certificate the CA verifies.")
 @click.option("--http", "http", is_flag=True, help="L7: HTTP/1.1 with identity headers.")
 @click.option(
@@ -79,7 +67,6 @@ def proxy() -> None:
     metavar="S",
     help="Close a connection with no bytes either way for this long.",
 )
-@click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
 @click.option(
     "--shutdown-timeout",
     type=float,
@@ -101,24 +88,7 @@ def proxy() -> None:
     "--unsafe-target", is_flag=True, help="Allow a target on another machine (plain bytes)."
 )
 @click.option("--quiet", is_flag=True, help="--http: do not log each request.")
-@click.option(
-    "--watch-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    metavar="S",
-    help="Reload certificate, key, CA and CRL when they change (0: only on SIGHUP).",
-)
-@click.option(
-    "--session-cache",
-    type=click.IntRange(min=0),
-    default=DEFAULT_SESSION_CACHE,
-    show_default=True,
-    metavar="N",
-    help="TLS 1.3 sessions kept for resumption (0: stateless tickets).",
-)
-@click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
+@SESSION_TICKETS_OPTIONS
 def server(
     listen: str,
     target: str,
@@ -142,13 +112,15 @@ def server(
     unsafe_target: bool,
     quiet: bool,
     watch_interval: float,
-    session_cache: int,
+    session_tickets: str | None,
+    session_cache: int | None,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
     from mtlskit.proxy import Address, ProxyConfig, run_server
     from mtlskit.server import ServerConfig
 
+    tickets = session_tickets_choice(session_tickets, session_cache)
     where = Address.parse(listen, "--listen", unix=False)
     listener = ServerConfig(
         certs=certs,
@@ -165,7 +137,7 @@ def server(
         idle_timeout=idle_timeout,
         shutdown_timeout=shutdown_timeout,
         watch_interval=watch_interval,
-        session_cache=session_cache,
+        session_tickets=tickets,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
@@ -182,6 +154,7 @@ def server(
         unsafe_target=unsafe_target,
     )
     setup_logging()
+    warn_session_cache(session_cache, tickets)
     run_server(config)
 
 

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from mtlskit.database import Transaction, is_postgresql_url
-from mtlskit.errors import ConfigError, PKIError
+from mtlskit.errors import ConfigError, PKIError, Setting
 from mtlskit.pki import profiles
 from mtlskit.pki.inventory import Inventory, check_inventory_free, create_inventory
 from mtlskit.pki.keys import (
@@ -48,6 +50,7 @@ __all__ = [
     "cert_pem",
     "create_csr",
     "csr_pem",
+    "default_ca_subject",
 ]
 
 SEED_CA_SUBJECT = "/C=TH/ST=RB/O=IT Sec/CN=CA"
@@ -75,14 +78,41 @@ def create_csr(
     return builder.sign(key, signature_hash(key))  # type: ignore[arg-type]
 
 
+def default_ca_subject(folder: str | os.PathLike[str], *, intermediate: bool = False) -> x509.Name:
+    """A name of its own for a CA made without one: ``C=TH, ST=RB, O=IT Sec, CN=<folder>
+    CA <tag>``, the tag 4 random hex digits. Every CA made alike used to be ``CN=CA``, and
+    two CAs of one name are told apart by their keys only (``unknown issuer CN=CA``)."""
+    label = Path(folder).resolve().name or "root"
+    kind = "Intermediate CA" if intermediate else "CA"
+    label = label[: 64 - len(kind) - 6]  # a CN holds at most 64 characters (RFC 5280)
+    base = parse_name(SEED_CA_SUBJECT)
+    return x509.Name(
+        [
+            *(a for a in base if a.oid != NameOID.COMMON_NAME),
+            x509.NameAttribute(
+                NameOID.COMMON_NAME, f"{label} {kind} {secrets.token_hex(2).upper()}"
+            ),
+        ]
+    )
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def _validity(
-    days: int | None, not_after: dt.datetime | None, *, default: int, cap: int | None
+    days: int | None,
+    not_after: dt.datetime | None,
+    *,
+    default: int,
+    cap: int | None,
+    lifetime: dt.timedelta | None = None,
 ) -> tuple[dt.datetime, dt.datetime]:
     now = _now()
+    if lifetime is not None:  # a renewal: exactly the old certificate's lifetime
+        if days is not None or not_after is not None:
+            raise ConfigError("give either a lifetime or --days/--not-after, not both")
+        return now - BACKDATE, now - BACKDATE + lifetime
     if days is not None and not_after is not None:
         raise ConfigError("give either --days or --not-after, not both")
     if not_after is not None:
@@ -220,6 +250,40 @@ class CA:
         """A child never outlives its CA."""
         return start, min(end, self.certificate.not_valid_after_utc)
 
+    def check_lifetime(
+        self, *, days: int | None = None, not_after: dt.datetime | None = None
+    ) -> None:
+        """Refuse a lifetime asked for (``days`` or ``not_after``) that would end after
+        this CA: signing clips it to the CA's end, which a person asking for
+        ``--days 5000`` must hear about (the command line calls this before signing).
+        """
+        if days is None and not_after is None:
+            return
+        start, end = _validity(days, not_after, default=profiles.DEFAULT_LEAF_DAYS, cap=None)
+        ca_end = self.certificate.not_valid_after_utc
+        if end <= ca_end:
+            return
+        asked = (
+            Setting("days", str(days))
+            if days is not None
+            else Setting("not_after", f"{end:%Y-%m-%d}")
+        )
+        at_most = (ca_end - start).days
+        raise ConfigError(
+            (
+                asked,
+                f" would end on {end:%Y-%m-%d}, after the CA's end ({ca_end:%Y-%m-%d %H:%M} UTC)",
+            ),
+            file=SeedLayout(self.dir).ca_cert() if self.dir is not None else None,
+            hint=(
+                "ask for ",
+                Setting("days", str(at_most)),
+                " at most (or ",
+                Setting("not_after", f"{ca_end:%Y-%m-%d}"),
+                "), or sign with a CA that lives longer",
+            ),
+        )
+
     # -- signing ----------------------------------------------------------------------------
 
     def _sign(
@@ -255,19 +319,27 @@ class CA:
         not_after: dt.datetime | None = None,
         renewed_from: str | None = None,
         crl_url: str | None = None,
+        lifetime: dt.timedelta | None = None,
         tx: Transaction | None = None,
     ) -> x509.Certificate:
         """Sign a leaf certificate for ``public_key`` with the extensions of ``profile``
         (and a CRL distribution point when ``crl_url`` is given).
 
-        ``renewed_from`` (a serial in hex) is recorded with it: it renews that one.
+        The certificate lives ``days``, until ``not_after``, or exactly ``lifetime`` (a
+        renewal keeps the old one's); never beyond this CA's end (clipped: see
+        :meth:`check_lifetime` to refuse instead). ``renewed_from`` (a serial in hex) is
+        recorded with it: it renews that one, which the inventory marks superseded.
         ``tx``: record it in this open transaction of the inventory's database.
         """
         prof = profiles.check_profile(profile)
         names = [s for s in sans if isinstance(s, x509.GeneralName)]
         names += [n for n in parse_sans([s for s in sans if isinstance(s, str)]) if n not in names]
         start, end = _validity(
-            days, not_after, default=profiles.DEFAULT_LEAF_DAYS, cap=profiles.MAX_LEAF_DAYS
+            days,
+            not_after,
+            default=profiles.DEFAULT_LEAF_DAYS,
+            cap=profiles.MAX_LEAF_DAYS,
+            lifetime=lifetime,
         )
         start, end = self._clip(start, end)
         builder = (

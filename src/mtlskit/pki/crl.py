@@ -32,7 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from mtlskit.errors import ConfigError, PKIError
-from mtlskit.pki.keys import PrivateKey, describe_pem_block, signature_hash
+from mtlskit.pki.keys import PrivateKey, signature_hash, wrong_contents
+from mtlskit.pki.names import format_key_id, key_id
 from mtlskit.pki.store import CERT_MODE, read_file, write_atomic
 
 __all__ = [
@@ -187,17 +188,11 @@ def load_crl(
     try:
         if b"-----BEGIN" in data:
             if b"-----BEGIN X509 CRL-----" not in data:
-                raise PKIError(
-                    f"expected a CRL, found {describe_pem_block(data)}",
-                    file=file,
-                    hint="pass a .crl file",
-                )
+                raise wrong_contents("a CRL", data, file=file)
             return x509.load_pem_x509_crl(data)
         return x509.load_der_x509_crl(data)
     except ValueError:
-        raise PKIError(
-            "not a PEM or DER CRL", file=file, hint="make one with mtlskit crl"
-        ) from None
+        raise wrong_contents("a CRL", data, file=file) from None
 
 
 def read_crl(path: str | os.PathLike[str]) -> x509.CertificateRevocationList:
@@ -227,11 +222,15 @@ def check_crl(
             break
     else:
         cas = ", ".join(c.subject.rfc4514_string() for c in ca_certs) or "none"
-        what = (
-            f"CRL is signed by another key than its issuer's ({issuer})"
-            if named
-            else f"CRL was issued by {issuer}, not by the CA ({cas})"
-        )
+        if named:
+            # Two CAs of one name (every CA once made alike was CN=CA): name the keys.
+            theirs = _crl_key_id(crl) or "key unknown"
+            what = (
+                f"CRL names {issuer} as issuer but is signed by another key ({theirs}) than "
+                f"that CA's ({key_id(named[0])}): another CA with the same name"
+            )
+        else:
+            what = f"CRL was issued by {issuer}, not by the CA ({cas})"
         raise PKIError(what, file=file, hint="make it with the CA's key: mtlskit crl --ca-dir DIR")
     if check_time:
         now = now or dt.datetime.now(dt.UTC)
@@ -248,6 +247,17 @@ def check_crl(
                 hint="check the clocks of this machine and the CA's",
             )
     return ca
+
+
+def _crl_key_id(crl: x509.CertificateRevocationList) -> str | None:
+    """The key that signed a CRL, as :func:`mtlskit.pki.names.key_id` names a CA's."""
+    try:
+        aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    if not aki.key_identifier:
+        return None
+    return format_key_id(aki.key_identifier)
 
 
 def is_revoked(

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from mtlskit.errors import PKIError
-from mtlskit.pki.keys import describe_key, load_private_key
+from mtlskit.pki.keys import describe_key, load_private_key, looks_like_pkcs12
 from mtlskit.pki.names import format_name, format_san
 from mtlskit.pki.store import read_file
 
@@ -172,12 +172,13 @@ def _public_key_text(obj: x509.Certificate | x509.CertificateSigningRequest) -> 
 
 def _certificate(cert: x509.Certificate, source: str, now: dt.datetime) -> InspectedObject:
     after, before = cert.not_valid_after_utc, cert.not_valid_before_utc
+    # Days rounded to the nearest, as list and status count them (365, not 364 d 23 h).
     if now > after:
-        status = f"expired {(now - after).days} days ago"
+        status = f"expired {round((now - after).total_seconds() / 86400)} days ago"
     elif now < before:
         status = "not valid yet"
     else:
-        status = f"valid, {(after - now).days} days left"
+        status = f"valid, {round((after - now).total_seconds() / 86400)} days left"
     is_v1 = cert.version == x509.Version.v1
     return InspectedObject(
         "certificate",
@@ -281,13 +282,13 @@ def _pkcs12(
         except ValueError as exc:
             last = exc
     else:
-        if password is None and _looks_like_pkcs12(data):
+        if password is None and looks_like_pkcs12(data):
             raise PKIError(
                 "PKCS#12 file is protected by a password",
                 file=source,
                 hint="give it with --password-file",
             ) from last
-        if password is not None and _looks_like_pkcs12(data):
+        if password is not None and looks_like_pkcs12(data):
             raise PKIError(
                 "cannot open PKCS#12 file: wrong password",
                 file=source,
@@ -307,11 +308,6 @@ def _pkcs12(
             child.fields["friendly_name"] = c.friendly_name.decode("utf-8", "replace")
         item.children.append(child)
     return item
-
-
-def _looks_like_pkcs12(data: bytes) -> bool:
-    # PFX: SEQUENCE { INTEGER 3, ContentInfo { OID pkcs7-data … } }
-    return data[:1] == b"\x30" and b"\x02\x01\x03" in data[:8]
 
 
 # -- the API ------------------------------------------------------------------------------

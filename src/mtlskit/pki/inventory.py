@@ -11,6 +11,10 @@
            status valid|revoked, revoked_at, reason, pem, issued_at,
            renewed_from, source issued|adopted)
 
+A renewal marks the certificate it renews: status ``valid`` (not revoked, in no CRL:
+it may serve until the new one is rolled out) with reason ``superseded``, RFC 5280's
+word for it; ``list`` shows it as superseded and ``--expiring`` leaves it out.
+
 The tables are those of :mod:`mtlskit.database` (SQLite by default, PostgreSQL
 for several CA replicas), which also holds the CA service's state.
 
@@ -39,6 +43,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shlex
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +65,16 @@ from mtlskit.errors import ConfigError, PKIError
 from mtlskit.pki.crl import check_crl, read_crl
 from mtlskit.pki.keys import public_key_der
 from mtlskit.pki.load import load_certificates
-from mtlskit.pki.names import san_strings
+from mtlskit.pki.names import authority_key_id, key_id, names_apart, san_strings
 
 __all__ = [
     "DB_NAME",
+    "SUPERSEDED",
     "Inventory",
     "Record",
     "ca_id",
     "check_inventory_free",
+    "check_issued_by",
     "create_inventory",
     "format_time",
     "issued_by",
@@ -79,6 +86,7 @@ __all__ = [
 ]
 
 DB_NAME = "ca.db"
+SUPERSEDED = "superseded"  # RFC 5280 5.3.1's reason, on a renewed (not revoked) certificate
 SERIAL_ATTEMPTS = 5
 MIN_PREFIX = 6
 
@@ -172,6 +180,23 @@ def issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     return True
 
 
+def check_issued_by(
+    cert: x509.Certificate,
+    ca_cert: x509.Certificate,
+    *,
+    file: str | os.PathLike[str] | None = None,
+    hint: str,
+) -> None:
+    """Refuse ``cert`` unless ``ca_cert`` issued it, naming both CAs (with their keys
+    when they have the same name: two CAs made alike are told apart)."""
+    if issued_by(cert, ca_cert):
+        return
+    issuer, ca = names_apart(cert.issuer, authority_key_id(cert), ca_cert.subject, key_id(ca_cert))
+    raise PKIError(
+        f"certificate was not issued by this CA (issuer {issuer}, CA is {ca})", file=file, hint=hint
+    )
+
+
 # -- records ---------------------------------------------------------------------------------
 
 
@@ -212,6 +237,17 @@ class Record:
         )
 
     @property
+    def superseded(self) -> bool:
+        """Renewed: a newer certificate replaces this one, which is still valid (not
+        revoked, in no CRL) and carries RFC 5280's reason ``superseded`` as a mark."""
+        return self.status == "valid" and self.reason == SUPERSEDED
+
+    @property
+    def shown_status(self) -> str:
+        """``valid``, ``superseded`` or ``revoked``: what ``mtlskit list`` shows."""
+        return "superseded" if self.superseded else self.status
+
+    @property
     def serial_int(self) -> int:
         return int(self.serial, 16)
 
@@ -236,7 +272,7 @@ class Record:
             "not_before": format_time(self.not_before),
             "not_after": format_time(self.not_after),
             "days_left": round(self.days_left(now), 2),
-            "status": self.status,
+            "status": self.shown_status,
             "revoked_at": format_time(self.revoked_at) if self.revoked_at else None,
             "reason": self.reason,
             "issued_at": format_time(self.issued_at),
@@ -381,7 +417,7 @@ class Inventory:
                         "CA folder has no inventory",
                         file=self.location,
                         hint=f"create it from the certificates in the folder with "
-                        f"mtlskit list --ca-dir {self.folder} --adopt",
+                        f"mtlskit list --ca-dir {shlex.quote(str(self.folder))} --adopt",
                     )
                 raise PKIError(
                     "inventory not found",
@@ -491,9 +527,9 @@ class Inventory:
             # abort it on a UNIQUE violation).
             if tx is None:
                 with self.database.transaction() as own:
-                    added = own.execute(_INSERT_NEW, row)
+                    added = _record(own, row, renewed_from)
             else:
-                added = tx.execute(_INSERT_NEW, row)
+                added = _record(tx, row, renewed_from)
             if added == 1:
                 return cert
         raise PKIError(
@@ -595,8 +631,11 @@ class Inventory:
         query = "SELECT * FROM certs"
         args: tuple[str, ...] = ()
         if expiring_within is not None:
-            query += " WHERE status = 'valid' AND not_after <= ?"
-            args = (format_time(_now() + expiring_within),)
+            # A superseded certificate has been renewed: its expiry needs nothing done.
+            query += (
+                " WHERE status = 'valid' AND not_after <= ? AND (reason IS NULL OR reason <> ?)"
+            )
+            args = (format_time(_now() + expiring_within), SUPERSEDED)
         self.check()
         with self.database.transaction() as tx:
             rows = tx.all(query + " ORDER BY not_after, serial", args)
@@ -615,6 +654,19 @@ class Inventory:
         with self.database.transaction() as tx:
             row = tx.one("SELECT count(*) AS n FROM certs")
         return int(row["n"]) if row else 0
+
+
+def _record(tx: Transaction, row: tuple[object, ...], renewed_from: str | None) -> int:
+    """Insert a new certificate's row unless its serial is taken (the rows added: 0 or 1);
+    mark the one it renews superseded: still valid (not revoked, in no CRL: it may serve
+    until the new one is rolled out), with RFC 5280's word for it, out of ``--expiring``."""
+    added = tx.execute(_INSERT_NEW, row)
+    if added == 1 and renewed_from is not None:
+        tx.execute(
+            "UPDATE certs SET reason = ? WHERE serial = ? AND status = 'valid'",
+            (SUPERSEDED, renewed_from),
+        )
+    return added
 
 
 def _no_tables(tx: Transaction) -> bool:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Literal, TypeAlias
+import shlex
+from typing import Any, Literal, TypeAlias
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -24,14 +25,17 @@ __all__ = [
     "PrivateKey",
     "PublicKey",
     "check_key_type",
+    "describe_contents",
     "describe_key",
     "describe_pem_block",
     "generate_key",
     "key_matches",
     "load_private_key",
+    "looks_like_pkcs12",
     "private_key_pem",
     "public_key_der",
     "signature_hash",
+    "wrong_contents",
 ]
 
 
@@ -93,13 +97,8 @@ def load_private_key(
 ) -> PrivateKey:
     """Load a private key from PEM or DER; explain what the file is when it is not a key."""
     is_pem = b"-----BEGIN" in data
-    if is_pem and b"PRIVATE KEY-----" not in data:
-        kind = describe_pem_block(data)
-        raise PKIError(
-            f"expected a private key, found {kind}",
-            file=file,
-            hint="pass the .key file",
-        )
+    if (is_pem and b"PRIVATE KEY-----" not in data) or not data.strip() or looks_like_pkcs12(data):
+        raise wrong_contents("a private key", data, file=file)
     encrypted = b"ENCRYPTED" in data if is_pem else False
     try:
         if is_pem:
@@ -125,9 +124,7 @@ def load_private_key(
                 file=file,
                 hint="check the passphrase file",
             ) from exc
-        raise PKIError(
-            "not a PEM or DER private key", file=file, hint="pass a private key file"
-        ) from exc
+        raise wrong_contents("a private key", data, file=file) from exc
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm and others
         raise PKIError(f"cannot load private key: {exc}", file=file) from exc
     if not isinstance(
@@ -156,10 +153,95 @@ def describe_pem_block(data: bytes) -> str:
     start = data.find(b"-----BEGIN ")
     end = data.find(b"-----", start + 11)
     label = data[start + 11 : end].decode("ascii", "replace") if start >= 0 and end > 0 else "?"
-    return {
-        "CERTIFICATE": "a certificate",
-        "CERTIFICATE REQUEST": "a certificate request (CSR)",
-        "NEW CERTIFICATE REQUEST": "a certificate request (CSR)",
-        "X509 CRL": "a CRL",
-        "PUBLIC KEY": "a public key",
-    }.get(label, f"a PEM {label!r} block")
+    return _PEM_LABELS.get(label, f"a PEM {label!r} block")
+
+
+_PEM_LABELS = {
+    "CERTIFICATE": "a certificate",
+    "TRUSTED CERTIFICATE": "a certificate",
+    "CERTIFICATE REQUEST": "a certificate request (CSR)",
+    "NEW CERTIFICATE REQUEST": "a certificate request (CSR)",
+    "X509 CRL": "a CRL",
+    "PUBLIC KEY": "a public key",
+    "PRIVATE KEY": "a private key",
+    "EC PRIVATE KEY": "a private key",
+    "RSA PRIVATE KEY": "a private key",
+    "ENCRYPTED PRIVATE KEY": "an encrypted private key",
+    "PKCS7": "a PKCS#7 bundle",
+}
+
+PKCS12 = "a PKCS#12 file"
+NOT_PEM_OR_DER = "neither PEM nor DER"
+
+
+def looks_like_pkcs12(data: bytes) -> bool:
+    """A DER PFX: SEQUENCE { INTEGER 3, ContentInfo { OID pkcs7-data … } }."""
+    return data[:1] == b"\x30" and b"\x02\x01\x03" in data[:8]
+
+
+def describe_contents(data: bytes) -> str:
+    """What a file holds, in words for an error: ``a certificate``, ``a certificate
+    request (CSR)``, ``a private key``, ``a CRL``, ``a PKCS#12 file``, ``an empty file``…
+    (:data:`NOT_PEM_OR_DER` when it is none of them). PEM by its first block's label,
+    DER by which parser accepts it."""
+    from cryptography import x509
+
+    if not data.strip():
+        return "an empty file"
+    if b"-----BEGIN " in data:
+        return describe_pem_block(data)
+    parsers: tuple[tuple[str, Any], ...] = (
+        ("a certificate", x509.load_der_x509_certificate),
+        ("a certificate request (CSR)", x509.load_der_x509_csr),
+        ("a CRL", x509.load_der_x509_crl),
+        ("a public key", serialization.load_der_public_key),
+    )
+    for kind, parse in parsers:
+        try:
+            parse(data)
+        except Exception:  # ValueError, UnsupportedAlgorithm: not this kind
+            continue
+        return kind
+    if looks_like_pkcs12(data):
+        return PKCS12
+    try:
+        serialization.load_der_private_key(data, password=None)
+    except TypeError:
+        return "an encrypted private key"
+    except Exception:  # ValueError, UnsupportedAlgorithm: not a key
+        return NOT_PEM_OR_DER
+    return "a private key"
+
+
+# The next step when a file holds something else than the command expects.
+_WHAT_TO_PASS = {
+    "a certificate": "pass the certificate (.crt) file",
+    "a certificate request (CSR)": "pass the .csr file (mtlskit csr create makes one)",
+    "a private key": "pass the private key (.key) file",
+    "a CRL": "pass the .crl file (mtlskit crl makes one)",
+}
+
+
+def wrong_contents(
+    expected: str, data: bytes, *, file: str | os.PathLike[str] | None = None
+) -> PKIError:
+    """The one error for a file that does not hold what a command expects, e.g.
+    ``expected a certificate, found a certificate request (CSR) (x.csr): sign it …``.
+    ``expected`` is ``a certificate``, ``a private key``, ``a CRL`` …"""
+    found = describe_contents(data)
+    if found == NOT_PEM_OR_DER:
+        noun = expected.split(" ", 1)[1]
+        what = f"not a PEM or DER {noun}"
+    else:
+        what = f"expected {expected}, found {found}"
+    if found == PKCS12:
+        source = shlex.quote(os.fspath(file)) if file is not None else "FILE"
+        hint = (
+            "pass the certificate and its key as PEM files: the .crt and .key it was made "
+            f"from, or extract them with openssl pkcs12 -in {source} -noenc"
+        )
+    elif expected == "a certificate" and found == "a certificate request (CSR)":
+        hint = "a CSR becomes a certificate once signed (mtlskit sign); pass the .crt file"
+    else:
+        hint = _WHAT_TO_PASS.get(expected, "check the file")
+    return PKIError(what, file=file, hint=hint)

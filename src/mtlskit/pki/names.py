@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 from collections.abc import Iterable
 
 from cryptography import x509
@@ -11,7 +12,18 @@ from cryptography.x509.oid import NameOID
 
 from mtlskit.errors import ConfigError
 
-__all__ = ["format_name", "format_san", "parse_name", "parse_san", "parse_sans", "san_strings"]
+__all__ = [
+    "authority_key_id",
+    "format_key_id",
+    "format_name",
+    "format_san",
+    "key_id",
+    "names_apart",
+    "parse_name",
+    "parse_san",
+    "parse_sans",
+    "san_strings",
+]
 
 _ATTRS = {
     "C": NameOID.COUNTRY_NAME,
@@ -28,15 +40,21 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:\S+$")
 
 
-def parse_name(text: str) -> x509.Name:
+def parse_name(text: str, *, bare_cn: bool = True) -> x509.Name:
     """Parse ``/C=TH/ST=RB/O=IT Sec/CN=CA`` (openssl ``-subj``) or ``CN=CA,O=IT Sec``.
 
-    A bare word becomes the common name.
+    A bare word becomes the common name (``localhost``: ``CN=localhost``), unless
+    ``bare_cn`` is false, as for ``--subject``: there ``CN`` is a mistake, not ``CN=CN``.
     """
     text = text.strip()
     if not text:
         raise ConfigError("empty subject", hint="give e.g. 'CN=client' or '/O=Dev/CN=client'")
     if "=" not in text:
+        if not bare_cn:
+            raise ConfigError(
+                f"subject {text!r} has no '=': a subject is a list of NAME=VALUE",
+                hint=f"e.g. --subject {shlex.quote('CN=' + text)} or '/O=Dev/CN={text}'",
+            )
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
     if text.startswith("/"):
         parts = [p for p in re.split(r"(?<!\\)/", text[1:]) if p]
@@ -170,3 +188,53 @@ def format_name(name: x509.Name) -> str:
     if not len(name):
         return "(empty)"
     return ", ".join(f"{a.rfc4514_attribute_name}={a.value!s}" for a in name)
+
+
+# -- telling CAs of the same name apart ---------------------------------------------------
+
+_KEY_ID_BYTES = 8  # enough to tell keys apart; `mtlskit inspect` shows the whole identifier
+
+
+def _hex(data: bytes) -> str:
+    more = "…" if len(data) > _KEY_ID_BYTES else ""
+    return ":".join(f"{b:02X}" for b in data[:_KEY_ID_BYTES]) + more
+
+
+def format_key_id(identifier: bytes) -> str:
+    """``key id E2:3B:69:9A:52:B3:0A:B3…``: a key identifier (SKI/AKI) in messages."""
+    return f"key id {_hex(identifier)}"
+
+
+def key_id(cert: x509.Certificate) -> str:
+    """A short label of a certificate's key for messages: the start of its
+    subjectKeyIdentifier (``key id E2:3B:69:9A:52:B3:0A:B3…``), else of its SHA-256
+    fingerprint (``SHA-256 94:0F:5F:…``), both as ``mtlskit inspect`` shows them."""
+    from cryptography.hazmat.primitives.hashes import SHA256
+
+    try:
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return format_key_id(ski.digest)
+    except x509.ExtensionNotFound:
+        return f"SHA-256 {_hex(cert.fingerprint(SHA256()))}"
+
+
+def authority_key_id(cert: x509.Certificate) -> str | None:
+    """The key of ``cert``'s issuer as :func:`key_id` names it (from the
+    authorityKeyIdentifier), or None when the certificate does not say."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return format_key_id(aki.key_identifier) if aki.key_identifier else None
+
+
+def names_apart(
+    first: x509.Name, first_key: str | None, second: x509.Name, second_key: str | None
+) -> tuple[str, str]:
+    """Two names as messages show them (:func:`format_name`), each followed by its key
+    (``(key id …)``) when the names are equal: two CAs named alike are told apart."""
+    a, b = format_name(first), format_name(second)
+    if first == second and first_key != second_key:
+        a += f" ({first_key or 'key unknown'})"
+        b += f" ({second_key or 'key unknown'})"
+    return a, b

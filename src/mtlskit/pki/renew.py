@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from mtlskit.errors import PKIError
 from mtlskit.pki.ca import CA, cert_pem
-from mtlskit.pki.inventory import issued_by, profile_of, serial_hex
+from mtlskit.pki.inventory import check_issued_by, profile_of, serial_hex
 from mtlskit.pki.keys import PrivateKey, PublicKey, generate_key, private_key_pem
 from mtlskit.pki.load import load_certificates
 from mtlskit.pki.store import CERT_MODE, KEY_MODE, read_file, write_many
@@ -81,13 +81,9 @@ def renew_file(
     certs = load_certificates(read_file(path, "certificate"), file=path)
     old, rest = certs[0], certs[1:]
     ca_name = ca.certificate.subject.rfc4514_string()
-    if not issued_by(old, ca.certificate):
-        raise PKIError(
-            f"certificate was not issued by this CA (issuer {old.issuer.rfc4514_string()}, "
-            f"CA is {ca_name})",
-            file=path,
-            hint="renew it with --ca-dir of the CA that signed it",
-        )
+    check_issued_by(
+        old, ca.certificate, file=path, hint="renew it with --ca-dir of the CA that signed it"
+    )
     rec = inv.find(old)
     if rec is None:
         raise PKIError(
@@ -118,7 +114,7 @@ def renew_file(
         old.subject,
         profile=rec.profile if rec.profile != "unknown" else profile_of(old),
         sans=sans,
-        not_after=now.replace(microsecond=0) + lifetime,
+        lifetime=lifetime,
         renewed_from=rec.serial,
     )
     files: list[tuple[str | os.PathLike[str], bytes, int]] = [

@@ -31,19 +31,37 @@ from mtlskit.pki.store import read_file
 
 __all__ = ["StatusRow", "folder_status", "needs_attention", "parse_duration", "role_of"]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 # States that make `mtlskit status` exit 1.
 ATTENTION = frozenset({"expiring", "expired", "bad"})
 
 
-def parse_duration(text: str) -> dt.timedelta:
-    """``30d``, ``12h``, ``2w``, ``90m``, ``45s``; a bare number means days."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ConfigError(f"invalid duration {text!r}", hint="use e.g. 30d, 12h, 2w")
-    return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2).lower()])
+def parse_duration(text: str, *, flag: str = "duration") -> dt.timedelta:
+    """``30d``, ``12h``, ``2w``, ``90m``, ``45s``, ``1h30m`` (s, m, h, d, w): the one parser
+    of durations (``list --expiring``, ``status --warn``, ``ca serve --lifetime``, …).
+
+    A number without a unit is refused: ``30`` could be days, hours or seconds, and a
+    command must not guess (``--expiring 30`` once meant 30 days without saying so)."""
+    value = text.strip().lower()
+    pos, seconds = 0, 0.0
+    for m in _DURATION.finditer(value):
+        if m.start() != pos:
+            break
+        seconds += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if value and pos == len(value):
+        return dt.timedelta(seconds=seconds)
+    if _NUMBER.fullmatch(value):
+        raise ConfigError(
+            f"{flag} {text.strip()!r} has no unit",
+            hint=f"write e.g. {value}d for days (units: s, m, h, d, w)",
+        )
+    raise ConfigError(
+        f"{flag} {text!r} is not a duration", hint="write e.g. 90s, 10m, 24h, 30d or 2w"
+    )
 
 
 def role_of(cert: x509.Certificate) -> str:

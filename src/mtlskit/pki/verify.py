@@ -39,16 +39,19 @@ from mtlskit.errors import ConfigError, PKIError, VerificationError
 from mtlskit.pki.crl import check_crl, is_revoked, read_crl
 from mtlskit.pki.keys import PrivateKey, key_matches, load_private_key
 from mtlskit.pki.load import load_certificates
-from mtlskit.pki.names import format_name, format_san
+from mtlskit.pki.names import authority_key_id, format_name, format_san, key_id, names_apart
 from mtlskit.pki.store import read_file
 
 __all__ = [
+    "METHOD_ANCHOR",
     "METHOD_CRYPTOGRAPHY",
     "METHOD_FALLBACK",
     "PURPOSES",
     "Problem",
     "Purpose",
     "VerifyResult",
+    "can_anchor_trust",
+    "eku_names",
     "verify_certificate",
     "verify_files",
 ]
@@ -60,6 +63,7 @@ METHOD_CRYPTOGRAPHY = (
     "cryptography x509.verification (WebPKI rules; keyUsage/extendedKeyUsage checked "
     "when present, as OpenSSL does)"
 )
+METHOD_ANCHOR = "mtlskit trust check (the CA file holds the certificate itself)"
 METHOD_FALLBACK = (
     "mtlskit chain check (the chain has an X.509 v1 certificate, which cryptography's "
     "verifier refuses): issuer name + signature, validity, CA flag, path length, "
@@ -160,7 +164,8 @@ def _ekus(cert: x509.Certificate) -> list[ObjectIdentifier] | None:
     return None if eku is None else list(eku)
 
 
-def _eku_text(oids: Sequence[ObjectIdentifier]) -> str:
+def eku_names(oids: Sequence[ObjectIdentifier]) -> str:
+    """``clientAuth, codeSigning``: extendedKeyUsage OIDs as OpenSSL names them."""
     return ", ".join(_EKU_NAMES.get(o, o.dotted_string) for o in oids) or "(empty)"
 
 
@@ -211,6 +216,15 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
+def can_anchor_trust(cert: x509.Certificate) -> bool:
+    """Whether OpenSSL takes ``cert`` as a trust anchor: a CA (CA:TRUE, or X.509 v1 as
+    the seed's root), or a self-signed certificate (pinned)."""
+    if cert.version == x509.Version.v1:
+        return True
+    bc = _basic_constraints(cert)
+    return (bc is not None and bc.ca) or (cert.issuer == cert.subject and _issued_by(cert, cert))
+
+
 def _same(a: x509.Certificate, b: x509.Certificate) -> bool:
     return a.fingerprint(_SHA256) == b.fingerprint(_SHA256)
 
@@ -244,11 +258,17 @@ def _build_chain(
                 else f"the CA certificate {format_name(current.subject)}"
             )
             if by_name:
+                named, ca = names_apart(
+                    current.issuer,
+                    authority_key_id(current),
+                    by_name[0].subject,
+                    key_id(by_name[0]),
+                )
                 problems.append(
                     Problem(
                         "bad-signature",
-                        f"{who} names {format_name(current.issuer)} as issuer, but its signature "
-                        "does not verify with that CA's key (another CA with the same name?)",
+                        f"{who} names {named} as issuer, but its signature does not verify "
+                        f"with the key of {ca} in {names['ca']}: another CA with the same name",
                         "use the CA that really signed it, or re-issue the certificate",
                     )
                 )
@@ -368,7 +388,7 @@ def _check_leaf(
                 Problem(
                     "purpose",
                     f"{names['cert']} is not allowed for {purpose} authentication: its "
-                    f"extendedKeyUsage is {_eku_text(ekus)}",
+                    f"extendedKeyUsage is {eku_names(ekus)}",
                     f"issue a {purpose} certificate (mtlskit issue {purpose} …, or "
                     "--profile server-client for both)",
                 )
@@ -410,7 +430,7 @@ def _cryptography_verify(
         if ekus is None or want is None:
             return
         if want not in list(ekus) and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in list(ekus):
-            raise ValueError(f"extendedKeyUsage {_eku_text(list(ekus))} lacks {_EKU_NAMES[want]}")
+            raise ValueError(f"extendedKeyUsage {eku_names(list(ekus))} lacks {_EKU_NAMES[want]}")
 
     def key_cert_sign(_policy: xv.Policy, _cert: x509.Certificate, ku: Any) -> None:
         if ku is not None and not ku.key_cert_sign:
@@ -469,6 +489,28 @@ def verify_certificate(
     purp: Purpose | None = purpose  # type: ignore[assignment]
 
     problems: list[Problem] = []
+    if any(_same(cert, a) for a in trusted) and not can_anchor_trust(cert):
+        # Trusted only because the CA file holds the certificate itself: cryptography's
+        # verifier takes it as its own anchor, OpenSSL looks for its issuer and refuses.
+        problems.append(
+            Problem(
+                "leaf-as-ca",
+                f"{labels['cert']} is trusted only because {labels['ca']} holds it itself: it "
+                "is neither a CA nor self-signed, so OpenSSL-based servers (mtlskit serve, "
+                "nginx) refuse it",
+                "pass the CA that issued it with --ca (its ca.crt)",
+            )
+        )
+        return VerifyResult(cert, METHOD_ANCHOR, [cert], problems)
+    if not any(can_anchor_trust(a) for a in trusted):
+        leaves = "; ".join(format_name(a.subject) for a in trusted)
+        problems.append(
+            Problem(
+                "ca-not-ca",
+                f"{labels['ca']} holds no CA certificate ({leaves}: no basicConstraints CA:TRUE)",
+                "pass the CA's certificate with --ca (ca.crt, not a server or client certificate)",
+            )
+        )
     chain = _build_chain(cert, trusted, intermediates, problems, labels)
     _check_validity(chain, when, problems, labels["cert"])
     _check_issuers(chain, problems)
@@ -567,7 +609,9 @@ def _check_revocation(
     try:
         check_crl(crl, cas, file=crl_file, now=at)
     except PKIError as exc:
-        result.problems.append(Problem("crl", exc.one_line(), exc.hint or "make a fresh CRL"))
+        # The message and its file; the hint once, as the problem's.
+        where = f" ({exc.file})" if exc.file else ""
+        result.problems.append(Problem("crl", exc.what + where, exc.hint or "make a fresh CRL"))
         return
     entry = is_revoked(result.certificate, crl)
     if entry is None:

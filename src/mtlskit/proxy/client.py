@@ -196,6 +196,7 @@ class ClientTunnel(asyncio.Protocol):
         self.server_state = server_state
         self.tls = tls  # the client's certificate as it was at accept time
         self.context = context
+        self.idle_timeout = rules.idle_timeout
         self.started = self.last_active = server_state.now
         self.pending: list[bytes] = []
         self.pending_size = 0
@@ -393,6 +394,11 @@ class ClientTunnel(asyncio.Protocol):
 
     def waiting_on_peer(self) -> bool:
         return True  # the idle timeout counts bytes either way
+
+    def check_timeouts(self, now: float) -> None:
+        """The worker's sweeper, after the handshake: the idle timeout (server/state.py)."""
+        if now - self.last_active > self.idle_timeout:
+            self.close()
 
 
 def run_client(config: ClientProxyConfig) -> None:

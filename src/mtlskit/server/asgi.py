@@ -1,6 +1,6 @@
-"""ASGI 3 hosting: http and lifespan scopes, with the ASGI TLS extension.
+"""ASGI 3 hosting: http, websocket and lifespan scopes, with the ASGI TLS extension.
 
-Every http scope carries ``scope["extensions"]["tls"]`` as the asgiref spec
+Every http and websocket scope carries ``scope["extensions"]["tls"]`` as the asgiref spec
 "ASGI TLS Extension" 0.2 defines it: ``server_cert`` (PEM), ``client_cert_chain``
 (PEM strings, leaf first), ``client_cert_name`` (RFC 4514), ``client_cert_error``
 (None: unverified clients never get this far), ``tls_version`` (0x0304 …) and
@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 import ssl
 import sys
 from collections import deque
@@ -25,10 +26,11 @@ from urllib.parse import unquote
 import httptools
 
 from mtlskit.errors import ConfigError, ServerError
-from mtlskit.server.asgi_types import ASGIApp, Message, Scope
-from mtlskit.server.protocol import RESPONSE_400, RESPONSE_431, BaseProtocol, StopParsing
+from mtlskit.server.asgi_types import ASGIApp, ClientDisconnected, Message, Scope
+from mtlskit.server.protocol import ERROR_RESPONSES, BaseProtocol
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.tlsstate import TLSState, cipher_suite_id, tls_version_id
+from mtlskit.server.websocket import WebSocketCycle, is_websocket_upgrade
 
 __all__ = [
     "ASGIApp",
@@ -52,6 +54,11 @@ _PIPELINE_MAX = 16
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _NO_BODY_STATUS = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# RFC 9110 section 5.6.2: a field name is a token.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Section 5.5: a field value has no control character but HTAB (obs-text is allowed).
+# Leading and trailing whitespace, which recipients strip, is let through (as uvicorn).
+_NOT_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def load_app(spec: str) -> ASGIApp:
@@ -94,10 +101,6 @@ def load_app(spec: str) -> ASGIApp:
     return app
 
 
-class ClientDisconnected(OSError):
-    """Raised by ``send()`` once the client has gone away."""
-
-
 class HostedApp:
     """The ASGI app one worker runs: the callable, its requests still running, and the
     lifespan state (each request's scope gets a shallow copy, as the spec says)."""
@@ -107,7 +110,7 @@ class HostedApp:
         self.tasks: set[asyncio.Task[None]] = set()
         self.lifespan_state: dict[str, Any] = {}
 
-    def start_request(self, cycle: RequestResponseCycle) -> None:
+    def start_request(self, cycle: RequestResponseCycle | WebSocketCycle) -> None:
         task = asyncio.get_running_loop().create_task(cycle.run(self.app))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -177,7 +180,16 @@ class Lifespan:
 
 
 class RequestResponseCycle:
-    """One request and its response."""
+    """One request and its response, which it frames and checks.
+
+    What the app sends is checked before a byte of it is written (uvicorn's checks are
+    the floor): a status outside 200-599 (a 1xx cannot be the response), header names
+    that are not RFC 9110 tokens, values with control characters, a Content-Length that
+    is not a number, a body that is not bytes, more body than the Content-Length the app
+    declared or less when it ends. Each is an error raised to the app and logged once
+    with the request; the client gets a 500 if nothing was sent yet, else the
+    connection is aborted: never bytes that could read as another response.
+    """
 
     __slots__ = (
         "_has_date",
@@ -188,15 +200,20 @@ class RequestResponseCycle:
         "chunked",
         "complete",
         "disconnected",
+        "error",
         "event",
         "expect_continue",
         "final_sent",
         "head_request",
+        "head_sent",
+        "http10",
         "keep_alive",
         "proto",
+        "remaining",
         "response_complete",
         "response_started",
         "scope",
+        "sends_body",
         "status",
     )
 
@@ -206,19 +223,31 @@ class RequestResponseCycle:
         self.keep_alive = keep_alive
         self.expect_continue = expect
         self.head_request = scope["method"] == "HEAD"
+        self.http10 = scope["http_version"] == "1.0"
         self.body: list[bytes] = []
         self.body_size = 0
         self.complete = False  # the whole request body has been parsed
         self.final_sent = False  # receive() returned the last http.request
         self.disconnected = False
-        self.response_started = False
+        self.response_started = False  # http.response.start came
+        self.head_sent = False  # the response head went out
         self.response_complete = False
+        self.sends_body = True  # False: HEAD, 204, 304
         self.chunked = False
         self.status = 0
+        self.remaining = -1  # body bytes still owed to a Content-Length the app declared
+        self.error: RuntimeError | None = None  # the app broke the protocol
         self.event = asyncio.Event()
         self._head: list[bytes] | None = None
-        self._has_length = False
         self._has_date = False
+        self._has_length = False
+
+    def describe(self) -> str:
+        """``GET /path?query`` as the request log line shows it."""
+        target = self.scope["raw_path"]
+        if self.scope["query_string"]:
+            target += b"?" + self.scope["query_string"]
+        return f"{self.scope['method']} {target[:200].decode('ascii', 'backslashreplace')}"
 
     async def run(self, app: ASGIApp) -> None:
         try:
@@ -226,31 +255,42 @@ class RequestResponseCycle:
         except BaseException as exc:
             if self.disconnected and isinstance(exc, OSError | asyncio.CancelledError):
                 return  # the client went away (ClientDisconnected): not worth a log line
-            # The app's own bug: its traceback is for its developer (no peer bytes in it).
-            log.error("exception in the ASGI app", exc_info=exc)
-            if not self.response_started and not self.disconnected:
-                self._internal_error()
-            elif not self.response_complete:
-                self.proto.abort()
+            if exc is not self.error:  # ours was logged where it was raised
+                # The app's own bug: its traceback is for its developer (no peer bytes in it).
+                log.error("exception in the ASGI app (%s)", self.describe(), exc_info=exc)
+            self._fail()
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
         else:
-            if not self.response_started and not self.disconnected:
-                log.error("the ASGI app returned without sending a response")
-                self._internal_error()
-            elif not self.response_complete and not self.disconnected:
-                log.error("the ASGI app returned before finishing its response")
-                self.proto.abort()
+            if self.disconnected or self.response_complete:
+                return
+            if self.error is None:
+                what = "before finishing" if self.response_started else "without sending"
+                log.error("the ASGI app returned %s a response (%s)", what, self.describe())
+            self._fail()
 
-    def _internal_error(self) -> None:
+    def _fail(self) -> None:
+        """The response cannot be completed: a 500 while nothing was sent, else abort."""
+        if self.disconnected or self.response_complete:
+            return
+        if self.head_sent:
+            self.response_complete = True
+            self.proto.abort()
+            return
         body = b"internal server error\n"
         self.keep_alive = False
-        self.response_started = True
+        self.response_started = self.head_sent = True
         self.proto.send_now(
             b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
         )
         self._finish()
+
+    def _error(self, text: str) -> RuntimeError:
+        """The app broke the protocol: log it once, with the request, and fail the response."""
+        log.error("invalid response from the ASGI app (%s): %s", self.describe(), text)
+        self.error = RuntimeError(text)
+        return self.error
 
     async def receive(self) -> Message:
         if self.disconnected or self.response_complete:
@@ -283,52 +323,97 @@ class RequestResponseCycle:
         if self.disconnected:
             # ASGI spec: send() on a closed connection raises an OSError subclass.
             raise ClientDisconnected("the client disconnected")
-        kind = message["type"]
+        if self.error is not None:
+            raise RuntimeError(f"the response failed before: {self.error}")
+        kind = message.get("type")
         if not self.response_started:
             if kind != "http.response.start":
-                raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
-            self.response_started = True
+                raise self._error(f"expected 'http.response.start', got {kind!r}")
             self._start(message)
+            self.response_started = True
             return
         if self.response_complete:
             raise RuntimeError(f"{kind!r} sent after the response was complete")
         if kind != "http.response.body":
-            raise RuntimeError(f"expected 'http.response.body', got {kind!r}")
-        body = bytes(message.get("body", b""))
+            raise self._error(f"expected 'http.response.body', got {kind!r}")
+        body = message.get("body", b"")
+        if not isinstance(body, bytes):
+            if not isinstance(body, bytearray | memoryview):
+                raise self._error(f"the body must be bytes, not {type(body).__name__}")
+            body = bytes(body)
         more = bool(message.get("more_body", False))
         out = []
         if self._head is not None:
             out.append(self._finish_head(len(body), more))
-        if body and not self.head_request and self.status not in _NO_BODY_STATUS:
-            out.append(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
-        if not more and self.chunked and not self.head_request:
-            out.append(b"0\r\n\r\n")
+        if self.sends_body:
+            if self.remaining >= 0:
+                if len(body) > self.remaining:
+                    raise self._error(
+                        "the body is longer than its Content-Length "
+                        f"({self.remaining} bytes were left, {len(body)} sent)"
+                    )
+                self.remaining -= len(body)
+                if not more and self.remaining:
+                    raise self._error(
+                        f"the body ended {self.remaining} bytes short of its Content-Length"
+                    )
+            if body:
+                out.append(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
+            if not more and self.chunked:
+                out.append(b"0\r\n\r\n")
         if out:
+            self.head_sent = True
             proto.send_now(b"".join(out))
         if not more:
             self._finish()
 
     def _start(self, message: Message) -> None:
-        status = int(message["status"])
+        status = message.get("status")
+        if not isinstance(status, int) or isinstance(status, bool):
+            raise self._error(f"the status must be an int, not {type(status).__name__}")
+        if not 200 <= status <= 599:
+            raise self._error(
+                f"status {status} cannot be a response"
+                + (" (1xx statuses are informational)" if 100 <= status < 200 else "")
+            )
         self.status = status
         lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
-        for name, value in message.get("headers", ()):
-            name_b, value_b = bytes(name), bytes(value)
-            if b"\r" in name_b or b"\n" in name_b or b"\r" in value_b or b"\n" in value_b:
-                raise RuntimeError("a response header contains CR or LF")
-            lower = name_b.lower()
+        headers = message.get("headers", ())
+        try:
+            pairs = [(name, value) for name, value in headers]
+        except (TypeError, ValueError):
+            raise self._error("the headers must be (name, value) pairs") from None
+        for name, value in pairs:
+            if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+                raise self._error("header names and values must be bytes")
+            if not _TOKEN.fullmatch(name):
+                raise self._error(f"invalid header name {bytes(name)!r}")
+            if _NOT_FIELD_VALUE.search(value):
+                raise self._error(f"invalid value of header {bytes(name).decode()!r}")
+            lower = name.lower()
             if lower == b"content-length":
+                if not value.isdigit():
+                    raise self._error(f"invalid Content-Length {bytes(value)!r}")
+                declared = int(value)
+                if self.remaining >= 0:
+                    if declared != self.remaining:
+                        raise self._error("two different Content-Length headers")
+                    continue
+                self.remaining = declared
                 self._has_length = True
             elif lower == b"transfer-encoding":
                 continue  # the server chooses the framing
             elif lower == b"connection":
-                if value_b.lower() == b"close":
+                if b"close" in value.lower():
                     self.keep_alive = False
                 continue
             elif lower == b"date":
                 self._has_date = True
-            lines.append(b"%s: %s\r\n" % (name_b, value_b))
+            lines.append(b"%s: %s\r\n" % (name, value))
         self._head = lines
+        self.sends_body = not self.head_request and status not in _NO_BODY_STATUS
+        if not self.sends_body:
+            self.remaining = -1  # the length describes a body that is not sent
 
     def _finish_head(self, first_len: int, more: bool) -> bytes:
         lines = self._head or []
@@ -336,15 +421,20 @@ class RequestResponseCycle:
         server_state = self.proto.server_state
         if not self._has_date:
             lines.insert(1, b"Date: %s\r\n" % server_state.date)
-        if self.status >= 200 and self.status not in _NO_BODY_STATUS and not self._has_length:
-            if more:
+        if self.status not in _NO_BODY_STATUS and not self._has_length:
+            if not more:
+                lines.append(b"Content-Length: %d\r\n" % first_len)
+            elif self.http10 or not self.sends_body:
+                # HTTP/1.0 has no chunked encoding: the body ends with the connection.
+                self.keep_alive = False
+            else:
                 self.chunked = True
                 lines.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                lines.append(b"Content-Length: %d\r\n" % first_len)
         if not self.keep_alive or server_state.draining:
             self.keep_alive = False
             lines.append(b"Connection: close\r\n")
+        elif self.http10:
+            lines.append(b"Connection: keep-alive\r\n")  # 1.0 keeps only when told
         lines.append(b"\r\n")
         return b"".join(lines)
 
@@ -352,6 +442,12 @@ class RequestResponseCycle:
         self.response_complete = True
         self.event.set()
         self.proto.response_complete(self)
+
+    def abandon(self) -> None:
+        """The request cannot be read to its end (a framing error, a timeout, the client
+        left): the app's receive() says http.disconnect, its send() raises."""
+        self.disconnected = True
+        self.event.set()
 
 
 class ASGIProtocol(BaseProtocol):
@@ -369,6 +465,9 @@ class ASGIProtocol(BaseProtocol):
         )  # the running one first, then queued ones
         self.parsing: RequestResponseCycle | None = None
         self.pending_error = 0
+        self.websocket: WebSocketCycle | None = None
+        # A WebSocket handshake parsed while earlier requests still run: (scope, request).
+        self._ws_request: tuple[Scope, bytes] | None = None
         self._tls_ext: dict[str, Any] | None = None
         self._server_addr: tuple[str, int] | None = None
 
@@ -380,7 +479,8 @@ class ASGIProtocol(BaseProtocol):
         self.expect = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.count_header(name, value)
+        if not self.count_header(name, value):
+            return  # a trailer field: not merged into the request's headers
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect = True
@@ -388,16 +488,17 @@ class ASGIProtocol(BaseProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self.check_declared_length()
         if self.allowed is None and not self.access_allowed():
             self.refuse()
             return
         try:
             url = httptools.parse_url(self.url)
         except httptools.HttpParserInvalidURLError:
-            self.error_status = 400
-            raise StopParsing from None
+            self.stop(400, "invalid request target")
         raw_path = url.path or b"/"
         parser = self.parser
+        method = parser.get_method()
         scope: Scope = {
             "type": "http",
             "asgi": ASGI_VERSION,
@@ -405,7 +506,7 @@ class ASGIProtocol(BaseProtocol):
             "server": self._server(),
             "client": self.peer[:2] if self.peer else None,
             "scheme": "https",
-            "method": parser.get_method().decode("ascii"),
+            "method": method.decode("ascii"),
             "root_path": "",
             "path": unquote(raw_path.decode("latin-1")),
             "raw_path": raw_path,
@@ -414,6 +515,9 @@ class ASGIProtocol(BaseProtocol):
             "state": dict(self.hosted.lifespan_state),
             "extensions": {"tls": self.tls_extension()},
         }
+        if parser.should_upgrade() and is_websocket_upgrade(method, self.headers):
+            self._websocket_requested(scope)
+            return
         cycle = RequestResponseCycle(self, scope, parser.should_keep_alive(), self.expect)
         self.parsing = cycle
         self.cycles.append(cycle)
@@ -423,6 +527,7 @@ class ASGIProtocol(BaseProtocol):
             self.update_reading()
 
     def on_body(self, body: bytes) -> None:
+        self.count_body(body)
         c = self.parsing
         if c is None or c.response_complete or c.disconnected:
             return  # nobody will read it
@@ -439,6 +544,69 @@ class ASGIProtocol(BaseProtocol):
             c.complete = True
             c.event.set()
             self.parsing = None
+
+    # -- WebSocket -------------------------------------------------------------------------------------
+
+    def _websocket_requested(self, scope: Scope) -> None:
+        """The head of a WebSocket handshake: its scope, until the parser hands over."""
+        del scope["method"]
+        scope["type"] = "websocket"
+        scope["scheme"] = "wss"
+        scope["subprotocols"] = [
+            p.strip().decode("latin-1")
+            for name, value in self.headers
+            if name == b"sec-websocket-protocol"
+            for p in value.split(b",")
+            if p.strip()
+        ]
+        scope["extensions"]["websocket.http.response"] = {}
+        head = [b"GET %s HTTP/1.1\r\n" % self.url]
+        head += [b"%s: %s\r\n" % (name, value) for name, value in self.headers]
+        self._ws_request = (scope, b"".join(head) + b"\r\n")
+
+    def upgrade_requested(self, rest: bytes) -> None:
+        if self._ws_request is None:  # another protocol (h2c …), or a refused client
+            super().upgrade_requested(rest)
+            return
+        if self.cycles:  # answer the requests before it first (response_complete)
+            scope, request = self._ws_request
+            self._ws_request = (scope, request + rest)
+            self.update_reading()
+            return
+        self._start_websocket(rest)
+
+    def _start_websocket(self, rest: bytes) -> None:
+        assert self._ws_request is not None
+        scope, request = self._ws_request
+        self._ws_request = None
+        self.server_state.stats.requests += 1
+        if not self.rules.quiet:
+            self.log_request(b"GET")
+        ws = WebSocketCycle(self, scope, request, self.rules.websocket, self.server_state.now)
+        self.websocket = ws
+        if not ws.closed:  # wsproto accepted the handshake request
+            self.hosted.start_request(ws)
+        if rest:
+            ws.feed(rest)
+
+    def received(self, plain: bytes) -> None:
+        ws = self.websocket
+        if ws is None:
+            super().received(plain)
+            return
+        ws.now = self.server_state.now
+        ws.feed(plain)
+
+    def check_timeouts(self, now: float) -> None:
+        super().check_timeouts(now)
+        if self.websocket is not None and not self.closed:
+            self.websocket.check_timeouts(now)
+
+    def shutdown_if_idle(self) -> None:
+        if self.websocket is not None and not self.closed:
+            self.websocket.going_away()
+            return
+        super().shutdown_if_idle()
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -457,8 +625,12 @@ class ASGIProtocol(BaseProtocol):
             return
         if self.cycles:
             self._run(self.cycles[0])
+        elif self._ws_request is not None:
+            self._start_websocket(b"")
+            self.update_reading()
+            return
         elif self.pending_error:
-            self.send_now(RESPONSE_431 if self.pending_error == 431 else RESPONSE_400)
+            self.send_now(ERROR_RESPONSES[self.pending_error])
             self.close()
             return
         elif self._close_after and not self.in_request:
@@ -468,10 +640,13 @@ class ASGIProtocol(BaseProtocol):
             self.update_reading()
 
     def responses_owed(self) -> bool:
-        return bool(self.cycles)
+        return bool(self.cycles) or self._ws_request is not None
 
     def waiting_on_peer(self) -> bool:
-        # No request in the app, or the app waits for the body of the one it runs.
+        # No request in the app, or the app waits for the body of the one it runs. A
+        # WebSocket may be quiet: its pings tell whether the peer is there.
+        if self.websocket is not None:
+            return False
         return not self.cycles or self.parsing is self.cycles[0]
 
     def refuse_upgrade(self) -> None:
@@ -479,14 +654,33 @@ class ASGIProtocol(BaseProtocol):
             self.cycles[-1].keep_alive = False
 
     def http_error(self, status: int) -> None:
+        """A request that cannot be served: the requests before it are answered in order,
+        then this error, then the connection closes. When the request is one the app
+        already runs (its body broke, was too large or stalled), the app's receive()
+        gets http.disconnect and the error goes out at once, or, if the app's response
+        has begun, the connection is aborted."""
+        c, self.parsing = self.parsing, None
+        if c is not None and c.response_complete:  # answered already: just stop reading
+            self.log_http_error(status)
+            self.in_request = False
+            self.close_after_response()
+            return
+        if c is not None and c in self.cycles:
+            c.abandon()
+            if c is self.cycles[0]:
+                self.cycles.popleft()
+                if c.head_sent:
+                    self.log_http_error(status)
+                    self.abort()
+                    return
+            else:
+                self.cycles.remove(c)  # queued: the app never saw it
         if not self.cycles:
             super().http_error(status)
             return
-        # Answer the requests before it first, in order; then the error; then close.
-        self.server_state.stats.bad_requests += 1
+        self.log_http_error(status)
         self.in_request = False
         self.pending_error = status
-        self.parsing = None
         self.close_after_response()
 
     def body_consumed(self) -> None:
@@ -499,12 +693,15 @@ class ASGIProtocol(BaseProtocol):
             self.write_paused
             or len(self.cycles) > _PIPELINE_MAX
             or (parsing is not None and parsing.body_size > _BODY_HIGH_WATER)
+            or self._ws_request is not None  # nothing is read until the switch
+            or (self.websocket is not None and self.websocket.wants_read_pause())
         )
 
     def lost(self) -> None:
         for c in self.cycles:
-            c.disconnected = True
-            c.event.set()
+            c.abandon()
+        if self.websocket is not None:
+            self.websocket.lost()
 
     # -- scope ----------------------------------------------------------------------------------------
 

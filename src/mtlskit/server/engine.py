@@ -15,10 +15,13 @@ import ssl
 from typing import Protocol
 
 __all__ = [
+    "HELLO_PREFIX",
+    "PLAIN_HTTP",
     "StdlibSession",
     "TLSClosed",
     "TLSFailure",
     "TLSSession",
+    "check_client_hello",
     "failure_from_openssl_reason",
     "failure_from_ssl_error",
     "failure_from_verify_result",
@@ -45,13 +48,19 @@ _VERIFY_REASONS = {
 }
 
 
-class TLSFailure(Exception):
-    """The TLS connection failed; ``reason`` is a stable label, ``detail`` plain words."""
+# A request line instead of a ClientHello (check_client_hello, or OpenSSL's HTTP_REQUEST).
+PLAIN_HTTP = "plain HTTP sent to the TLS port"
 
-    def __init__(self, reason: str, detail: str) -> None:
+
+class TLSFailure(Exception):
+    """The TLS connection failed; ``reason`` is a stable label, ``detail`` plain words;
+    ``alert`` a TLS alert record to send before closing when no engine wrote one."""
+
+    def __init__(self, reason: str, detail: str, alert: bytes = b"") -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.alert = alert
 
 
 class TLSClosed(Exception):
@@ -80,14 +89,89 @@ def failure_from_openssl_reason(reason: str, *, otherwise: str) -> TLSFailure:
     engines); ``otherwise`` describes a failure that has no reason string."""
     if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
         return TLSFailure("no_client_cert", "the client sent no certificate")
-    if reason in ("HTTP_REQUEST", "WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL"):
-        detail = "plain HTTP sent to the TLS port" if reason == "HTTP_REQUEST" else "not TLS"
+    if reason in ("UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW"):
+        return TLSFailure(
+            "old_protocol", "the client offered only a protocol version below TLS 1.2"
+        )
+    if reason in ("HTTP_REQUEST", "WRONG_VERSION_NUMBER"):
+        detail = PLAIN_HTTP if reason == "HTTP_REQUEST" else "not TLS"
         return TLSFailure("not_tls", detail)
     if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
         return TLSFailure("peer_alert", "the client refused: " + reason.lower())
     if reason == "UNEXPECTED_EOF_WHILE_READING":
         return TLSFailure("eof", "connection closed during the handshake")
     return TLSFailure("protocol", (reason or otherwise).lower())
+
+
+# The first bytes of a connection that tell whether a TLS ClientHello is coming: the
+# record header (5), the handshake header (4) and the client's legacy_version (2).
+HELLO_PREFIX = 11
+
+_OLD_VERSIONS = {0x0300: "SSL 3.0", 0x0301: "TLS 1.0", 0x0302: "TLS 1.1"}
+_ALERT_UNEXPECTED_MESSAGE = 10
+_ALERT_RECORD_OVERFLOW = 22
+_ALERT_DECODE_ERROR = 50
+_ALERT_PROTOCOL_VERSION = 70
+
+
+def _alert(description: int, version: bytes = b"\x03\x01") -> bytes:
+    """A fatal TLS alert record (RFC 8446 section 6), in the client's record version."""
+    return b"\x15" + version + b"\x00\x02\x02" + bytes([description])
+
+
+def check_client_hello(head: bytes) -> TLSFailure | None:
+    """Judge the first bytes a client sent (up to :data:`HELLO_PREFIX`), before any engine.
+
+    None: they can begin a ClientHello of TLS 1.2 or later (more bytes may settle it).
+    Otherwise the :class:`TLSFailure` to refuse the connection with at once, the same on
+    both engines: an SSLv2-format ClientHello, or one offering at most SSL 3.0, TLS 1.0
+    or 1.1 (``old_protocol``, with a protocol_version alert), plain HTTP (``not_tls``,
+    no alert: the client speaks no TLS), anything else that is not a ClientHello
+    (``not_tls``, with an alert). Without this an engine may wait for the rest of a
+    record whose header is garbage, until the handshake timeout.
+    """
+    if not head:
+        return None
+    first = head[0]
+    if first == 0x16:  # a handshake record
+        n = len(head)
+        if n >= 2 and head[1] != 3:
+            return TLSFailure(
+                "not_tls", "not TLS (bad record version)", _alert(_ALERT_DECODE_ERROR)
+            )
+        version = head[1:3] if n >= 3 else b"\x03\x01"
+        if n >= 5 and not 0 < int.from_bytes(head[3:5]) <= 1 << 14:
+            return TLSFailure(
+                "not_tls", "not TLS (bad record length)", _alert(_ALERT_RECORD_OVERFLOW, version)
+            )
+        if n >= 6 and head[5] != 1:
+            return TLSFailure(
+                "not_tls",
+                "not TLS (the first message is not a ClientHello)",
+                _alert(_ALERT_UNEXPECTED_MESSAGE, version),
+            )
+        if n >= 10 and head[9] != 3:
+            return TLSFailure(
+                "not_tls", "not TLS (bad ClientHello version)", _alert(_ALERT_DECODE_ERROR, version)
+            )
+        if n >= 11 and (offered := int.from_bytes(head[9:11])) < 0x0303:
+            return TLSFailure(
+                "old_protocol",
+                f"the client offered {_OLD_VERSIONS.get(offered, 'SSL')} at most "
+                "(TLS 1.2 or 1.3 is required)",
+                _alert(_ALERT_PROTOCOL_VERSION, version),
+            )
+        return None
+    if first & 0x80:  # SSLv2's two-byte record header; CLIENT-HELLO is message type 1
+        return TLSFailure(
+            "old_protocol",
+            "an SSLv2-format ClientHello (TLS 1.2 or 1.3 is required)",
+            _alert(_ALERT_PROTOCOL_VERSION),
+        )
+    method = head.split(b" ", 1)[0]
+    if method.isalpha() and method.isupper():
+        return TLSFailure("not_tls", PLAIN_HTTP)
+    return TLSFailure("not_tls", "not TLS", _alert(_ALERT_UNEXPECTED_MESSAGE))
 
 
 class TLSSession(Protocol):

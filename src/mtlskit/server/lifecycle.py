@@ -32,6 +32,7 @@ from typing import Any
 
 from mtlskit.errors import ServerError
 from mtlskit.identity import AccessPolicy
+from mtlskit.logs import log_to_stderr
 from mtlskit.server.affinity import attach_client_affinity
 from mtlskit.server.asgi import ASGIProtocol, HostedApp, Lifespan, load_app
 from mtlskit.server.asgi_types import ASGIApp
@@ -41,7 +42,12 @@ from mtlskit.server.protocol import HelloProtocol, HelloResponses
 from mtlskit.server.reload import checked_build, watch_files
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.stats import Stats
-from mtlskit.server.tlsstate import ContextHolder, TLSState, default_engine_selected
+from mtlskit.server.tlsstate import (
+    ContextHolder,
+    TLSState,
+    default_engine_selected,
+    engine_description,
+)
 
 if sys.platform != "win32":
     import resource
@@ -155,9 +161,13 @@ class Server:
         return lambda: HelloProtocol(state, rules, holder.current, hello)
 
     async def _sweep(self) -> None:
-        """Every interval: the coarse clock, the Date header, handshake and idle timeouts."""
+        """Every interval: the coarse clock, the Date header, handshake timeouts, and each
+        connection's own (idle, request head, request body, write: check_timeouts)."""
         cfg = self.config
-        interval = max(0.05, min(1.0, cfg.handshake_timeout / 4, cfg.idle_timeout / 4))
+        timeouts = [cfg.handshake_timeout, cfg.idle_timeout, cfg.head_timeout]
+        timeouts += [cfg.body_timeout, cfg.write_timeout, cfg.ws_ping_timeout]
+        timeouts += [cfg.ws_ping_interval] if cfg.ws_ping_interval else []
+        interval = max(0.05, min(1.0, *(t / 4 for t in timeouts)))
         state = self.state
         while True:
             await asyncio.sleep(interval)
@@ -166,28 +176,34 @@ class Server:
                 self.hello.refresh(state.date)
             now = state.now
             hs_deadline = now - cfg.handshake_timeout
-            idle_deadline = now - cfg.idle_timeout
             for conn in list(state.connections):
                 if conn.closed:
                     continue
                 if conn.handshaking:
                     if conn.started < hs_deadline:
                         conn.handshake_timed_out()
-                elif conn.last_active < idle_deadline and conn.waiting_on_peer():
-                    conn.close()
+                else:
+                    conn.check_timeouts(now)
 
     def request_stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
 
-    async def serve(self, *, install_signals: bool = True) -> None:
-        """Serve until :meth:`request_stop` (or SIGINT/SIGTERM), then drain."""
+    async def serve(self, *, install_signals: bool = True, announce: str | None = None) -> None:
+        """Serve until :meth:`request_stop` (or SIGINT/SIGTERM), then drain.
+
+        ``announce`` (the ``listen on …`` line) is logged once the signal handlers are in
+        place, so a SIGTERM sent as soon as that line appears is a graceful stop.
+        """
         assert self._stop is not None, "call start() first"
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in _STOP_SIGNALS:
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self.holder.try_reload)
+        if announce:
+            log.info("%s", engine_description())
+            log.info("%s", announce)
         try:
             await self._stop.wait()
         finally:
@@ -256,7 +272,7 @@ def prepare(config: ServerConfig) -> tuple[ContextHolder, ASGIApp | None]:
         config.ca_path,
         crl=config.crl,
         build=checked_build,
-        session_cache=config.session_cache,
+        stateful_tickets=config.session_tickets == "stateful",
         require_client_cert=config.client_cert == "required",
         any_client_purpose=config.client_cert_any_purpose,
         client_ca_names=config.client_ca_names,
@@ -303,9 +319,7 @@ async def _serve_worker(
             extra=config.extra_metrics,
         ),
     ):
-        if announce:
-            log.info("%s", announce)
-        await server.serve()
+        await server.serve(announce=announce)
 
 
 def _raise_open_files_limit() -> None:
@@ -332,7 +346,12 @@ def run(
     ``protocol`` replaces the HTTP protocol of each connection (the proxy's); ``banner``
     the ``listen on …`` line logged once listening; ``holder`` the TLS state built from
     ``config``'s files (the proxy's client mode holds a client's).
+
+    It logs what the command line logs (``listen on …``, one line per request and per
+    refused handshake) to stderr, unless the program has configured logging itself:
+    then the lines go to the ``mtlskit.server`` logger, at INFO, like any other.
     """
+    log_to_stderr(unless_configured=True)
     if holder is None:
         holder, app = prepare(config)
     else:
@@ -421,6 +440,7 @@ def _supervise(
         for w in workers:
             w.start()
         probe.close()
+        log.info("%s", engine_description())
         log.info("%s (%d workers)", banner or f"listen on {config.url}", config.workers)
         failed = 0
         while any(w.exitcode is None for w in workers):

@@ -6,12 +6,19 @@ nginx and on ``mtlskit serve``); OpenSSL 4 does the same handshake in about
 60 % of the CPU time. cryptography already ships it, with cffi bindings
 (``cryptography.hazmat.bindings``) for the SSL functions pyOpenSSL uses, so
 this needs no new dependency. Each connection runs over two memory BIOs,
-without a Python exception per WANT_READ, through one shared buffer.
+without a Python exception per WANT_READ, through a buffer of its thread's (one
+event loop per thread).
+
+Supported ground only: every function called is one the bindings export (no
+symbol is looked up in the library), every return code is checked, and a
+failure reads OpenSSL's whole error queue into one error (as pyOpenSSL's
+``_openssl_assert`` does).
 
 The policy stays in :mod:`mtlskit.tls`: :func:`context_from` copies it from the
 ``ssl.SSLContext`` that :func:`mtlskit.tls.server_context` built (minimum version,
-verify mode, CRL check) and loads the same files. Where the bindings lack a
-function, :data:`AVAILABLE` is false and the server keeps the stdlib engine.
+TLS 1.2 cipher list, verify mode, CRL check) and loads the same files. Where the
+bindings lack a function, :data:`AVAILABLE` is false, :data:`UNAVAILABLE_REASON`
+says why, and the server keeps the stdlib engine.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +35,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mtlskit.errors import PKIError
-from mtlskit.server import openssl_extras
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
 from mtlskit.server.engine import (
     TLSClosed,
     TLSFailure,
@@ -36,8 +42,16 @@ from mtlskit.server.engine import (
     failure_from_verify_result,
 )
 from mtlskit.server.revocation import Revocation, RevokedSerials
+from mtlskit.tls import SERVER_TLS12_CIPHERS
 
-__all__ = ["AVAILABLE", "OpenSSLContext", "OpenSSLSession", "context_from"]
+__all__ = [
+    "AVAILABLE",
+    "UNAVAILABLE_REASON",
+    "OpenSSLContext",
+    "OpenSSLSession",
+    "context_from",
+    "openssl_version",
+]
 
 log = logging.getLogger("mtlskit.server")
 
@@ -54,6 +68,10 @@ _NEEDED = [
     "SSL_CTX_set_options",
     "SSL_CTX_set_cipher_list",
     "SSL_CTX_set_session_id_context",
+    "SSL_CTX_set_session_cache_mode",
+    "SSL_CTX_get_session_cache_mode",
+    "SSL_CTX_set_timeout",
+    "SSL_CTX_get_timeout",
     "SSL_CTX_get_cert_store",
     "SSL_CTX_set_mode",
     "X509_STORE_set_flags",
@@ -104,36 +122,57 @@ _NEEDED = [
     "X509_get_issuer_name",
     "X509_get_subject_name",
     "sk_X509_free",
+    "OpenSSL_version",
 ]
 
+UNAVAILABLE_REASON = ""
 try:
     from cryptography.hazmat.bindings.openssl.binding import Binding
 
     _binding = Binding()
     lib: Any = _binding.lib
     ffi: Any = _binding.ffi
-    AVAILABLE = all(hasattr(lib, name) for name in _NEEDED)
+    _missing = [name for name in _NEEDED if not hasattr(lib, name)]
+    AVAILABLE = not _missing
+    if _missing:
+        UNAVAILABLE_REASON = "cryptography's bindings lack " + ", ".join(_missing[:3])
 except ImportError:  # pragma: no cover - cryptography is a dependency
     AVAILABLE = False
+    UNAVAILABLE_REASON = "cryptography's OpenSSL bindings cannot be imported"
 
 _BUF_SIZE = 65536
-_MODE_NO_AUTO_CHAIN = 0x8  # SSL_MODE_NO_AUTO_CHAIN (ssl.h since 1.0.2), not in the bindings
+# SSL_MODE_NO_AUTO_CHAIN (ssl.h since 1.0.2, a documented flag of the exported
+# SSL_CTX_set_mode): the bindings export the function, not this constant.
+_MODE_NO_AUTO_CHAIN = 0x8
 if AVAILABLE:
-    _BUF = ffi.new("char[]", _BUF_SIZE)  # one event loop per process: one buffer
     _WANT_READ = lib.SSL_ERROR_WANT_READ
     _ZERO_RETURN = lib.SSL_ERROR_ZERO_RETURN
     _SSL_ERROR = lib.SSL_ERROR_SSL
 
-# CPython's choice for TLS 1.2 (Lib/ssl.py, 3.10+); TLS 1.3 suites are OpenSSL's defaults.
-_CIPHERS = (
-    b"@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
-)
+
+class _ThreadBuffer(threading.local):
+    """One I/O buffer per thread, looked up in each call: filled and emptied within that
+    call (cffi lets go of the GIL inside OpenSSL, so a buffer shared between threads, e.g.
+    two event loops, would be overwritten under the reader). Per connection it would cost
+    64 KiB for each idle connection."""
+
+    def __init__(self) -> None:
+        self.buf = ffi.new("char[]", _BUF_SIZE)
+
+
+if AVAILABLE:
+    _thread = _ThreadBuffer()
 
 
 # TLS 1.3: AES-128-GCM first, as Go and nginx negotiate with Go and curl clients.
 # OpenSSL's own order starts with AES-256-GCM-SHA384, whose SHA-384 key schedule
 # took 6 % of a resumed handshake (perf); SHA-256 runs on the CPU's SHA extensions.
 _TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+def openssl_version() -> str:
+    """``OpenSSL 4.0.3 29 Sep 2026``: the library this engine runs on."""
+    return str(ffi.string(lib.OpenSSL_version(lib.OPENSSL_VERSION)).decode())
 
 
 class OpenSSLContext:
@@ -147,15 +186,27 @@ class OpenSSLContext:
         self._keepalive = keepalive  # what the SSL_CTX calls or points to
 
 
-def _check(ok: int, what: str, path: str | os.PathLike[str]) -> None:
-    if ok != 1:
-        code = lib.ERR_get_error()
-        lib.ERR_clear_error()
-        text = lib.ERR_reason_error_string(code) if code else ffi.NULL
-        reason = ffi.string(text).decode() if text != ffi.NULL else "unknown error"
-        raise PKIError(
-            f"{what}: {reason}", file=path, hint="check that the PEM files belong together"
-        )
+def error_queue() -> list[str]:
+    """Every entry of OpenSSL's error queue (this thread's), oldest first; empties it."""
+    reasons: list[str] = []
+    while (code := lib.ERR_get_error()) != 0:
+        text = lib.ERR_reason_error_string(code)
+        reasons.append(ffi.string(text).decode() if text != ffi.NULL else f"error {code:#x}")
+    return reasons
+
+
+def _check(ok: bool, what: str, path: str | os.PathLike[str] | None = None) -> None:
+    """Raise a :class:`PKIError` naming every queued OpenSSL error when ``ok`` is false."""
+    if ok:
+        return
+    reasons = list(dict.fromkeys(error_queue()))  # in order, without repeats
+    raise PKIError(
+        f"{what}: {'; '.join(reasons) or 'unknown error'}",
+        file=path,
+        hint="check that the PEM files belong together"
+        if path is not None
+        else "report this with the OpenSSL version mtlskit serve logs at start",
+    )
 
 
 def context_from(
@@ -165,68 +216,96 @@ def context_from(
     ca: str | os.PathLike[str],
     *,
     crl: str | os.PathLike[str] | None = None,
-    session_cache: int = DEFAULT_SESSION_CACHE,
+    stateful_tickets: bool = True,
     any_client_purpose: bool = False,
     client_ca_names: bool = True,
 ) -> OpenSSLContext:
     """The bundled-OpenSSL twin of ``policy`` (from :func:`mtlskit.tls.server_context`).
 
-    ``session_cache``: TLS 1.3 sessions kept for stateful tickets; 0 = stateless tickets.
+    ``stateful_tickets``: TLS 1.3 sessions are kept in the context (OpenSSL's own bound,
+    :data:`mtlskit.server.config.SESSION_CACHE_BOUND` sessions); False: stateless tickets.
     ``any_client_purpose``: verify client chains without OpenSSL's "ssl_client" purpose
     check (extendedKeyUsage clientAuth), for the CA service's renewal of server-only
     certificates; signatures, validity, CA flags and the CRL are checked as always.
     ``client_ca_names``: name the CAs of the ``ca`` bundle in the CertificateRequest
     (False for a bundle too large to send in every handshake).
     """
+    lib.ERR_clear_error()  # what is queued now is this function's
     raw = lib.SSL_CTX_new(lib.TLS_server_method())
-    if raw == ffi.NULL:
-        raise PKIError("cannot create an OpenSSL context")
+    _check(raw != ffi.NULL, "cannot create an OpenSSL context")
     ctx = ffi.gc(raw, lib.SSL_CTX_free)
     tls13 = policy.minimum_version >= ssl.TLSVersion.TLSv1_3
-    lib.SSL_CTX_set_min_proto_version(ctx, lib.TLS1_3_VERSION if tls13 else lib.TLS1_2_VERSION)
-    lib.SSL_CTX_set_options(
-        ctx,
+    _check(
+        lib.SSL_CTX_set_min_proto_version(ctx, lib.TLS1_3_VERSION if tls13 else lib.TLS1_2_VERSION)
+        == 1,
+        "cannot set the minimum TLS version",
+    )
+    options = (
         lib.SSL_OP_NO_COMPRESSION
         | lib.SSL_OP_NO_RENEGOTIATION
-        | lib.SSL_OP_CIPHER_SERVER_PREFERENCE,
+        | lib.SSL_OP_CIPHER_SERVER_PREFERENCE
     )
+    # TLS 1.3 tickets name a session kept in this context's cache (stateful) instead of
+    # carrying it encrypted (stateless): a full handshake then skips encoding and
+    # encrypting the session twice (two tickets), a resumption skips decrypting and
+    # decoding it with the client certificate (docs/bench.md). There are no ticket keys
+    # to steal; a reload or rotation makes a new context, so old sessions stop resuming.
+    # The cache is OpenSSL's, with its default bound (config.SESSION_CACHE_BOUND sessions,
+    # oldest out first), the only bound the bindings let us keep (SSL_CTX_ctrl, behind
+    # SSL_CTX_sess_set_cache_size, and SSL_CTX_set_num_tickets are not exported: two
+    # tickets per handshake). Measured against stateless tickets, same run: +17 % full
+    # and +50 % resumed handshakes per CPU-second, +92 MiB RSS when full (docs/bench.md).
+    if stateful_tickets:
+        options |= lib.SSL_OP_NO_TICKET
+    _check(
+        lib.SSL_CTX_set_options(ctx, options) & options == options,
+        "cannot set the TLS options",
+    )
+    if stateful_tickets:
+        lib.SSL_CTX_set_session_cache_mode(ctx, lib.SSL_SESS_CACHE_SERVER)
+        _check(
+            lib.SSL_CTX_get_session_cache_mode(ctx) == lib.SSL_SESS_CACHE_SERVER,
+            "cannot turn the session cache on",
+        )
     # Idle connections hand their 16 KiB+ record buffers back to the allocator. The
     # server sends the chain from its certificate file (plus intermediates found once,
     # below) instead of re-building and re-verifying its own chain in every handshake:
     # that auto-chain cost 8 % of a full P-256 handshake (perf).
-    lib.SSL_CTX_set_mode(ctx, lib.SSL_MODE_RELEASE_BUFFERS | _MODE_NO_AUTO_CHAIN)
-    # TLS 1.3 tickets name a session kept in this context's cache (stateful) instead of
-    # carrying it encrypted (stateless): a full handshake then skips encoding and
-    # encrypting the session, a resumption skips decrypting and decoding it (with the
-    # client certificate), +13 % and +32 % (bench). There are no ticket keys to steal;
-    # a reload or rotation makes a new context, so old sessions stop resuming. Only
-    # with a bounded cache (~9 KiB a session): else stateless tickets, as OpenSSL's.
-    functions = openssl_extras.find_session_cache_functions() if session_cache > 0 else None
-    if functions is not None:
-        lib.SSL_CTX_set_options(ctx, lib.SSL_OP_NO_TICKET)
-        functions.set_session_cache_size(ctx, session_cache)
-        functions.set_num_tickets(ctx, 1)  # OpenSSL sends two; one session per handshake
-    lib.SSL_CTX_set_cipher_list(ctx, _CIPHERS)
-    lib.SSL_CTX_set_ciphersuites(ctx, _TLS13_SUITES)
+    mode = lib.SSL_MODE_RELEASE_BUFFERS | _MODE_NO_AUTO_CHAIN
+    _check(lib.SSL_CTX_set_mode(ctx, mode) & mode == mode, "cannot set the TLS mode")
     _check(
-        lib.SSL_CTX_use_certificate_chain_file(ctx, os.fsencode(cert)),
+        lib.SSL_CTX_set_cipher_list(ctx, SERVER_TLS12_CIPHERS.encode()) == 1,
+        "cannot set the TLS 1.2 cipher list",
+    )
+    _check(
+        lib.SSL_CTX_set_ciphersuites(ctx, _TLS13_SUITES) == 1,
+        "cannot set the TLS 1.3 cipher suites",
+    )
+    _check(
+        lib.SSL_CTX_use_certificate_chain_file(ctx, os.fsencode(cert)) == 1,
         "cannot load certificate",
         cert,
     )
     _check(
-        lib.SSL_CTX_use_PrivateKey_file(ctx, os.fsencode(key), lib.SSL_FILETYPE_PEM),
+        lib.SSL_CTX_use_PrivateKey_file(ctx, os.fsencode(key), lib.SSL_FILETYPE_PEM) == 1,
         "cannot load private key",
         key,
     )
-    _check(lib.SSL_CTX_check_private_key(ctx), "private key does not match certificate", key)
+    _check(lib.SSL_CTX_check_private_key(ctx) == 1, "private key does not match certificate", key)
     for der in _intermediates(cert, ca):
         bio = lib.BIO_new_mem_buf(der, len(der))
+        _check(bio != ffi.NULL, "cannot read an intermediate CA certificate", ca)
         x509 = lib.d2i_X509_bio(bio, ffi.NULL)
         lib.BIO_free(bio)
         if x509 == ffi.NULL or lib.SSL_CTX_add_extra_chain_cert(ctx, x509) != 1:  # takes x509
-            lib.X509_free(x509)
-            _check(0, "cannot add an intermediate CA certificate", ca)
-    _check(lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(ca), ffi.NULL), "cannot load CA", ca)
+            if x509 != ffi.NULL:
+                lib.X509_free(x509)
+            _check(False, "cannot add an intermediate CA certificate", ca)
+    _check(
+        lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(ca), ffi.NULL) == 1,
+        "cannot load CA",
+        ca,
+    )
     if client_ca_names:
         _name_client_cas(ctx, ca)
     # Revocation: the CRL's serials in a set, looked up by the verify callback (its cost
@@ -234,23 +313,28 @@ def context_from(
     callback, issuer = (
         _revocation_callback(RevokedSerials.from_files(crl, ca)) if crl else (ffi.NULL, None)
     )
+    store = lib.SSL_CTX_get_cert_store(ctx)
+    _check(store != ffi.NULL, "the OpenSSL context has no certificate store")
     if any_client_purpose:
         # The store's purpose is inherited by each verification before the SSL layer's
         # "ssl_client" default, which only fills what is unset (X509_VERIFY_PARAM_inherit).
         _check(
-            lib.X509_STORE_set_purpose(lib.SSL_CTX_get_cert_store(ctx), lib.X509_PURPOSE_ANY),
+            lib.X509_STORE_set_purpose(store, lib.X509_PURPOSE_ANY) == 1,
             "cannot relax the client certificate purpose",
             ca,
         )
-    mode = lib.SSL_VERIFY_NONE
+    verify = lib.SSL_VERIFY_NONE
     if policy.verify_mode == ssl.CERT_REQUIRED:
-        mode = lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+        verify = lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT
     elif policy.verify_mode == ssl.CERT_OPTIONAL:
-        mode = lib.SSL_VERIFY_PEER
-    lib.SSL_CTX_set_verify(ctx, mode, callback)
+        verify = lib.SSL_VERIFY_PEER
+    lib.SSL_CTX_set_verify(ctx, verify, callback)  # void
     # Resumption of sessions that carry a client certificate needs a session id context.
     sid = b"mtlskit"
-    lib.SSL_CTX_set_session_id_context(ctx, sid, len(sid))
+    _check(
+        lib.SSL_CTX_set_session_id_context(ctx, sid, len(sid)) == 1,
+        "cannot set the session id context",
+    )
     return OpenSSLContext(ctx, (callback, issuer) if crl else None)
 
 
@@ -342,10 +426,10 @@ def _revocation_callback(revoked: RevokedSerials) -> tuple[Any, Any]:
 
 def _x509_from_der(der: bytes) -> Any:
     bio = lib.BIO_new_mem_buf(der, len(der))
+    _check(bio != ffi.NULL, "cannot read the CRL's CA certificate")
     x509 = lib.d2i_X509_bio(bio, ffi.NULL)
     lib.BIO_free(bio)
-    if x509 == ffi.NULL:
-        raise PKIError("cannot load the CRL's CA certificate")
+    _check(x509 != ffi.NULL, "cannot load the CRL's CA certificate")
     return ffi.gc(x509, lib.X509_free)
 
 
@@ -391,8 +475,13 @@ def _intermediates(cert: str | os.PathLike[str], ca: str | os.PathLike[str]) -> 
 
 def _der(x509: Any) -> bytes:
     bio = lib.BIO_new(lib.BIO_s_mem())
+    if bio == ffi.NULL:
+        lib.ERR_clear_error()
+        raise MemoryError("BIO_new failed")
     try:
-        lib.i2d_X509_bio(bio, x509)
+        if lib.i2d_X509_bio(bio, x509) != 1:
+            lib.ERR_clear_error()
+            raise MemoryError("i2d_X509_bio failed")
         ptr = ffi.new("char **")
         n = lib.BIO_get_mem_data(bio, ptr)
         return bytes(ffi.buffer(ptr[0], n))
@@ -400,8 +489,17 @@ def _der(x509: Any) -> bytes:
         lib.BIO_free(bio)
 
 
+def _internal(what: str) -> TLSFailure:
+    reasons = error_queue()
+    return TLSFailure("internal", f"{what}: {'; '.join(reasons) or 'out of memory'}")
+
+
 class OpenSSLSession:
-    """:class:`~mtlskit.server.engine.TLSSession` over the bundled OpenSSL."""
+    """:class:`~mtlskit.server.engine.TLSSession` over the bundled OpenSSL.
+
+    Raises :class:`~mtlskit.server.engine.TLSFailure` (reason ``internal``) when OpenSSL
+    cannot allocate the connection.
+    """
 
     __slots__ = ("_context", "_rbio", "_ssl", "_wbio", "peer_closed")
 
@@ -409,14 +507,22 @@ class OpenSSLSession:
         self.peer_closed = False
         self._context = context  # keeps the SSL_CTX alive as long as this connection
         raw = lib.SSL_new(context.ptr)
+        if raw == ffi.NULL:
+            raise _internal("SSL_new failed")
         self._ssl = ffi.gc(raw, lib.SSL_free)
-        self._rbio = lib.BIO_new(lib.BIO_s_mem())
-        self._wbio = lib.BIO_new(lib.BIO_s_mem())
-        lib.SSL_set_bio(raw, self._rbio, self._wbio)  # the SSL owns and frees both
+        rbio = lib.BIO_new(lib.BIO_s_mem())
+        wbio = lib.BIO_new(lib.BIO_s_mem()) if rbio != ffi.NULL else ffi.NULL
+        if wbio == ffi.NULL:
+            if rbio != ffi.NULL:
+                lib.BIO_free(rbio)
+            raise _internal("BIO_new failed")
+        self._rbio, self._wbio = rbio, wbio
+        lib.SSL_set_bio(raw, rbio, wbio)  # the SSL owns and frees both
         lib.SSL_set_accept_state(raw)
 
     def feed(self, data: bytes) -> None:
-        lib.BIO_write(self._rbio, data, len(data))
+        if data and lib.BIO_write(self._rbio, data, len(data)) != len(data):
+            raise _internal("BIO_write failed")
 
     def do_handshake(self) -> bool:
         r = lib.SSL_do_handshake(self._ssl)
@@ -430,7 +536,7 @@ class OpenSSLSession:
     def read(self) -> bytes:
         if self.peer_closed:
             raise TLSClosed
-        s, buf, rbio = self._ssl, _BUF, self._rbio
+        s, buf, rbio = self._ssl, _thread.buf, self._rbio
         parts: list[bytes] = []
         while True:
             n = lib.SSL_read(s, buf, _BUF_SIZE)
@@ -461,7 +567,7 @@ class OpenSSLSession:
                 raise self._failure(lib.SSL_get_error(self._ssl, n))
 
     def output(self) -> bytes:
-        wbio, buf = self._wbio, _BUF
+        wbio, buf = self._wbio, _thread.buf
         n = lib.BIO_read(wbio, buf, _BUF_SIZE)
         if n <= 0:
             return b""
@@ -474,6 +580,8 @@ class OpenSSLSession:
         return b"".join(parts)
 
     def shutdown(self) -> None:
+        # 0: close_notify queued (we do not wait for the peer's); < 0: not in a state to
+        # close cleanly. Either way the connection closes next: drop what was queued.
         lib.SSL_shutdown(self._ssl)
         lib.ERR_clear_error()
 
@@ -512,11 +620,11 @@ class OpenSSLSession:
         return name
 
     def _failure(self, err: int) -> TLSFailure:
-        """The same stable reasons as :func:`mtlskit.server.engine.failure_from_ssl_error`."""
-        code = lib.ERR_get_error() if err == _SSL_ERROR else 0
+        """The same stable reasons as :func:`mtlskit.server.engine.failure_from_ssl_error`;
+        the first queued error decides, the whole queue is read (and emptied)."""
+        queue = error_queue() if err == _SSL_ERROR else []
         lib.ERR_clear_error()
-        text = lib.ERR_reason_error_string(code) if code else ffi.NULL
-        reason = ffi.string(text).decode().upper().replace(" ", "_") if text != ffi.NULL else ""
+        reason = queue[0].upper().replace(" ", "_") if queue else ""
         if reason == "CERTIFICATE_VERIFY_FAILED":
             verify = int(lib.SSL_get_verify_result(self._ssl))
             message = ffi.string(lib.X509_verify_cert_error_string(verify)).decode()

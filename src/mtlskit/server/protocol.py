@@ -11,6 +11,12 @@ from the parser callbacks; :class:`ASGIProtocol` (server/asgi.py) runs an app.
 Nothing a peer sends may raise out of a protocol callback (asyncio would log a
 traceback): TLS and HTTP errors become a stats label, maybe one log line, and a
 closed connection.
+
+Request framing is the same for both: a malformed request gets 400, a head over the
+limits 431, a body over ``--max-body-size`` 413, a head or body that stalls past its
+timeout 408, each with ``Connection: close`` and one log line, after the responses to
+the requests before it; a client that does not read its response is dropped after
+``--write-timeout``. Trailer fields count against the head limits and are dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +28,14 @@ from typing import Any, cast
 import httptools
 
 from mtlskit.identity import PeerIdentity
-from mtlskit.server.engine import TLSClosed, TLSFailure, TLSSession
+from mtlskit.server.engine import (
+    HELLO_PREFIX,
+    PLAIN_HTTP,
+    TLSClosed,
+    TLSFailure,
+    TLSSession,
+    check_client_hello,
+)
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.tlsstate import TLSState
 
@@ -36,9 +49,12 @@ _REASONS = {
     400: b"Bad Request",
     403: b"Forbidden",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -57,16 +73,27 @@ LINGER_SECONDS = 2.0
 RESPONSE_400 = error_response(400, "bad request")
 RESPONSE_431 = error_response(431, "request header fields too large")
 RESPONSE_403 = error_response(403, "forbidden: your certificate is not allowed here")
+ERROR_RESPONSES = {
+    400: RESPONSE_400,
+    408: error_response(408, "request timeout"),
+    413: error_response(413, "request body too large"),
+    431: RESPONSE_431,
+    505: error_response(505, "HTTP version not supported: use HTTP/1.1"),
+}
+RESPONSE_PLAIN_HTTP = error_response(
+    400, "this port speaks HTTPS with client certificates: use https:// and a client certificate"
+)
 
 
 class HelloResponses:
     """The seed's hello world responses, whole, rebuilt when the Date header changes."""
 
-    __slots__ = ("close", "date", "head_close", "head_keep", "keep")
+    __slots__ = ("close", "date", "head_close", "head_keep", "head_keep10", "keep", "keep10")
 
     def __init__(self, date: bytes) -> None:
         self.date = b""
         self.keep = self.close = self.head_keep = self.head_close = b""
+        self.keep10 = self.head_keep10 = b""  # HTTP/1.0 keep-alive must be said
         self.refresh(date)
 
     def refresh(self, date: bytes) -> None:
@@ -77,8 +104,10 @@ class HelloResponses:
         head += b"Content-Type: text/plain; charset=utf-8\r\n"
         self.head_keep = head + b"\r\n"
         self.head_close = head + b"Connection: close\r\n\r\n"
+        self.head_keep10 = head + b"Connection: keep-alive\r\n\r\n"
         self.keep = self.head_keep + HELLO_BODY
         self.close = self.head_close + HELLO_BODY
+        self.keep10 = self.head_keep10 + HELLO_BODY
 
 
 class StopParsing(Exception):
@@ -100,14 +129,23 @@ class BaseProtocol(asyncio.Protocol):
     closed = False
     _identity: PeerIdentity | None = None
     _close_after = False
-    in_request = False  # between the first byte of a request and its response
-    head_bytes = 0
+    _hello = b""  # the first bytes of the connection, until they show a ClientHello
+    _hello_ok = False
+    in_request = False  # between the first byte of a request and the end of its body
+    request_began = 0.0  # when its first byte came (the head timeout counts from there)
+    head_bytes = 0  # -1 once the head is complete (then header fields are trailers)
     head_began = False
     header_count = 0
+    content_length = -1  # as the request declared it
+    body_bytes = 0
     error_status = 0
+    error_detail = ""
+    http_version = "1.1"
     url = b""
     write_paused = False
     read_paused = False
+    write_blocked = 0.0  # when writing last stopped, or last made progress
+    write_backlog = 0  # bytes the transport held then
     _linger: asyncio.TimerHandle | None = None
 
     def __init__(self, server_state: ServerState, rules: ConnectionRules, tls: TLSState) -> None:
@@ -125,9 +163,15 @@ class BaseProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self.session = self.tls.new_session()
         server_state = self.server_state
         server_state.connection_opened(self)
+        try:
+            self.session = self.tls.new_session()
+        except TLSFailure as failure:  # the engine could not allocate the connection
+            log.error("cannot accept a connection from %s: %s", self.peer_text(), failure)
+            self.server_state.stats.handshake_failed(failure.reason)
+            self.abort()
+            return
         if server_state.draining:
             self.close()
 
@@ -138,6 +182,8 @@ class BaseProtocol(asyncio.Protocol):
         session = self.session
         assert session is not None
         try:
+            if self.handshaking and not self._hello_ok:
+                self._check_hello(data)
             session.feed(data)
             if self.handshaking:
                 if not session.do_handshake():
@@ -156,10 +202,7 @@ class BaseProtocol(asyncio.Protocol):
                 self.received(plain)
                 if session.peer_closed:  # close_notify after the requests: answer, then close
                     self.close_after_response()
-            if self._close_after and not self.in_request and not self.responses_owed():
-                self.close()
-            else:
-                self.flush()
+            self.settle()
         except TLSFailure as failure:
             if self.handshaking:
                 self._handshake_failed(failure)
@@ -192,6 +235,9 @@ class BaseProtocol(asyncio.Protocol):
         # A peer that sends requests but does not read the answers: stop reading too,
         # so responses cannot pile up in memory.
         self.write_paused = True
+        self.write_blocked = self.server_state.now
+        if self.transport is not None:
+            self.write_backlog = self.transport.get_write_buffer_size()
         self.update_reading()
 
     def resume_writing(self) -> None:
@@ -210,6 +256,8 @@ class BaseProtocol(asyncio.Protocol):
             if want:
                 self.transport.pause_reading()
             else:
+                # The peer's clocks (head, body) count from now: the wait was ours.
+                self.last_active = self.server_state.now
                 self.transport.resume_reading()
 
     # -- TLS -------------------------------------------------------------------------------------
@@ -229,6 +277,18 @@ class BaseProtocol(asyncio.Protocol):
         mode half-closes instead)."""
         self.close()
 
+    def _check_hello(self, data: bytes) -> None:
+        """Refuse at once what cannot begin a TLS 1.2+ ClientHello (engine.check_client_hello)."""
+        head = self._hello + data[: HELLO_PREFIX - len(self._hello)]
+        failure = check_client_hello(head)
+        if failure is not None:
+            raise failure
+        if len(head) >= HELLO_PREFIX:
+            self._hello_ok = True
+            self._hello = b""
+        else:
+            self._hello = head
+
     def _handshake_failed(self, failure: TLSFailure) -> None:
         self.server_state.stats.handshake_failed(failure.reason)
         if failure.reason not in ("eof", "timeout"):
@@ -239,11 +299,18 @@ class BaseProtocol(asyncio.Protocol):
                 failure.reason,
             )
         self.closed = True
-        if failure.reason == "eof":  # the client is gone: nothing to tell it
-            if self.transport is not None:
-                self.transport.close()
+        if self.transport is None:
             return
-        self._send_output()  # the alert tells the client why
+        if failure.reason == "eof":  # the client is gone: nothing to tell it
+            self.transport.close()
+            return
+        if failure.detail == PLAIN_HTTP:
+            # As nginx: a plain-HTTP client reads a 400 that says why, not an empty reply.
+            self.transport.write(RESPONSE_PLAIN_HTTP)
+        else:
+            self._send_output()  # the alert tells the client why
+            if failure.alert:  # refused before the engine saw anything: our own alert
+                self.transport.write(failure.alert)
         self.linger_close()
 
     def linger_close(self) -> None:
@@ -352,6 +419,13 @@ class BaseProtocol(asyncio.Protocol):
     def close_after_response(self) -> None:
         self._close_after = True
 
+    def settle(self) -> None:
+        """After reading (or a timeout): close when nothing more is owed, else send."""
+        if self._close_after and not self.in_request and not self.responses_owed():
+            self.close()
+        else:
+            self.flush()
+
     # -- HTTP ------------------------------------------------------------------------------------
 
     def received(self, plain: bytes) -> None:
@@ -372,7 +446,8 @@ class BaseProtocol(asyncio.Protocol):
         except StopParsing:
             self.http_error(self.error_status or 400)
             return
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
+            self.error_detail = str(exc)
             self.http_error(400)
             return
         if self.in_request and self.head_bytes >= 0 and not self.head_began:
@@ -380,6 +455,7 @@ class BaseProtocol(asyncio.Protocol):
             # head the parser buffers (the callbacks count only complete fields).
             self.head_bytes += len(plain)
             if self.head_bytes > self.rules.max_header_bytes:
+                self.error_detail = "request head too large"
                 self.http_error(431)
 
     def upgrade_requested(self, rest: bytes) -> None:
@@ -392,39 +468,118 @@ class BaseProtocol(asyncio.Protocol):
     def refuse_upgrade(self) -> None:
         """The last request asked to switch protocols: its response must say close."""
 
+    def stop(self, status: int, detail: str) -> None:
+        """From a parser callback: stop parsing, answer ``status`` and close."""
+        self.error_status = status
+        self.error_detail = detail
+        raise StopParsing
+
     def http_error(self, status: int) -> None:
-        """Answer a malformed (400) or oversized (431) request and close."""
-        self.server_state.stats.bad_requests += 1
+        """Answer a request that cannot be served (400, 408, 413, 431; why: error_detail)
+        and close."""
+        self.log_http_error(status)
         self.in_request = False
-        self.write(RESPONSE_431 if status == 431 else RESPONSE_400)
+        self.write(ERROR_RESPONSES[status])
         self.close_after_response()
+
+    def log_http_error(self, status: int) -> None:
+        self.server_state.stats.bad_requests += 1
+        detail = self.error_detail or "malformed request"
+        log.info("bad request from %s: %s (%d)", self.peer_text(), detail, status)
 
     def on_message_begin(self) -> None:
         self.in_request = True
         self.head_began = True
+        self.request_began = self.server_state.now
         self.head_bytes = 0
         self.header_count = 0
+        self.content_length = -1
+        self.body_bytes = 0
         self.url = b""
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_bytes += len(url)
         if self.head_bytes > self.rules.max_header_bytes:
-            self.error_status = 431
-            raise StopParsing
+            self.stop(431, "request head too large")
 
-    def count_header(self, name: bytes, value: bytes) -> None:
+    def count_header(self, name: bytes, value: bytes) -> bool:
+        """Apply the head limits to one field; False for a trailer field (after the body),
+        which the limits count but nobody gets."""
         self.header_count += 1
+        if self.header_count > self.rules.max_headers:
+            self.stop(431, "too many header fields")
+        if self.head_bytes < 0:
+            return False
         self.head_bytes += len(name) + len(value) + 4
-        if (
-            self.head_bytes > self.rules.max_header_bytes
-            or self.header_count > self.rules.max_headers
-        ):
-            self.error_status = 431
-            raise StopParsing
+        if self.head_bytes > self.rules.max_header_bytes:
+            self.stop(431, "request head too large")
+        if len(name) == 14 and name.lower() == b"content-length" and value.isdigit():
+            self.content_length = int(value)  # the parser refuses a second, other one
+        return True
 
     def on_headers_complete(self) -> None:
         self.head_bytes = -1  # the head is complete: stop counting
+        self.last_active = self.server_state.now  # the body timeout counts from here
+        version = self.http_version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":  # llhttp reads "HTTP/2.0" too
+            self.stop(505, f"HTTP/{version} request")
+
+    def check_declared_length(self) -> None:
+        """A body declared over --max-body-size is refused before it is read (or the app
+        runs): 413 at once, as nginx does (the HTTP server protocols call it)."""
+        if self.content_length > self.rules.max_body_size:
+            self.stop(413, f"a body of {self.content_length} bytes is over --max-body-size")
+
+    def count_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.rules.max_body_size:
+            self.stop(413, "the body is over --max-body-size")
+
+    # -- timeouts ----------------------------------------------------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the worker's sweeper after the handshake (see state.Connection)."""
+        rules = self.rules
+        if self.write_paused:
+            size = self.transport.get_write_buffer_size() if self.transport else 0
+            if size < self.write_backlog:  # the peer reads, slowly
+                self.write_backlog, self.write_blocked = size, now
+            elif now - self.write_blocked > rules.write_timeout:
+                log.info(
+                    "closed the connection from %s: it read nothing of its response for "
+                    "%gs (--write-timeout)",
+                    self.peer_text(),
+                    rules.write_timeout,
+                )
+                self.abort()
+            return
+        if self.in_request and not self.read_paused:
+            if self.head_bytes >= 0:
+                if now - self.request_began > rules.head_timeout:
+                    self.request_timed_out(
+                        f"request head not complete after {rules.head_timeout:g}s"
+                    )
+            elif now - self.last_active > rules.body_timeout:
+                self.request_timed_out(
+                    f"request body stalled for {rules.body_timeout:g}s "
+                    f"({self.body_bytes} bytes{self._of_length()} received)"
+                )
+            return
+        if now - self.last_active > rules.idle_timeout and self.waiting_on_peer():
+            self.close()
+
+    def _of_length(self) -> str:
+        return f" of {self.content_length}" if self.content_length >= 0 else ""
+
+    def request_timed_out(self, detail: str) -> None:
+        """A request head or body stalled: 408 (after the responses owed before it), close."""
+        self.error_detail = detail
+        self.http_error(408)
+        try:
+            self.settle()
+        except TLSFailure:
+            self.abort()
 
     # -- identity --------------------------------------------------------------------------------
 
@@ -475,8 +630,8 @@ class BaseProtocol(asyncio.Protocol):
         return not self.in_request and not self._out and not self.responses_owed()
 
     def waiting_on_peer(self) -> bool:
-        """True when only the peer can move this connection on: between requests, or in
-        the middle of sending one (a slow or stalled client). The idle timeout applies."""
+        """True when only the peer can move this connection on (no response owed): the
+        idle timeout applies (a request begun has its own, check_timeouts)."""
         return not self.responses_owed()
 
     def shutdown_if_idle(self) -> None:
@@ -525,6 +680,13 @@ class HelloProtocol(BaseProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.count_header(name, value)
 
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self.check_declared_length()
+
+    def on_body(self, body: bytes) -> None:
+        self.count_body(body)  # the hello world reads no body: only the limit applies
+
     def on_message_complete(self) -> None:
         self.in_request = False
         if self._close_after:
@@ -543,9 +705,10 @@ class HelloProtocol(BaseProtocol):
             self.parser.should_keep_alive() and not server_state.draining and not self._close_after
         )
         r = self.responses
-        if method == b"HEAD":
-            self.write(r.head_keep if keep else r.head_close)
-        else:
-            self.write(r.keep if keep else r.close)
         if not keep:
+            self.write(r.head_close if method == b"HEAD" else r.close)
             self.close_after_response()
+        elif self.http_version == "1.1":
+            self.write(r.head_keep if method == b"HEAD" else r.keep)
+        else:  # an HTTP/1.0 client asked for keep-alive: say it is kept
+            self.write(r.head_keep10 if method == b"HEAD" else r.keep10)

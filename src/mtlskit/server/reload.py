@@ -19,9 +19,10 @@ completely before it is swapped in (:meth:`ContextHolder.reload`); a broken
 replacement is refused with one log line and the old state keeps serving.
 
 :func:`checked_build` also refuses what OpenSSL would load without complaint but
-then fail every handshake with: an expired or not yet valid server certificate,
-a CA bundle whose certificates have all expired, a CRL signed by another key
-than the CA's, or a CRL past its nextUpdate.
+then fail every handshake with: an expired or not yet valid server certificate, one
+whose extendedKeyUsage excludes serverAuth, a CA bundle that holds no CA or whose
+certificates have all expired, a CRL signed by another key than the CA's, or a CRL
+past its nextUpdate.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtlskit.errors import MtlsError, PKIError
 from mtlskit.pki.crl import check_crl, read_crl
 from mtlskit.pki.load import read_certificates
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
+from mtlskit.pki.verify import can_anchor_trust, eku_names
 from mtlskit.server.tlsstate import ContextHolder, TLSState, build_state
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "FileWatcher",
     "LoadedFacts",
     "check_files",
+    "check_roles",
     "checked_build",
     "facts_of",
     "watch_files",
@@ -105,7 +108,7 @@ def check_files(
             file=cert,
             hint="check the clocks of this machine and the CA's",
         )
-    cas = tuple(read_certificates(ca))
+    cas = tuple(read_certificates(ca, "CA certificate"))
     if all(c.not_valid_after_utc < now for c in cas):
         raise PKIError(
             "every CA certificate in the bundle has expired: no client could connect",
@@ -119,25 +122,54 @@ def check_files(
     return LoadedFacts(leaf, cas, revocations)
 
 
+def check_roles(facts: LoadedFacts, cert: PathLike, ca: PathLike) -> None:
+    """Refuse a server certificate whose extendedKeyUsage excludes TLS servers (clients
+    would refuse every handshake; one without the extension may serve, as in OpenSSL)
+    and a CA file that holds no CA (the server would refuse every client)."""
+    if not any(can_anchor_trust(c) for c in facts.ca_certs):
+        names = "; ".join(c.subject.rfc4514_string() for c in facts.ca_certs)
+        raise PKIError(
+            f"the CA file holds no CA certificate ({names}: no basicConstraints CA:TRUE): "
+            "no client could connect",
+            file=ca,
+            hint="pass the CA that issues the client certificates (its ca.crt) with --ca",
+        )
+    try:
+        usages = facts.server_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.SERVER_AUTH in usages:
+        return
+    if ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+        return
+    raise PKIError(
+        f"not a server certificate: its extendedKeyUsage has no serverAuth ({eku_names(list(usages))}), so "
+        "clients refuse it",
+        file=cert,
+        hint="issue a server certificate: mtlskit issue server NAME (or --profile server-client)",
+    )
+
+
 def checked_build(
     cert: PathLike,
     key: PathLike,
     ca: PathLike,
     *,
     crl: PathLike | None = None,
-    session_cache: int = DEFAULT_SESSION_CACHE,
+    stateful_tickets: bool = True,
     require_client_cert: bool = True,
     any_client_purpose: bool = False,
     client_ca_names: bool = True,
 ) -> TLSState:
     """:func:`~mtlskit.server.tlsstate.build_state` after :func:`check_files`."""
     facts = check_files(cert, key, ca, crl)
+    check_roles(facts, cert, ca)
     state = build_state(
         cert,
         key,
         ca,
         crl=crl,
-        session_cache=session_cache,
+        stateful_tickets=stateful_tickets,
         require_client_cert=require_client_cert,
         any_client_purpose=any_client_purpose,
         client_ca_names=client_ca_names,

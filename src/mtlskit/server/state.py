@@ -5,7 +5,8 @@
     ServerState      what changes while the worker runs: the open connections, whether
                      it is draining, the coarse clock and the Date header, the counters
     ConnectionRules  what every connection enforces, read once from ServerConfig: the
-                     access rules, the request-head limits, whether requests are logged
+                     access rules, the request limits and timeouts, whether requests
+                     are logged
 
 The TLS state a connection handshakes with comes from the
 :class:`~mtlskit.server.tlsstate.ContextHolder` at accept time; the app a worker
@@ -23,6 +24,7 @@ from typing import Protocol
 from mtlskit.identity import AccessPolicy
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.stats import Stats
+from mtlskit.server.websocket import WebSocketLimits
 
 __all__ = ["AcceptedConnection", "ConnectionRules", "ServerState"]
 
@@ -34,7 +36,6 @@ class AcceptedConnection(Protocol):
     closed: bool
     handshaking: bool
     started: float
-    last_active: float
 
     def close(self) -> None: ...
 
@@ -44,18 +45,26 @@ class AcceptedConnection(Protocol):
 
     def handshake_timed_out(self) -> None: ...
 
-    def waiting_on_peer(self) -> bool: ...
+    def check_timeouts(self, now: float) -> None:
+        """After the handshake: close what waits too long on the peer (idle, a request
+        head or body that stalls, a response it does not read)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionRules:
-    """What every connection enforces: who may send requests, how large a request head
-    may be, whether each request gets a log line."""
+    """What every connection enforces: who may send requests, how large a request may
+    be, how long the peer may keep it waiting, whether each request gets a log line."""
 
     policy: AccessPolicy
     check_access: bool  # False when the policy lets every verified client in
     max_header_bytes: int
     max_headers: int
+    max_body_size: int  # 0: no limit
+    idle_timeout: float
+    head_timeout: float
+    body_timeout: float
+    write_timeout: float
+    websocket: WebSocketLimits
     quiet: bool
 
     @classmethod
@@ -66,6 +75,16 @@ class ConnectionRules:
             check_access=not policy.allows_everyone,
             max_header_bytes=config.max_header_bytes,
             max_headers=config.max_headers,
+            max_body_size=config.max_body_size or 1 << 62,
+            idle_timeout=config.idle_timeout,
+            head_timeout=config.head_timeout,
+            body_timeout=config.body_timeout,
+            write_timeout=config.write_timeout,
+            websocket=WebSocketLimits(
+                max_size=config.ws_max_size,
+                ping_interval=config.ws_ping_interval,
+                ping_timeout=config.ws_ping_timeout,
+            ),
             quiet=config.quiet,
         )
 

@@ -23,9 +23,11 @@ HANDSHAKE_FAILURE_REASONS = (
     "crl",
     "peer_alert",
     "not_tls",
+    "old_protocol",
     "protocol",
     "eof",
     "timeout",
+    "internal",
 )
 
 

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtlskit.errors import MtlsError, PKIError
+from mtlskit.errors import ConfigError, MtlsError, PKIError
 from mtlskit.server import openssl_engine
-from mtlskit.server.config import DEFAULT_SESSION_CACHE
 from mtlskit.server.engine import StdlibSession, TLSSession
 from mtlskit.server.stats import Stats
 from mtlskit.tls import server_context
@@ -30,6 +29,7 @@ __all__ = [
     "TLSState",
     "cipher_suite_id",
     "default_engine_selected",
+    "engine_description",
     "tls_version_id",
 ]
 
@@ -64,8 +64,34 @@ class TLSState:
 
 def default_engine_selected() -> bool:
     """True when the OpenSSL that cryptography bundles serves (server/openssl_engine.py),
-    False for the stdlib ``ssl`` engine (MTLSKIT_TLS_ENGINE=stdlib, or no bindings)."""
-    return openssl_engine.AVAILABLE and os.environ.get("MTLSKIT_TLS_ENGINE", "") != "stdlib"
+    False for the stdlib ``ssl`` engine.
+
+    ``MTLSKIT_TLS_ENGINE=stdlib`` selects the stdlib ``ssl`` module; ``openssl`` (or
+    unset) the default, which falls back to stdlib when the bindings lack a function.
+    """
+    choice = os.environ.get("MTLSKIT_TLS_ENGINE", "")
+    if choice not in ("", "openssl", "stdlib"):
+        raise ConfigError(
+            f"MTLSKIT_TLS_ENGINE={choice!r} is not a TLS engine", hint="use openssl or stdlib"
+        )
+    return choice != "stdlib" and openssl_engine.AVAILABLE
+
+
+def engine_description() -> str:
+    """One line for the start-up log: which TLS engine, on which OpenSSL, and why."""
+    if default_engine_selected():
+        import cryptography
+
+        return (
+            f"TLS engine: {openssl_engine.openssl_version()} "
+            f"(bundled with cryptography {cryptography.__version__})"
+        )
+    why = (
+        "MTLSKIT_TLS_ENGINE=stdlib"
+        if os.environ.get("MTLSKIT_TLS_ENGINE") == "stdlib"
+        else f"fallback: {openssl_engine.UNAVAILABLE_REASON}"
+    )
+    return f"TLS engine: Python's ssl module, {ssl.OPENSSL_VERSION} ({why})"
 
 
 def _first_pem_certificate(path: Path) -> str:
@@ -83,7 +109,7 @@ def build_state(
     ca: PathLike,
     *,
     crl: PathLike | None = None,
-    session_cache: int = DEFAULT_SESSION_CACHE,
+    stateful_tickets: bool = True,
     require_client_cert: bool = True,
     any_client_purpose: bool = False,
     client_ca_names: bool = True,
@@ -115,7 +141,7 @@ def build_state(
             key,
             ca,
             crl=crl,
-            session_cache=session_cache,
+            stateful_tickets=stateful_tickets,
             any_client_purpose=any_client_purpose,
             client_ca_names=client_ca_names,
         )
@@ -142,7 +168,7 @@ class ContextHolder:
         crl: PathLike | None = None,
         stats: Stats | None = None,
         build: Callable[..., TLSState] = build_state,
-        session_cache: int = DEFAULT_SESSION_CACHE,
+        stateful_tickets: bool = True,
         require_client_cert: bool = True,
         any_client_purpose: bool = False,
         client_ca_names: bool = True,
@@ -154,7 +180,7 @@ class ContextHolder:
         self.crl = Path(crl) if crl is not None else None
         self.stats = stats if stats is not None else Stats()
         self._build = build
-        self.session_cache = session_cache
+        self.stateful_tickets = stateful_tickets
         self.last_error: MtlsError | None = None
         self.current: TLSState = self._new_state()
 
@@ -164,6 +190,8 @@ class ContextHolder:
             options["require_client_cert"] = False
         if self.any_client_purpose:
             options["any_client_purpose"] = True
+        if not self.stateful_tickets:
+            options["stateful_tickets"] = False
         if not self.client_ca_names:
             options["client_ca_names"] = False
         return self._build(
@@ -171,7 +199,6 @@ class ContextHolder:
             self.key,
             self.ca,
             crl=self.crl,
-            session_cache=self.session_cache,
             **options,
         )
 

@@ -11,12 +11,12 @@ import base64
 import binascii
 import datetime as dt
 import ipaddress
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from mtlskit.errors import ConfigError
+from mtlskit.pki.status import parse_duration
 
 __all__ = [
     "DEFAULT_LIFETIME",
@@ -30,24 +30,7 @@ __all__ = [
 DEFAULT_LIFETIME = dt.timedelta(hours=24)
 MIN_LIFETIME = dt.timedelta(minutes=1)
 
-_DURATION = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, *, flag: str = "duration") -> dt.timedelta:
-    """``90s``, ``10m``, ``24h``, ``7d``, ``1h30m`` → a timedelta; refuse anything else."""
-    value = text.strip().lower()
-    pos, seconds = 0, 0
-    for m in _DURATION.finditer(value):
-        if m.start() != pos:
-            break
-        seconds += int(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not value or pos != len(value):
-        raise ConfigError(
-            f"{flag} {text!r} is not a duration", hint="write e.g. 90s, 10m, 24h or 7d"
-        )
-    return dt.timedelta(seconds=seconds)
 
 
 def format_duration(delta: dt.timedelta) -> str:
