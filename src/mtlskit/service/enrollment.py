@@ -122,14 +122,20 @@ def _rate_counted(
     *,
     durable: bool = True,
 ) -> T:
-    """``work(tx)`` in one transaction that first counts the request against the rate
-    limits (429 beyond). A refusal from ``work`` rolls everything back, the count too:
-    that count is then made again on its own, so refused guesses add up like any
-    request, while a request that succeeds pays for one transaction."""
+    """``work(tx)`` in one transaction that also counts the request against the rate
+    limits (429 beyond: everything rolls back). A refusal from ``work`` rolls the count
+    back too: it is then made again on its own, so refused guesses add up like any
+    request, while a request that succeeds pays for one transaction.
+
+    The count comes last, just before the commit: every request from one address
+    updates the same row, which PostgreSQL keeps locked until the commit; counted
+    first, enrollments from one address ran one at a time, signing included (at half
+    the rate on PostgreSQL, measured)."""
     try:
         with state.db.transaction(durable=durable) as tx:
+            result = work(tx)
             state.check_rate(*keys, tx=tx)
-            return work(tx)
+            return result
     except RefusedError as exc:
         if exc.status != 429:
             with contextlib.suppress(MtlsError):  # past the limit, or the DB: the refusal
@@ -157,9 +163,9 @@ def token_info(state: ServiceState, token: str, address: str) -> dict[str, objec
 def enroll_with_token(
     state: ServiceState, token: str, csr_pem: str, address: str
 ) -> dict[str, Any]:
-    """Check the CSR, then in ONE transaction: count the request against the rate limits,
-    check the token, record the certificate and spend the token. Nothing is issued on
-    refusal, and a token is spent exactly when its certificate is in the inventory.
+    """In ONE transaction: count the request against the rate limits, check the CSR and
+    the token, record the certificate and spend the token. Nothing is issued on refusal,
+    and a token is spent exactly when its certificate is in the inventory.
 
     The same request again (the token, a CSR for the same key) answers the same
     certificate: an answer lost on the way (the connection, or the replica, died after
