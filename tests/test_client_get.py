@@ -357,3 +357,20 @@ def test_help_lists_each_option_once() -> None:
         assert r.stdout.count(option) == 1, option
     for option in ("--timeout SECONDS", "--resolve HOST:PORT:ADDRESS", "-X, --request METHOD"):
         assert option in r.stdout
+
+
+def test_connection_sends_without_nagle(
+    seed_certs_p256: Path, mtlskit_server: Callable[[Path], str]
+) -> None:
+    # With Nagle's algorithm on, the request waits for the ACK of our last handshake
+    # flight; a server with nothing to send yet (mtlskit serve keeps its TLS 1.3 tickets
+    # for the first response) delays that ACK by ~40 ms.
+    import socket
+
+    from mtlskit.connect import open_connection
+
+    conn = open_connection(mtlskit_server(seed_certs_p256), certs=seed_certs_p256, timeout=10)
+    try:
+        assert conn.tls.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        conn.tls.close()
