@@ -132,6 +132,20 @@ class HostedApp:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def start_request_now(self, cycle: RequestResponseCycle) -> None:
+        """Run the app at once, up to its first wait, where most small apps have sent
+        their whole response: no loop iteration between a request and its response.
+        Python 3.12+ (an eager task, which is the app's task from its first step, as
+        anyio and Starlette need); older Pythons schedule the task as usual."""
+        if sys.version_info >= (3, 12):
+            loop = asyncio.get_running_loop()
+            task = asyncio.Task(cycle.run(self.app), loop=loop, eager_start=True)
+            if not task.done():
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        else:
+            self.start_request(cycle)
+
     async def wait_requests(self, timeout: float) -> None:
         """Let the running requests finish, for at most ``timeout`` seconds."""
         if self.tasks:
@@ -515,6 +529,8 @@ class ASGIProtocol(BaseProtocol):
         self._tls_ext: dict[str, Any] | None = None
         self._server_addr: tuple[str, int] | None = None
         self._scope_base: dict[str, Any] | None = None
+        self._feeding = False  # in the parser's callbacks: the app starts after them
+        self._starting: RequestResponseCycle | None = None
 
     # -- parser callbacks -------------------------------------------------------------------------
 
@@ -647,7 +663,19 @@ class ASGIProtocol(BaseProtocol):
     def received(self, plain: bytes) -> None:
         ws = self.websocket
         if ws is None:
-            super().received(plain)
+            self._feeding = True
+            try:
+                super().received(plain)
+            finally:
+                self._feeding = False
+            cycle, self._starting = self._starting, None
+            # (A request whose body broke in this chunk runs too: its receive() says
+            # http.disconnect, as for a body that breaks later.)
+            if cycle is not None and (
+                cycle.disconnected or (self.cycles and self.cycles[0] is cycle)
+            ):
+                self._begin(cycle)
+                self.hosted.start_request_now(cycle)
             return
         ws.now = self.server_state.now
         ws.feed(plain)
@@ -666,10 +694,16 @@ class ASGIProtocol(BaseProtocol):
     # -- requests -----------------------------------------------------------------------------------
 
     def _run(self, cycle: RequestResponseCycle) -> None:
+        if self._feeding:
+            self._starting = cycle
+            return
+        self._begin(cycle)
+        self.hosted.start_request(cycle)
+
+    def _begin(self, cycle: RequestResponseCycle) -> None:
         self.server_state.stats.requests += 1
         if not self.rules.quiet:
             self.log_request(cycle.scope["method"].encode())
-        self.hosted.start_request(cycle)
 
     def response_complete(self, cycle: RequestResponseCycle) -> None:
         self.last_active = self.server_state.now
