@@ -132,6 +132,7 @@ def test_quick_asgi_bench_runs_all_three_servers(tmp_path: Path) -> None:
     rows = {(row["server"], row.get("mode")): row for row in data["rows"]}
     for server in ("mtlskit", "uvicorn", "granian"):
         for mode in ("keepalive", "handshake"):
-            row = rows[(server, mode)]
+            row = rows.get((server, mode))
+            assert row is not None, (server, mode, rows.get((server, None)), r.stderr[-3000:])
             assert row["errors"] == 0 and row["per_cpu_s"], (server, mode, row)
     assert "| keepalive |" in (tmp_path / "asgi.md").read_text()

@@ -3,26 +3,32 @@ served over mTLS to a real client library (websockets), with the client's identi
 
 The scope carries the TLS extension; allow rules apply (403); pings are answered and a
 peer that answers none is dropped; close codes travel both ways; a message over
---ws-max-size closes with 1009; send() waits while the client does not read; a client
-without a certificate never gets a handshake.
+--ws-max-size closes with 1009; send() waits while the client does not read, and reading
+pauses while the app takes no message; a client without a certificate never gets a
+handshake; the app's own denial response (websocket.http.response) reaches the client,
+and an invalid one is an app error, never bytes of another meaning.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Ping, Request
+from wsproto.events import AcceptConnection, Ping, RejectConnection, RejectData, Request
 
+from tests.support.proxy import rss_kib
 from tests.support.server import (
     Served,
     client_ctx,
@@ -92,6 +98,71 @@ async def quiet(ws: WebSocket):
     except WebSocketDisconnect as exc:
         SEEN["quiet"] = exc.code
 
+GO = asyncio.Event()
+
+async def sink(ws: WebSocket):  # takes nothing until /go, then every message, in order
+    GO.clear()
+    await ws.accept()
+    await ws.send_text("ready")
+    await GO.wait()
+    count = 0
+    in_order = True
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        if msg.get("text") == "end":
+            await ws.send_json({"count": count, "in_order": in_order})
+            continue
+        in_order = in_order and int.from_bytes(msg["bytes"][:8], "big") == count
+        count += 1
+
+async def go(request):
+    GO.set()
+    return PlainTextResponse("go")
+
+async def unwelcome(ws: WebSocket):
+    await ws.send_denial_response(PlainTextResponse(
+        "who are you?", status_code=401, headers={"www-authenticate": 'Bearer realm="ws"'}))
+
+def start(status, headers=()):
+    return {"type": "websocket.http.response.start", "status": status, "headers": list(headers)}
+
+def body(data, more=False):
+    return {"type": "websocket.http.response.body", "body": data, "more_body": more}
+
+# Raw ASGI denial responses (the websocket.http.response extension), valid and not.
+DENIALS = {
+    "parts": [start(403, [(b"content-type", b"text/plain"), (b"x-why", b"members only")]),
+              body(b"members ", True), body(b"only", True), body(b"!\n")],
+    "body-first": [body(b"no")],
+    "status-101": [start(101)],
+    "status-999": [start(999)],
+    "status-str": [start("403")],
+    "header-name": [start(403, [(b"x-a: b", b"1")])],
+    "header-value": [start(403, [(b"x-a", b"1\r\nx-injected: yes")])],
+    "header-str": [start(403, [("x-a", "1")])],
+    "body-int": [start(403), body(16)],
+    "body-str": [start(403), body("no")],
+    "too-long": [start(403, [(b"content-length", b"5")]), body(b"123456")],
+    "too-short": [start(403, [(b"content-length", b"5")]), body(b"1234")],
+    "start-twice": [start(403), start(200)],
+    "start-accept": [start(403), {"type": "websocket.accept"}],
+    "unfinished": [start(403), body(b"part", True)],
+}
+
+class Deny:  # a class, not a function: Starlette routes to it as a raw ASGI app
+    async def __call__(self, scope, receive, send):
+        assert (await receive())["type"] == "websocket.connect"
+        case = scope["path_params"]["case"]
+        for message in DENIALS[case]:
+            await send(message)
+        if case == "parts":
+            try:
+                await send({"type": "websocket.send", "text": "too late"})
+            except Exception as exc:
+                SEEN["late"] = type(exc).__name__
+
 async def seen(request):
     return JSONResponse(SEEN)
 
@@ -99,6 +170,8 @@ app = Starlette(routes=[
     WebSocketRoute("/echo", echo), WebSocketRoute("/firehose", firehose),
     WebSocketRoute("/refuse", refuse), WebSocketRoute("/boom", boom),
     WebSocketRoute("/boom-later", boom_later), WebSocketRoute("/quiet", quiet),
+    WebSocketRoute("/sink", sink), Route("/go", go),
+    WebSocketRoute("/unwelcome", unwelcome), WebSocketRoute("/deny/{case}", Deny()),
     Route("/seen", seen),
 ])
 """
@@ -153,12 +226,12 @@ def ws(served: Served, path: str, name: str | None = "client", **kw: object) -> 
     )  # type: ignore[arg-type]
 
 
-def seen(served: Served) -> dict[str, int]:
-    data: dict[str, int] = json.loads(https(served.port, client_ctx(served.certs), path="/seen")[2])
+def seen(served: Served) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(https(served.port, client_ctx(served.certs), path="/seen")[2])
     return data
 
 
-def wait_seen(served: Served, key: str, timeout: float = 10) -> int:
+def wait_seen(served: Served, key: str, timeout: float = 10) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = seen(served).get(key)
@@ -328,3 +401,145 @@ def test_a_bad_handshake_is_a_400(star: Served) -> None:
         while chunk := s.recv(4096):
             data += chunk
     assert data.startswith(b"HTTP/1.1 400 ")
+
+
+def denial(served: Served, path: str) -> tuple[bytes, list[object], bool]:
+    """A raw handshake to ``path``: the bytes the server sent, wsproto's reading of them as
+    a client, and whether the connection ended cleanly (close_notify, not a cut)."""
+    client = WSConnection(ConnectionType.CLIENT)
+    raw = socket.create_connection(("127.0.0.1", served.port), timeout=5)
+    ctx = client_ctx(served.certs)
+    with ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as s:
+        s.sendall(client.send(Request(host="localhost", target=path)))
+        data = b""
+        clean = False
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ssl.SSLEOFError, ConnectionResetError):
+                break
+            if not chunk:
+                clean = True
+                break
+            data += chunk
+    client.receive_data(data)
+    return data, list(client.events()), clean
+
+
+def test_a_denial_response_reaches_the_client(star: Served) -> None:
+    """The websocket.http.response extension: the app's own status, headers and body (in
+    parts), read by a real client, then a clean close; the app's later send raises."""
+    with pytest.raises(InvalidStatus) as exc:
+        ws(star, "/deny/parts")
+    response = exc.value.response
+    assert (response.status_code, response.body) == (403, b"members only!\n")
+    assert response.headers["content-type"] == "text/plain"
+    assert response.headers["x-why"] == "members only"
+    assert wait_seen(star, "late") == "RuntimeError"
+
+    data, events, clean = denial(star, "/deny/parts")
+    assert clean, data
+    assert isinstance(events[0], RejectConnection) and events[0].status_code == 403
+    assert b"".join(e.data for e in events[1:] if isinstance(e, RejectData)) == b"members only!\n"
+    assert isinstance(events[-1], RejectData) and events[-1].body_finished
+
+
+def test_starlette_send_denial_response(star: Served) -> None:
+    with pytest.raises(InvalidStatus) as exc:
+        ws(star, "/unwelcome")
+    response = exc.value.response
+    assert (response.status_code, response.body) == (401, b"who are you?")
+    assert response.headers["www-authenticate"] == 'Bearer realm="ws"'
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "body-first",
+        "status-101",
+        "status-999",
+        "status-str",
+        "header-name",
+        "header-value",
+        "header-str",
+    ],
+)
+def test_an_invalid_denial_before_any_byte_is_a_500(star: Served, case: str) -> None:
+    data, events, clean = denial(star, f"/deny/{case}")
+    assert isinstance(events[0], RejectConnection) and events[0].status_code == 500, data
+    assert b"injected" not in data and b"x-a" not in data.lower()
+    assert clean
+    star.wait_log(f"invalid response from the ASGI app (WebSocket /deny/{case})")
+    assert star.log().count(f"(WebSocket /deny/{case})") == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("body-int", "the body must be bytes, not int"),
+        ("body-str", "the body must be bytes, not str"),
+        ("too-long", "Too much data for declared Content-Length"),
+        ("too-short", "Too little data for declared Content-Length"),
+        ("start-twice", "expected 'websocket.http.response.body', got"),
+        ("start-accept", "expected 'websocket.http.response.body', got"),
+        ("unfinished", "the ASGI app returned before finishing its denial response"),
+    ],
+)
+def test_an_invalid_denial_after_its_head_cuts_the_connection(
+    star: Served, case: str, why: str
+) -> None:
+    """The head went out: nothing more is written (no bytes another response could be
+    read from), and the connection is cut at once, so the client sees the body unfinished."""
+    started = time.monotonic()
+    data, events, clean = denial(star, f"/deny/{case}")
+    assert time.monotonic() - started < 3
+    assert not clean
+    assert isinstance(events[0], RejectConnection) and events[0].status_code == 403, data
+    assert not any(isinstance(e, RejectData) and e.body_finished for e in events), data
+    assert b"\0" not in data and b"1234" not in data and b"HTTP/1.1 200" not in data
+    log = star.wait_log(why)
+    assert log.count(f"(WebSocket /deny/{case})") == 1, log
+
+
+def test_reading_pauses_while_the_app_takes_no_message(star: Served) -> None:
+    """Backpressure inward: a client floods while the app sleeps. The server stops reading
+    (the client's send blocks after a few MiB, the server's memory stays flat), keeps
+    the client (pings wait while reading is paused), and then delivers every message."""
+    size, count = 64 * 1024, 1024  # 64 MiB offered
+    pushed = [0]
+    failed: list[BaseException] = []
+
+    def flood(c: ClientConnection) -> None:
+        payload = b"x" * (size - 8)
+        try:
+            for i in range(count):
+                c.send(i.to_bytes(8, "big") + payload)
+                pushed[0] += size
+        except BaseException as exc:  # for the test to say, not the thread hook
+            failed.append(exc)
+
+    with ws(star, "/sink", max_size=None) as c:
+        assert c.recv(timeout=5) == "ready"
+        rss_before = rss_kib(star.proc.pid)
+        sender = threading.Thread(target=flood, args=(c,), daemon=True)
+        sender.start()
+        # The app sleeps for 2 s: the server reads what it buffers, then pauses.
+        started = time.monotonic()
+        history = [(started, 0)]
+        while time.monotonic() - started < 2.0 and sender.is_alive():
+            time.sleep(0.05)
+            history.append((time.monotonic(), pushed[0]))
+        rss_grown = rss_kib(star.proc.pid) - rss_before
+        blocked_at = pushed[0]
+        stalled = [n for t, n in history if t > history[-1][0] - 0.5]
+        print(f"pushed {blocked_at / 2**20:.1f} MiB, server RSS +{rss_grown / 1024:.1f} MiB")
+        assert not failed, f"the connection broke during the flood: {failed[0]!r}"
+        assert sender.is_alive(), "all 64 MiB went in: the server buffered them"
+        assert stalled[0] == blocked_at, "the client could still write after 1.5 s"
+        assert blocked_at < 24 * 1024 * 1024, blocked_at
+        assert rss_grown < 16 * 1024, f"server RSS grew {rss_grown} KiB"
+        assert https(star.port, client_ctx(star.certs), path="/go")[0] == 200
+        sender.join(timeout=10)
+        assert not sender.is_alive() and not failed, failed
+        c.send("end")
+        assert json.loads(c.recv(timeout=10)) == {"count": count, "in_order": True}

@@ -8,9 +8,13 @@ the connection (:class:`mtlskit.server.asgi.ASGIProtocol`) encrypts and writes.
 - The scope carries the same ``extensions["tls"]`` as ``http`` (the client's verified
   chain); ``--allow-cn/--allow-san`` apply before the app is called (403).
 - ``websocket.close`` before ``websocket.accept`` answers 403; the app may also deny with
-  its own response (the ``websocket.http.response`` extension).
+  its own response (the ``websocket.http.response`` extension). A message out of order
+  or of the wrong type is an app error, logged once: a 500 while nothing was sent, else
+  the denial response is cut (never finished by bytes of another meaning) or the
+  WebSocket closed with 1011.
 - Pings are answered; with ``--ws-ping-interval`` the server pings a quiet peer and
-  drops it when no pong comes within ``--ws-ping-timeout``.
+  drops it when no pong comes within ``--ws-ping-timeout`` (not while reading waits for
+  the app: no pong could be read then).
 - A message over ``--ws-max-size`` closes with 1009; a protocol error with 1002; the app
   gets ``websocket.disconnect`` with the code (1006 when the connection just went away).
 - Backpressure both ways: reading pauses while the app has not taken what was received
@@ -25,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -108,6 +113,8 @@ class WebSocketCycle:
         self.event = asyncio.Event()
         self.accepted = False
         self.response_started = False  # a denial response began (or a 403/500 went out)
+        self.response_complete = False  # the app's denial response ended
+        self.error: RuntimeError | None = None  # the app broke the protocol
         self.closed = False  # no more frames either way: the app gets websocket.disconnect
         self.close_sent = 0.0  # when our close frame went out (waiting for the peer's)
         self.last_received = now
@@ -212,6 +219,9 @@ class WebSocketCycle:
         if self.conn.write_paused:  # a pong would wait behind what the peer has not read:
             self.ping_sent = 0.0  # --write-timeout decides instead
             return
+        if self.wants_read_pause():  # we read nothing until the app takes its messages,
+            self.ping_sent = 0.0  # so no pong could come: the app's pace is not the peer's
+            return
         if self.ping_sent:
             if now - self.ping_sent > limits.ping_timeout:
                 log.info(
@@ -232,14 +242,20 @@ class WebSocketCycle:
         try:
             await app(self.scope, self.receive, self.send)
         except BaseException as exc:
-            if not (self.closed and isinstance(exc, OSError | asyncio.CancelledError)):
+            if exc is not self.error and not (  # (ours was logged where it was raised)
+                self.closed and isinstance(exc, OSError | asyncio.CancelledError)
+            ):
                 log.error("exception in the ASGI app (%s)", self.describe(), exc_info=exc)
                 self._app_ended(1011)
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
         else:
-            if not (self.accepted or self.response_started or self.closed):
-                log.error("the ASGI app returned without accepting (%s)", self.describe())
+            if self.error is None and not (self.accepted or self.closed):
+                if self.response_started:
+                    what = "before finishing its denial response"
+                else:
+                    what = "without accepting"
+                log.error("the ASGI app returned %s (%s)", what, self.describe())
             self._app_ended(1000)
 
     def _app_ended(self, code: int) -> None:
@@ -249,7 +265,17 @@ class WebSocketCycle:
             self._send_close(code)
         elif not self.response_started:
             self._reject(500)
+        else:  # a denial response the app did not finish: cut it, never leave it open
+            self.conn.abort()
         self.closed = True
+
+    def _error(self, text: str) -> RuntimeError:
+        """The app broke the protocol: log it once; a 500 if nothing went out yet, else the
+        denial response is cut or the WebSocket closed with 1011. Nothing more is written."""
+        log.error("invalid response from the ASGI app (%s): %s", self.describe(), text)
+        self.error = RuntimeError(text)
+        self._app_ended(1011)
+        return self.error
 
     async def receive(self) -> ASGIMessage:
         while not self.inbox:
@@ -271,6 +297,10 @@ class WebSocketCycle:
         if conn.write_paused:
             await conn.drain()
         kind = message.get("type")
+        if self.error is not None:
+            raise RuntimeError(f"the response failed before: {self.error}")
+        if self.response_complete:
+            raise RuntimeError(f"{kind!r} sent after the denial response was complete")
         if self.closed or self.close_sent:
             raise ClientDisconnected("the WebSocket is closed")
         if not self.accepted and not self.response_started:
@@ -281,19 +311,13 @@ class WebSocketCycle:
             elif kind == "websocket.http.response.start":
                 self._deny(message)
             else:
-                raise RuntimeError(
-                    f"expected 'websocket.accept' or 'websocket.close', got {kind!r}"
+                raise self._error(
+                    "expected 'websocket.accept', 'websocket.close' or "
+                    f"'websocket.http.response.start', got {kind!r}"
                 )
             return
         if self.response_started:
-            if kind != "websocket.http.response.body":
-                raise RuntimeError(f"expected 'websocket.http.response.body', got {kind!r}")
-            body = message.get("body", b"")
-            more = bool(message.get("more_body", False))
-            self._write(self.ws.send(RejectData(data=bytes(body), body_finished=not more)))
-            if not more:
-                self.closed = True
-                conn.close()
+            self._deny_body(message)
             return
         if kind == "websocket.send":
             text, data = message.get("text"), message.get("bytes")
@@ -302,12 +326,12 @@ class WebSocketCycle:
             elif isinstance(data, bytes | bytearray):
                 self._write(self.ws.send(Message(data=bytes(data))))
             else:
-                raise RuntimeError("websocket.send needs 'bytes' or 'text'")
+                raise self._error("websocket.send needs 'bytes' or 'text'")
         elif kind == "websocket.close":
             self._send_close(int(message.get("code") or 1000), str(message.get("reason") or ""))
             self._disconnected(int(message.get("code") or 1000))
         else:
-            raise RuntimeError(f"expected 'websocket.send' or 'websocket.close', got {kind!r}")
+            raise self._error(f"expected 'websocket.send' or 'websocket.close', got {kind!r}")
 
     def _accept(self, message: ASGIMessage) -> None:
         headers = [(bytes(k), bytes(v)) for k, v in message.get("headers") or ()]
@@ -316,10 +340,44 @@ class WebSocketCycle:
         self.accepted = True
 
     def _deny(self, message: ASGIMessage) -> None:
-        headers = [(bytes(k), bytes(v)) for k, v in message.get("headers") or ()]
-        status = int(message["status"])
-        self._write(self.ws.send(RejectConnection(status, headers=headers, has_body=True)))
+        """The head of the app's own denial response (websocket.http.response.start)."""
+        status = message.get("status")
+        if not isinstance(status, int) or isinstance(status, bool):
+            raise self._error(f"the status must be an int, not {type(status).__name__}")
+        if not 200 <= status <= 599:
+            raise self._error(f"status {status} cannot deny a WebSocket handshake")
+        headers = []
+        for item in message.get("headers") or ():
+            try:
+                name, value = item
+            except (TypeError, ValueError):
+                raise self._error("the headers must be (name, value) pairs") from None
+            if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+                raise self._error("header names and values must be bytes")
+            headers.append((bytes(name), bytes(value)))
+        try:  # h11 (under wsproto) checks the names, values and framing fields
+            data = self.ws.send(RejectConnection(status, headers=headers, has_body=True))
+        except (h11.LocalProtocolError, LocalProtocolError) as exc:
+            raise self._error(f"invalid denial response: {exc}") from None
         self.response_started = True
+        self._write(data)
+
+    def _deny_body(self, message: ASGIMessage) -> None:
+        kind = message.get("type")
+        if kind != "websocket.http.response.body":
+            raise self._error(f"expected 'websocket.http.response.body', got {kind!r}")
+        body = message.get("body", b"")
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise self._error(f"the body must be bytes, not {type(body).__name__}")
+        more = bool(message.get("more_body", False))
+        try:  # h11 refuses more (or, at the end, less) body than a declared Content-Length
+            data = self.ws.send(RejectData(data=bytes(body), body_finished=not more))
+        except (h11.LocalProtocolError, LocalProtocolError) as exc:
+            raise self._error(f"invalid denial response: {exc}") from None
+        self._write(data)
+        if not more:
+            self.response_complete = self.closed = True
+            self.conn.close()
 
     def _reject(self, status: int) -> None:
         """Answer the handshake with ``status`` and no body, then close."""
