@@ -139,9 +139,10 @@ class HostedApp:
         anyio and Starlette need); older Pythons schedule the task as usual."""
         if sys.version_info >= (3, 12):
             loop = asyncio.get_running_loop()
-            task = asyncio.Task(self._serve(cycle), loop=loop, eager_start=True)
-            if not task.done():
+            task = asyncio.Task(cycle.run(self.app), loop=loop, eager_start=True)
+            if not task.done():  # it waits: kept until done (most are done already)
                 self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
         else:
             self.start_request(cycle)
 
