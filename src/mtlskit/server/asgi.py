@@ -63,6 +63,8 @@ _NOT_FIELD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Only ordinary fields (not Content-Length, Transfer-Encoding, Connection, Date, which
 # change the framing), as immutable bytes tuples.
 _HEADER_LINES: dict[tuple[bytes, bytes], bytes] = {}
+# Content-Length fields found valid: (name, value) -> (line, the length).
+_LENGTH_LINES: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
 
 
 def load_app(spec: str) -> ASGIApp:
@@ -128,9 +130,29 @@ class HostedApp:
         self.lifespan_state: dict[str, Any] = {}
 
     def start_request(self, cycle: RequestResponseCycle | WebSocketCycle) -> None:
-        task = asyncio.get_running_loop().create_task(cycle.run(self.app))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(asyncio.get_running_loop().create_task(self._serve(cycle)))
+
+    def start_request_now(self, cycle: RequestResponseCycle) -> None:
+        """Run the app at once, up to its first wait, where most small apps have sent
+        their whole response: no loop iteration between a request and its response.
+        Python 3.12+ (an eager task, which is the app's task from its first step, as
+        anyio and Starlette need); older Pythons schedule the task as usual."""
+        if sys.version_info >= (3, 12):
+            loop = asyncio.get_running_loop()
+            task = asyncio.Task(cycle.run(self.app), loop=loop, eager_start=True)
+            if not task.done():  # it waits: kept until done (most are done already)
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        else:
+            self.start_request(cycle)
+
+    async def _serve(self, cycle: RequestResponseCycle | WebSocketCycle) -> None:
+        try:
+            await cycle.run(self.app)
+        finally:  # (cheaper than a done callback, which costs a turn of the loop)
+            task = asyncio.current_task()
+            if task is not None:
+                self.tasks.discard(task)
 
     async def wait_requests(self, timeout: float) -> None:
         """Let the running requests finish, for at most ``timeout`` seconds."""
@@ -413,6 +435,19 @@ class RequestResponseCycle:
                 lines.append(line)
                 continue
             try:
+                known = _LENGTH_LINES.get(item)
+            except TypeError:
+                known = None
+            if known is not None:  # a Content-Length seen before
+                if self.remaining >= 0:
+                    if known[1] != self.remaining:
+                        raise self._error("two different Content-Length headers")
+                    continue
+                lines.append(known[0])
+                self.remaining = known[1]
+                self._has_length = True
+                continue
+            try:
                 name, value = item
             except (TypeError, ValueError):
                 raise self._error("the headers must be (name, value) pairs") from None
@@ -443,15 +478,12 @@ class RequestResponseCycle:
                 self._has_date = True
             line = b"%s: %s\r\n" % (name, value)
             lines.append(line)
-            if (
-                lower != b"date"
-                and lower != b"content-length"
-                and type(item) is tuple
-                and type(name) is type(value) is bytes
-            ):
-                if len(_HEADER_LINES) >= 1024:
-                    _HEADER_LINES.clear()  # a bound, not an LRU: apps repeat a few
-                _HEADER_LINES[item] = line
+            if lower != b"date" and type(item) is tuple and type(name) is type(value) is bytes:
+                length = lower == b"content-length"
+                cache: dict[Any, Any] = _LENGTH_LINES if length else _HEADER_LINES
+                if len(cache) >= 1024:
+                    cache.clear()  # a bound, not an LRU: apps repeat a few
+                cache[item] = (line, self.remaining) if length else line
         self._head = lines
         self.sends_body = not self.head_request and status not in _NO_BODY_STATUS
         if not self.sends_body:
@@ -515,6 +547,8 @@ class ASGIProtocol(BaseProtocol):
         self._tls_ext: dict[str, Any] | None = None
         self._server_addr: tuple[str, int] | None = None
         self._scope_base: dict[str, Any] | None = None
+        self._feeding = False  # in the parser's callbacks: the app starts after them
+        self._starting: RequestResponseCycle | None = None
 
     # -- parser callbacks -------------------------------------------------------------------------
 
@@ -535,7 +569,12 @@ class ASGIProtocol(BaseProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self.check_version()  # the scope says it anyway
+        parser = self.parser
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and not self.connection_field:
+            self.http_version = "1.1"  # llhttp keeps 1.0 (and the 2.0 it reads) only when asked
+        else:
+            self.check_version()
         if self.allowed is None and not self.access_allowed():
             self.refuse()
             return
@@ -549,7 +588,6 @@ class ASGIProtocol(BaseProtocol):
                 self.stop(400, "invalid request target")
             raw_path, query = url.path or b"/", url.query or b""
             path = unquote(raw_path.decode("latin-1"))
-        parser = self.parser
         method = parser.get_method()
         base: dict[str, Any] | None = self._scope_base
         if base is None:  # what every request of this connection shares, made once
@@ -573,7 +611,7 @@ class ASGIProtocol(BaseProtocol):
         if self.upgrade and parser.should_upgrade() and is_websocket_upgrade(method, self.headers):
             self._websocket_requested(scope)
             return
-        cycle = RequestResponseCycle(self, scope, parser.should_keep_alive(), self.expect)
+        cycle = RequestResponseCycle(self, scope, keep_alive, self.expect)
         self.parsing = cycle
         self.cycles.append(cycle)
         if len(self.cycles) == 1:
@@ -647,7 +685,19 @@ class ASGIProtocol(BaseProtocol):
     def received(self, plain: bytes) -> None:
         ws = self.websocket
         if ws is None:
-            super().received(plain)
+            self._feeding = True
+            try:
+                super().received(plain)
+            finally:
+                self._feeding = False
+            cycle, self._starting = self._starting, None
+            # (A request whose body broke in this chunk runs too: its receive() says
+            # http.disconnect, as for a body that breaks later.)
+            if cycle is not None and (
+                cycle.disconnected or (self.cycles and self.cycles[0] is cycle)
+            ):
+                self._begin(cycle)
+                self.hosted.start_request_now(cycle)
             return
         ws.now = self.server_state.now
         ws.feed(plain)
@@ -666,10 +716,16 @@ class ASGIProtocol(BaseProtocol):
     # -- requests -----------------------------------------------------------------------------------
 
     def _run(self, cycle: RequestResponseCycle) -> None:
+        if self._feeding:
+            self._starting = cycle
+            return
+        self._begin(cycle)
+        self.hosted.start_request(cycle)
+
+    def _begin(self, cycle: RequestResponseCycle) -> None:
         self.server_state.stats.requests += 1
         if not self.rules.quiet:
             self.log_request(cycle.scope["method"].encode())
-        self.hosted.start_request(cycle)
 
     def response_complete(self, cycle: RequestResponseCycle) -> None:
         self.last_active = self.server_state.now
