@@ -1,13 +1,19 @@
 """Wall time of one request from the command line: `mtlskit get` vs curl vs a bare Python client.
 
-All call the same Go seed server (bin/seed-server) on 127.0.0.1 in the same run,
+All call the same server on 127.0.0.1 in the same run (the Go seed server,
+bin/seed-server, or with ``--server mtlskit`` `mtlskit serve`),
 with the same certificates (`mtlskit init`, P-256 by default), round-robin so that
 noise from other processes spreads evenly: curl, the Go seed client, `mtlskit get`
 (with and without cached byte code), `mtlskit.client.get()` without the CLI,
 `mtlskit --help` (the CLI's start-up), a bare Python ssl client (the floor for any
 Python client that imports ssl) and `python -c pass`.
 
-    .venv/bin/python bench/cli_latency.py [-n 40] [--key-type rsa4096]
+    .venv/bin/python bench/cli_latency.py [-n 40] [--key-type rsa4096] [--server mtlskit]
+                                          [--before SRC]
+
+``--before SRC`` adds a row for `mtlskit get` run from an earlier source tree (e.g.
+``git archive main src | tar -x -C DIR``, then ``--before DIR/src``): a before/after
+in the same run.
 
 Prints a table (median, min, p90 and the ratio to curl) and writes
 bench/results/cli_latency.json.
@@ -33,7 +39,9 @@ BIN = ROOT / "bin"
 
 
 # The least any Python client can do: import ssl, handshake, one raw HTTP/1.1
-# exchange (no click, no http.client). What no Python CLI can go below.
+# exchange (no click, no http.client). What no Python CLI can go below. Without
+# TCP_NODELAY (which curl and mtlskit set) a server that sends nothing after the
+# handshake would delay its ACK, and Nagle the request, by ~40 ms.
 _FLOOR = """
 import socket, ssl, sys
 url, certs = sys.argv[1], sys.argv[2]
@@ -41,7 +49,9 @@ host, port = url.split("//")[1].split(":")
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.load_verify_locations(certs + "/ca.crt")
 ctx.load_cert_chain(certs + "/client.crt", certs + "/client.key")
-with ctx.wrap_socket(socket.create_connection((host.encode(), int(port))), server_hostname=host.encode()) as s:
+raw = socket.create_connection((host.encode(), int(port)))
+raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+with ctx.wrap_socket(raw, server_hostname=host.encode()) as s:
     s.sendall(b"GET / HTTP/1.1\\r\\nHost: " + host.encode() + b"\\r\\nConnection: close\\r\\n\\r\\n")
     data = b""
     while chunk := s.recv(65536):
@@ -75,6 +85,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=40, help="runs per command")
     parser.add_argument("--key-type", default="p256", help="mtlskit init --key-type")
+    parser.add_argument(
+        "--server",
+        choices=["go", "mtlskit"],
+        default="go",
+        help="the server called: the Go seed server, or mtlskit serve (from this tree)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also time `mtlskit get` from this source folder (the src/ of an earlier commit)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cli_latency.json")
     args = parser.parse_args()
 
@@ -97,15 +118,17 @@ def main() -> None:
             capture_output=True,
         )
         port = harness.free_port()
-        server = subprocess.Popen(
-            [str(seed_server), "-addr", f"127.0.0.1:{port}", "-certs", str(certs), "-quiet"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        if args.server == "go":
+            argv = [str(seed_server), "-addr", f"127.0.0.1:{port}", "-certs", str(certs)]
+            argv.append("-quiet")
+        else:
+            argv = [*_mtlskit(), "serve", "--certs", str(certs), "--host", "127.0.0.1"]
+            argv += ["--port", str(port), "--quiet"]
+        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             harness.wait_for_port(port, server)
         except harness.BenchError as exc:
-            raise SystemExit(f"seed-server: {exc}") from exc
+            raise SystemExit(f"{args.server} server: {exc}") from exc
         url = f"https://localhost:{port}"
         hello = b"hello world"
         # As installed, modules run from .pyc; this environment may set
@@ -131,6 +154,11 @@ def main() -> None:
             ),
             "go seed client": ([str(seed_client), "-url", url, "-certs", str(certs)], hello),
             "mtlskit get": ([*_mtlskit(), "get", url, "--certs", str(certs)], hello),
+            **(
+                {"mtlskit get, before": ([*_mtlskit(), "get", url, "--certs", str(certs)], hello)}
+                if args.before is not None
+                else {}
+            ),
             "mtlskit get, no pyc": ([*_mtlskit(), "get", url, "--certs", str(certs)], hello),
             "mtlskit --help": ([*_mtlskit(), "--help"], b"Usage"),
             "get() without click": ([sys.executable, "-c", _API, url, str(certs)], hello),
@@ -139,6 +167,8 @@ def main() -> None:
         }
         samples: dict[str, list[float]] = {name: [] for name in commands}
         envs = {name: no_pyc if "no pyc" in name else env for name in commands}
+        if args.before is not None:  # found before the installed (editable) mtlskit
+            envs["mtlskit get, before"] = {**env, "PYTHONPATH": str(args.before.resolve())}
         for name, (cmd, expect) in commands.items():  # warm caches (page cache, .pyc)
             for _ in range(3):
                 _time(cmd, expect, envs[name])
@@ -170,16 +200,21 @@ def main() -> None:
     floor = rows["mtlskit get"]["median_ms"] / rows["python ssl floor"]["median_ms"]
     print(f"mtlskit get = {ratio:.2f}x curl (median)")
     print(f"mtlskit get = {floor:.2f}x the bare Python ssl client (median)")
+    if args.before is not None:
+        before = rows["mtlskit get, before"]["median_ms"] / rows["mtlskit get"]["median_ms"]
+        print(f"mtlskit get before = {before:.2f}x mtlskit get now (median)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "runs": args.n,
         "key_type": args.key_type,
+        "server": args.server,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "rows": rows,
         "mtlskit_get_vs_curl": ratio,
         "mtlskit_get_vs_python_floor": floor,
+        "before": str(args.before) if args.before is not None else None,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -357,3 +357,44 @@ def test_help_lists_each_option_once() -> None:
         assert r.stdout.count(option) == 1, option
     for option in ("--timeout SECONDS", "--resolve HOST:PORT:ADDRESS", "-X, --request METHOD"):
         assert option in r.stdout
+
+
+def test_connection_sends_without_nagle(
+    seed_certs_p256: Path, mtlskit_server: Callable[[Path], str]
+) -> None:
+    # With Nagle's algorithm on, the request waits for the ACK of our last handshake
+    # flight; a server with nothing to send yet (mtlskit serve keeps its TLS 1.3 tickets
+    # for the first response) delays that ACK by ~40 ms.
+    import socket
+
+    from mtlskit.connect import open_connection
+
+    conn = open_connection(mtlskit_server(seed_certs_p256), certs=seed_certs_p256, timeout=10)
+    try:
+        assert conn.tls.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        conn.tls.close()
+
+
+def test_client_tls_options_are_one_declaration() -> None:
+    # get, proxy client and agent present a client certificate: the same options, worded
+    # alike; only what differs per command does (get's --cacert as curl, where the key
+    # and the agent's CA are found without the option).
+    import click
+
+    from mtlskit.cli.client_cmds import get
+    from mtlskit.cli.proxy_cmds import proxy
+    from mtlskit.cli.service_cmds import agent
+
+    def options(command: click.Command) -> dict[str | None, click.Option]:
+        return {p.name: p for p in command.params if isinstance(p, click.Option)}
+
+    ours, tunnel = options(get), options(proxy.commands["client"])
+    for name in ("certs", "ca", "cert", "key"):
+        assert repr(ours[name].type) == repr(tunnel[name].type), name
+    for name in ("certs", "ca", "cert"):
+        assert ours[name].help == tunnel[name].help, name
+    assert ours["ca"].opts == ["--cacert"] and tunnel["ca"].opts == ["--ca"]
+    assert "next to --cert as NAME.key" in str(ours["key"].help)
+    assert "[certs/client.key]" in str(tunnel["key"].help)
+    assert "[ca.crt next to --cert]" in str(options(agent)["ca"].help)

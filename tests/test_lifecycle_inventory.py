@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import sqlite3
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mtlskit.errors import PKIError
+from mtlskit.errors import ConfigError, PKIError
 from mtlskit.pki import inventory as inventory_mod
 from mtlskit.pki.ca import CA
 from mtlskit.pki.inventory import DB_NAME, Inventory, serial_hex
@@ -145,6 +146,31 @@ def test_issuing_in_the_callers_transaction(certs: Path) -> None:
     with pytest.raises(PKIError, match="durable"), inv.database.transaction(durable=False) as tx:
         ca.sign_public_key(key, parse_name("CN=lost"), profile="client", tx=tx)
     assert inv.count() == before + 1
+
+
+def test_a_window_set_by_not_before_is_signed_as_given(certs: Path) -> None:
+    """``not_before`` sets the start (back-dated certificates, expired ones for tests),
+    recorded like any other; without it a past ``not_after`` is still refused."""
+    ca = CA.load(certs)
+    assert ca.inventory is not None
+    key = generate_key().public_key()
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    start, end = now - dt.timedelta(days=11), now - dt.timedelta(days=1)
+    cert = ca.sign_public_key(
+        key, parse_name("CN=old"), profile="client", not_before=start, not_after=end
+    )
+    assert (cert.not_valid_before_utc, cert.not_valid_after_utc) == (start, end)
+    assert ca.inventory.get(serial_hex(cert.serial_number)).subject == "CN=old"
+    later = ca.sign_public_key(key, parse_name("CN=d"), profile="client", not_before=end, days=2)
+    assert later.not_valid_after_utc - later.not_valid_before_utc == dt.timedelta(days=2)
+    before = ca.inventory.count()
+    with pytest.raises(ConfigError, match="is not after not_before"):
+        ca.sign_public_key(
+            key, parse_name("CN=x"), profile="client", not_before=end, not_after=start
+        )
+    with pytest.raises(ConfigError, match="is in the past"):
+        ca.sign_public_key(key, parse_name("CN=x"), profile="client", not_after=end)
+    assert ca.inventory.count() == before
 
 
 def test_openssl_ca_gets_an_inventory_on_first_issuance(

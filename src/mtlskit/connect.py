@@ -275,6 +275,10 @@ def open_connection(
         host = ascii_host(target.connect_host)  # getaddrinfo takes bytes; typeshed says str
         raw = socket.create_connection((host, target.port), timeout=timeout)  # type: ignore[arg-type]
     try:
+        # Nagle's algorithm would hold the request back until the server ACKs our
+        # last handshake flight, which a delayed ACK postpones by ~40 ms on a fresh
+        # TLS 1.3 connection; httpx (httpcore) and curl turn it off too.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with map_errors("handshake", peer):
             tls = context.wrap_socket(raw, server_hostname=ascii_host(target.host))
     except BaseException:

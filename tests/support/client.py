@@ -13,7 +13,6 @@ import socket
 import socketserver
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import pytest
 from mtlskit.pki.ca import CA
 from mtlskit.tls import server_context
 from tests.support.processes import free_port, go_binary, wait_for_port
+from tests.support.server import start_serve
 
 SEED_SANS = ("DNS:localhost", "DNS:www.example.com", "IP:127.0.0.1")
 
@@ -58,31 +58,14 @@ def seed_server_fixture(procs: list[subprocess.Popen[bytes]]) -> Callable[[Path]
 
 
 @pytest.fixture(name="mtlskit_server")
-def mtlskit_server_fixture(procs: list[subprocess.Popen[bytes]]) -> Callable[[Path], str]:
+def mtlskit_server_fixture(
+    procs: list[subprocess.Popen[bytes]], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[Path], str]:
     """Start `mtlskit serve` (the project's own server) on a free port; returns its URL."""
 
     def start(certs: Path) -> str:
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mtlskit",
-                "serve",
-                "--certs",
-                certs,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--quiet",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        wait_for_port(port, proc)
-        return f"https://localhost:{port}"
+        served = start_serve(procs, certs, tmp_path_factory.mktemp("serve"), "--quiet")
+        return f"https://localhost:{served.port}"
 
     return start
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from mtlskit.pki import profiles
 from mtlskit.pki.ca import CA, cert_pem
 from mtlskit.pki.keys import generate_key, private_key_pem
-from mtlskit.pki.names import parse_name, parse_sans
+from mtlskit.pki.names import parse_name
 
 
 def aged(
@@ -25,25 +24,18 @@ def aged(
     sans: tuple[str, ...] = ("localhost", "127.0.0.1"),
     key_type: str = "p256",
 ) -> x509.Certificate:
-    """A certificate issued ``age_days`` ago by ``ca`` (through CA._sign, so recorded)."""
+    """A certificate issued ``age_days`` ago by ``ca`` (through its public signing
+    method, so recorded in its inventory), written as NAME.crt and NAME.key."""
     key = generate_key(key_type)
     start = dt.datetime.now(dt.UTC) - dt.timedelta(days=age_days)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(parse_name(f"/O=Dev/CN={name}"))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=lifetime_days))
-    )
-    for ext, critical in profiles.leaf_extensions(
-        profiles.check_profile(profile),
+    cert = ca.sign_public_key(
         key.public_key(),
-        sans=parse_sans(sans),
-        issuer=ca.certificate,
-    ):
-        builder = builder.add_extension(ext, critical)
-    cert = ca._sign(builder)
+        parse_name(f"/O=Dev/CN={name}"),
+        profile=profile,
+        sans=sans,
+        not_before=start,
+        not_after=start + dt.timedelta(days=lifetime_days),
+    )
     (folder / f"{name}.crt").write_bytes(cert_pem(cert))
     (folder / f"{name}.key").write_bytes(private_key_pem(key))
     os.chmod(folder / f"{name}.key", 0o600)

@@ -67,6 +67,67 @@ def wait_for_port(
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+@dataclass
+class Running:
+    """A process the tests started (the CLI, usually), the port it listens on and the
+    file its stdout and stderr go to."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 10) -> str:
+        """Poll the log until ``text`` shows up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.log()
+            if text in out:
+                return out
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not in the log:\n{self.log()}")
+
+    def stop(self, sig: int = 15, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def start_cli(
+    procs: list[subprocess.Popen[bytes]],
+    args: list[str | os.PathLike[str]],
+    *,
+    port: int,
+    log_path: Path,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    append: bool = False,
+    wait: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start `python -m mtlskit ARGS` (``env``: its whole environment; None inherits
+    ours), its output written to ``log_path`` (or ``append``-ed: a restart); with
+    ``wait``, polled until it listens on ``port`` (a process that exits first, or never
+    listens, fails the test with its log)."""
+    with log_path.open("ab" if append else "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mtlskit", *map(str, args)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+        )
+    procs.append(proc)
+    if wait:
+        try:
+            wait_for_port(port, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            log_text = log_path.read_text(errors="replace")
+            raise AssertionError(f"mtlskit {args[0]}: {exc}:\n{log_text}") from None
+    return proc
+
+
 def go_binary(name: str) -> Path:
     """A Go peer from bin/ (scripts/setup.sh builds them); built here if missing or older
     than its source (a flag added to the load generator)."""

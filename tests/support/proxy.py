@@ -7,41 +7,17 @@ import contextlib
 import socket
 import ssl
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtlskit.tls import client_context
-from tests.support.processes import ROOT, free_port, wait_for_port
+from tests.support.processes import Running, free_port, start_cli, wait_for_port
 
 
-@dataclass
-class Proxy:
+class Proxy(Running):
     """A running `mtlskit proxy` process."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.log()
-            if text in out:
-                return out
-            time.sleep(0.02)
-        raise AssertionError(f"{text!r} not in the log:\n{self.log()}")
-
-    def stop(self, sig: int = 15, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
 
 
 def start_proxy(
@@ -55,22 +31,9 @@ def start_proxy(
     """``mtlskit proxy MODE --listen 127.0.0.1:PORT ARGS`` (polled until it listens)."""
     port = port or free_port()
     log_path = log_dir / f"proxy-{mode}-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mtlskit", "proxy", mode, "--listen", f"127.0.0.1:{port}"]
-            + [str(a) for a in args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    procs.append(proc)
-    proxy = Proxy(proc, port, log_path)
-    if wait:
-        try:
-            wait_for_port(port, proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise AssertionError(f"{exc}:\n{proxy.log()}") from None
-    return proxy
+    argv = ["proxy", mode, "--listen", f"127.0.0.1:{port}", *args]
+    proc = start_cli(procs, argv, port=port, log_path=log_path, wait=wait)
+    return Proxy(proc, port, log_path)
 
 
 def client_ssl_context(certs: Path, *, cert: bool = True) -> ssl.SSLContext:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import os
 import socket
 import ssl
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,34 +21,14 @@ from mtlskit.pki.keys import private_key_pem
 from mtlskit.server.engine import StdlibSession, TLSFailure, TLSSession
 from mtlskit.server.openssl_engine import OpenSSLSession, context_from
 from mtlskit.tls import client_context, server_context
-from tests.support.processes import ROOT, free_port, wait_for_port
+from tests.support.processes import ROOT, Running, free_port, start_cli
 
 
 @dataclass
-class Served:
+class Served(Running):
     """A running `mtlskit serve` process."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
     certs: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 10) -> str:
-        """Poll the log until ``text`` shows up."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.log()
-            if text in out:
-                return out
-            time.sleep(0.02)
-        raise AssertionError(f"{text!r} not in the log:\n{self.log()}")
-
-    def stop(self, sig: int = 15, timeout: float = 15) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
 
 
 def start_serve(
@@ -62,28 +41,15 @@ def start_serve(
 ) -> Served:
     port = free_port()
     log_path = log_dir / f"serve-{port}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mtlskit",
-                "serve",
-                "--certs",
-                str(certs),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                *args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd or ROOT,
-            env=env,
-        )
-    procs.append(proc)
-    wait_for_port(port, proc)
+    argv: list[str | os.PathLike[str]] = ["serve", "--certs", certs, "--host", "127.0.0.1"]
+    proc = start_cli(
+        procs,
+        [*argv, "--port", str(port), *args],
+        port=port,
+        log_path=log_path,
+        cwd=cwd or ROOT,
+        env=env,
+    )
     return Served(proc, port, log_path, certs)
 
 

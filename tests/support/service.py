@@ -6,41 +6,24 @@ import json
 import os
 import ssl
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mtlskit.caclient import request
 from mtlskit.client import Response
 from mtlskit.tls import client_context
-from tests.support.processes import ROOT, free_port, run_cli, wait_for_port
+from tests.support.processes import Running, free_port, run_cli, start_cli
 
 
 @dataclass
-class Service:
+class Service(Running):
     """A running `mtlskit ca serve` process."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
     ca_dir: Path
-    log_path: Path
 
     @property
     def url(self) -> str:
         return f"https://localhost:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.log()
-            if text in out:
-                return out
-            time.sleep(0.02)
-        raise AssertionError(f"{text!r} not in the log:\n{self.log()}")
 
     def fingerprint(self) -> str:
         res = run_cli("ca", "fingerprint", "--ca-dir", self.ca_dir)
@@ -57,10 +40,6 @@ class Service:
     def post(self, path: str, body: object, ctx: ssl.SSLContext | None = None) -> Response:
         return request(self.url, path, ctx or self.context(), method="POST", body=body)
 
-    def stop(self, timeout: float = 15) -> int:
-        self.proc.terminate()
-        return self.proc.wait(timeout=timeout)
-
 
 def start_service(
     procs: list[subprocess.Popen[bytes]],
@@ -71,31 +50,15 @@ def start_service(
 ) -> Service:
     port = port or free_port()
     log_path = ca_dir.parent / f"ca-serve-{port}.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mtlskit",
-                "ca",
-                "serve",
-                "--ca-dir",
-                str(ca_dir),
-                "--port",
-                str(port),
-                *args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-        )
-    procs.append(proc)
-    service = Service(proc, port, ca_dir, log_path)
-    try:
-        wait_for_port(port, proc)
-    except (RuntimeError, TimeoutError):
-        raise AssertionError(f"ca serve did not start:\n{service.log()}") from None
+    proc = start_cli(
+        procs,
+        ["ca", "serve", "--ca-dir", ca_dir, "--port", str(port), *args],
+        port=port,
+        log_path=log_path,
+        env={**os.environ, **(env or {})},
+        append=True,  # a restart on the same port keeps the earlier lines
+    )
+    service = Service(proc, port, log_path, ca_dir)
     service.wait_log("listen on")  # signal handlers are installed by then
     return service
 

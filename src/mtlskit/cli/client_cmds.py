@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mtlskit.client import DEFAULT_CERTS, DEFAULT_TIMEOUT, DEFAULT_URL, request
+from mtlskit.cli.common import client_tls_options
+from mtlskit.client import DEFAULT_TIMEOUT, DEFAULT_URL, request
 from mtlskit.errors import ConfigError, ServerError
 
 if TYPE_CHECKING:
@@ -35,21 +36,12 @@ newline. A status of 400 or more still prints the body, then fails (exit 1), as
 curl --fail-with-body.""",
 )
 @click.argument("url", default=DEFAULT_URL, required=False)
-@click.option(
-    "--certs",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(DEFAULT_CERTS),
-    show_default=True,
-    help="Folder with ca.crt, client.crt and client.key.",
-)
 # Each option's name is the keyword argument of mtlskit.client.request() it sets, so
 # an error naming that setting (mtlskit.errors.Setting) is spelled with the option.
-@click.option(
-    "--cacert", "ca", type=click.Path(dir_okay=False, path_type=Path), help="CA to trust."
-)
-@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="Client certificate.")
-@click.option(
-    "--key", type=click.Path(dir_okay=False, path_type=Path), help="Client certificate's key."
+# The CA is --cacert, as curl's; without --key, the key is found as find_client_files says.
+@client_tls_options(
+    ca_flag="--cacert",
+    key_default="next to --cert as NAME.key, or in its PEM; else certs/client.key",
 )
 @click.option("-X", "--request", "method", metavar="METHOD", help="GET, or POST with -d.")
 @click.option("-d", "--data", metavar="DATA", help="Request body; @FILE reads a file, @- stdin.")

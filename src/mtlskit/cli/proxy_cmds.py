@@ -7,16 +7,42 @@ from pathlib import Path
 import click
 
 from mtlskit.cli.common import (
+    CLIENT_TLS_OPTIONS,
+    HANDSHAKE_TIMEOUT_OPTION,
+    METRICS_OPTIONS,
     SERVER_TLS_OPTIONS,
     SESSION_TICKETS_OPTIONS,
     session_tickets_choice,
     setup_logging,
     warn_session_cache,
+    watch_interval_option,
 )
 
 __all__ = ["proxy"]
 
-_FILE = click.Path(dir_okay=False, path_type=Path)
+# What both modes take about their connections.
+_CONNECT_TIMEOUT = click.option(
+    "--connect-timeout", type=float, default=5.0, show_default=True, metavar="S"
+)
+_IDLE_TIMEOUT = click.option(
+    "--idle-timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    metavar="S",
+    help="Close a connection with no bytes either way for this long.",
+)
+_SHUTDOWN_TIMEOUT = click.option(
+    "--shutdown-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="On SIGTERM, how long open connections may go on.",
+)
+_MAX_CONNECTIONS = click.option(
+    "--max-connections", type=int, default=4096, show_default=True, metavar="N"
+)
 
 
 @click.group(
@@ -58,24 +84,10 @@ def proxy() -> None:
     metavar="LIST",
     help="X-Forwarded-Client-Cert fields: By, Hash, Cert, Chain, Subject, URI, DNS.",
 )
-@click.option("--connect-timeout", type=float, default=5.0, show_default=True, metavar="S")
-@click.option(
-    "--idle-timeout",
-    type=float,
-    default=600.0,
-    show_default=True,
-    metavar="S",
-    help="Close a connection with no bytes either way for this long.",
-)
-@click.option(
-    "--shutdown-timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    metavar="S",
-    help="On SIGTERM, how long open connections may go on.",
-)
-@click.option("--max-connections", type=int, default=4096, show_default=True, metavar="N")
+@_CONNECT_TIMEOUT
+@_IDLE_TIMEOUT
+@_SHUTDOWN_TIMEOUT
+@_MAX_CONNECTIONS
 @click.option(
     "--backend-keepalive",
     type=int,
@@ -169,31 +181,14 @@ def server(
 @click.option("--listen", required=True, metavar="HOST:PORT", help="Plain address to listen on.")
 @click.option("--target", required=True, metavar="HOST:PORT", help="The mTLS server.")
 @click.option("--server-name", metavar="NAME", help="Name to verify [the target's host].")
-@click.option(
-    "--certs",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("certs"),
-    show_default=True,
-    help="Folder with ca.crt, client.crt and client.key.",
-)
-@click.option("--ca", type=_FILE, help="CA file for the server [certs/ca.crt].")
-@click.option("--cert", type=_FILE, help="Client certificate [certs/client.crt].")
-@click.option("--key", type=_FILE, help="Client key [certs/client.key].")
-@click.option("--connect-timeout", type=float, default=5.0, show_default=True, metavar="S")
-@click.option("--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S")
-@click.option("--idle-timeout", type=float, default=600.0, show_default=True, metavar="S")
-@click.option("--shutdown-timeout", type=float, default=30.0, show_default=True, metavar="S")
-@click.option("--max-connections", type=int, default=4096, show_default=True, metavar="N")
-@click.option(
-    "--watch-interval",
-    type=float,
-    default=1.0,
-    show_default=True,
-    metavar="S",
-    help="Reload certificate, key and CA when they change (0: only on SIGHUP).",
-)
-@click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus /metrics here.")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Metrics address.")
+@CLIENT_TLS_OPTIONS
+@_CONNECT_TIMEOUT
+@HANDSHAKE_TIMEOUT_OPTION
+@_IDLE_TIMEOUT
+@_SHUTDOWN_TIMEOUT
+@_MAX_CONNECTIONS
+@watch_interval_option("certificate, key and CA")
+@METRICS_OPTIONS
 @click.option(
     "--unsafe-listen", is_flag=True, help="Listen beyond loopback (anyone there uses the cert)."
 )

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
-from mtlskit.cli.common import ca_dir_option, read_passphrase, setup_logging
+from mtlskit.cli.common import (
+    ca_dir_option,
+    ca_to_trust_option,
+    read_passphrase,
+    setup_logging,
+)
 
 __all__ = ["ca_bootstrap", "ca_fingerprint", "ca_serve"]
 
@@ -256,7 +261,7 @@ AGENT_NOT_DUE = 3
 @click.option("--ca-url", required=True, metavar="URL", help="The CA service, https://HOST:PORT.")
 @click.option("--cert", type=_file, required=True, help="Certificate to keep fresh.")
 @click.option("--key", type=_file, required=True, help="Its private key (replaced each time).")
-@click.option("--ca", type=_file, help="CA certificate to verify the service [CERT's dir/ca.crt].")
+@ca_to_trust_option(default="ca.crt next to --cert")
 @click.option("--exec", "exec_cmd", metavar="CMD", help="Run this shell command after renewal.")
 @click.option("--signal", "signal_pid", type=int, metavar="PID", help="Send SIGHUP to PID after.")
 @click.option("--once", is_flag=True, help="Renew if due, then exit (0 renewed, 3 not due).")

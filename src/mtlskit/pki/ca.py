@@ -100,6 +100,10 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+def _utc(when: dt.datetime) -> dt.datetime:
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 def _validity(
     days: int | None,
     not_after: dt.datetime | None,
@@ -107,27 +111,37 @@ def _validity(
     default: int,
     cap: int | None,
     lifetime: dt.timedelta | None = None,
+    not_before: dt.datetime | None = None,
 ) -> tuple[dt.datetime, dt.datetime]:
+    """The start and end of a certificate: from a minute ago (clocks differ), or from
+    ``not_before``; a window given with ``not_before`` may lie wholly in the past."""
     now = _now()
+    start = now - BACKDATE if not_before is None else _utc(not_before)
     if lifetime is not None:  # a renewal: exactly the old certificate's lifetime
         if days is not None or not_after is not None:
             raise ConfigError("give either a lifetime or --days/--not-after, not both")
-        return now - BACKDATE, now - BACKDATE + lifetime
+        return start, start + lifetime
     if days is not None and not_after is not None:
         raise ConfigError("give either --days or --not-after, not both")
     if not_after is not None:
-        end = not_after if not_after.tzinfo else not_after.replace(tzinfo=dt.UTC)
-        if end <= now:
+        end = _utc(not_after)
+        if not_before is None and end <= now:
             raise ConfigError(
                 f"--not-after {end:%Y-%m-%d} is in the past", hint="pick a later date"
             )
-        return now - BACKDATE, end
+        if end <= start:
+            raise ConfigError(
+                f"not_after ({end:%Y-%m-%d %H:%M:%S}) is not after not_before "
+                f"({start:%Y-%m-%d %H:%M:%S})",
+                hint="give a window that ends after it starts",
+            )
+        return start, end
     n = default if days is None else days
     if n <= 0:
         raise ConfigError(f"--days must be positive, not {n}")
     if cap is not None and days is None and n > cap:
         n = cap
-    return now - BACKDATE, now + dt.timedelta(days=n)
+    return start, (now if not_before is None else start) + dt.timedelta(days=n)
 
 
 @dataclass(frozen=True)
@@ -317,6 +331,7 @@ class CA:
         sans: Sequence[str | x509.GeneralName] = (),
         days: int | None = None,
         not_after: dt.datetime | None = None,
+        not_before: dt.datetime | None = None,
         renewed_from: str | None = None,
         crl_url: str | None = None,
         lifetime: dt.timedelta | None = None,
@@ -327,7 +342,9 @@ class CA:
 
         The certificate lives ``days``, until ``not_after``, or exactly ``lifetime`` (a
         renewal keeps the old one's); never beyond this CA's end (clipped: see
-        :meth:`check_lifetime` to refuse instead). ``renewed_from`` (a serial in hex) is
+        :meth:`check_lifetime` to refuse instead). It starts a minute ago (clocks
+        differ), or at ``not_before``: then the window may lie in the past (an expired
+        certificate, to test what refuses it). ``renewed_from`` (a serial in hex) is
         recorded with it: it renews that one, which the inventory marks superseded.
         ``tx``: record it in this open transaction of the inventory's database.
         """
@@ -340,6 +357,7 @@ class CA:
             default=profiles.DEFAULT_LEAF_DAYS,
             cap=profiles.MAX_LEAF_DAYS,
             lifetime=lifetime,
+            not_before=not_before,
         )
         start, end = self._clip(start, end)
         builder = (

@@ -24,7 +24,7 @@ from typing import cast
 
 from mtlskit.errors import PKIError
 from mtlskit.proxy.config import ClientProxyConfig
-from mtlskit.proxy.upstream import Upstream, failure_text
+from mtlskit.proxy.upstream import StreamEnd, Upstream
 from mtlskit.server.config import ServerConfig
 from mtlskit.server.engine import StdlibSession, TLSClosed, TLSFailure
 from mtlskit.server.lifecycle import run as run_lifecycle
@@ -65,14 +65,13 @@ class ClientContext:
         self.max_connections = config.max_connections
 
 
-class TLSUpstream(asyncio.Protocol):
+class TLSUpstream(StreamEnd):
     """The mTLS connection to the target, driven over memory buffers."""
 
-    transport: asyncio.Transport | None = None
     ready = False  # the handshake is done
-    closing = False
 
     def __init__(self, tunnel: ClientTunnel, session: StdlibSession) -> None:
+        super().__init__()
         self.tunnel = tunnel
         self.session = session
 
@@ -154,24 +153,6 @@ class TLSUpstream(asyncio.Protocol):
         self.session.shutdown()
         self._send_output()
 
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        self.closing = True
-        if self.transport is not None:
-            self.transport.abort()
-
 
 class ClientTunnel(asyncio.Protocol):
     """One plain client of the proxy, and its mTLS connection to the target."""
@@ -229,13 +210,7 @@ class ClientTunnel(asyncio.Protocol):
             await context.upstream.open(lambda: TLSUpstream(self, session))
         except (OSError, TimeoutError) as exc:
             if not self.closed:
-                self.server_state.stats.upstream_failed += 1
-                log.warning(
-                    "cannot reach the target %s for %s: %s",
-                    context.upstream.target,
-                    self._peer,
-                    failure_text(exc, context.upstream.connect_timeout),
-                )
+                context.upstream.failed(self.server_state.stats, self._peer, exc)
                 self.close()
         finally:
             self._connecting = None

@@ -23,7 +23,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mtlskit.proxy.proxy_protocol import v2_header
-from mtlskit.proxy.upstream import PlainStream, Upstream, failure_text
+from mtlskit.proxy.upstream import PlainStream, Upstream
 from mtlskit.server.protocol import BaseProtocol
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.tlsstate import TLSState
@@ -60,15 +60,9 @@ class ProxyContext:
         return True
 
     def target_failed(self, conn: BaseProtocol, exc: BaseException) -> None:
-        conn.server_state.stats.upstream_failed += 1
         ident = conn.identity
-        log.warning(
-            "cannot reach the target %s for %s from %s: %s",
-            self.upstream.target,
-            ident.describe() if ident else "?",
-            conn.peer_text(),
-            failure_text(exc, self.upstream.connect_timeout),
-        )
+        who = f"{ident.describe() if ident else '?'} from {conn.peer_text()}"
+        self.upstream.failed(conn.server_state.stats, who, exc)
 
 
 class StreamProxy(BaseProtocol):

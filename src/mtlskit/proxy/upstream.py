@@ -1,21 +1,31 @@
-"""The target of the proxy: how to reach it, and the plain side of a proxied connection.
+"""The target of the proxy: how to reach it, and the ends of a proxied connection.
 
-:class:`PlainStream` is the plain TCP or unix-socket end of a proxied connection
-(the target in server mode, the local client in client mode). It hands what it
-reads, its end of file and its flow control to its owner, the TLS end, which
-decides what to do with them (:class:`PlainOwner`).
+:class:`Upstream` connects to the target within the connect timeout, and turns a
+failure into one log line and a count (:meth:`Upstream.failed`), for every mode:
+L4 and L7 server mode, and client mode (whose :class:`~mtlskit.proxy.client.TLSUpstream`
+then handshakes over that connection).
+
+:class:`StreamEnd` is what each end over an asyncio transport does when its owner
+asks: flow control, close, abort. :class:`PlainStream` is the plain TCP or
+unix-socket end (the target in server mode); it hands what it reads, its end of
+file and its flow control to its owner, the TLS end, which decides what to do with
+them (:class:`PlainOwner`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 from collections.abc import Callable
 from typing import Protocol, TypeVar, cast
 
 from mtlskit.proxy.config import Address
+from mtlskit.server.stats import Stats
 
-__all__ = ["PlainOwner", "PlainStream", "Upstream", "failure_text"]
+__all__ = ["PlainOwner", "PlainStream", "StreamEnd", "Upstream", "failure_text"]
+
+log = logging.getLogger("mtlskit.proxy")
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
@@ -34,15 +44,43 @@ class PlainOwner(Protocol):
     def plain_paused(self, paused: bool) -> None: ...
 
 
-class PlainStream(asyncio.Protocol):
-    """One plain connection; its owner forwards its bytes and is told of its events."""
+class StreamEnd(asyncio.Protocol):
+    """One end of a proxied connection over an asyncio transport: what its owner asks."""
 
-    __slots__ = ("closing", "owner", "transport")
+    __slots__ = ("closing", "transport")
 
-    def __init__(self, owner: PlainOwner) -> None:
-        self.owner = owner
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closing = False  # closed by us (the owner knows): no event for it
+
+    def pause_reading(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close after what is queued has been sent."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class PlainStream(StreamEnd):
+    """One plain connection; its owner forwards its bytes and is told of its events."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: PlainOwner) -> None:
+        super().__init__()
+        self.owner = owner
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -79,25 +117,6 @@ class PlainStream(asyncio.Protocol):
         if not self.closing and t is not None and t.can_write_eof():
             t.write_eof()
 
-    def pause_reading(self) -> None:
-        if not self.closing and self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if not self.closing and self.transport is not None:
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        """Close after what is queued has been sent."""
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        self.closing = True
-        if self.transport is not None:
-            self.transport.abort()
-
 
 class Upstream:
     """How to reach the target (TCP or unix socket), within the connect timeout."""
@@ -107,15 +126,27 @@ class Upstream:
         self.connect_timeout = connect_timeout
 
     async def open(self, factory: Callable[[], P]) -> P:
-        """Connect; raises OSError or TimeoutError (:func:`failure_text` words them)."""
+        """Connect; raises OSError or TimeoutError (:meth:`failed` tells of them)."""
         loop = asyncio.get_running_loop()
         target = self.target
         if target.path is not None:
             coro = loop.create_unix_connection(factory, str(target.path))
         else:
+            # TCP_NODELAY: asyncio and uvloop set it on the connections they make.
             coro = loop.create_connection(factory, target.host, target.port)
         _, protocol = await asyncio.wait_for(coro, self.connect_timeout)
         return protocol
+
+    def failed(self, stats: Stats, who: str, exc: BaseException) -> None:
+        """:meth:`open` failed for ``who`` (a client, as the log names it): count it, and
+        one log line that says why."""
+        stats.upstream_failed += 1
+        log.warning(
+            "cannot reach the target %s for %s: %s",
+            self.target,
+            who,
+            failure_text(exc, self.connect_timeout),
+        )
 
 
 def failure_text(exc: BaseException, timeout: float) -> str:
