@@ -365,6 +365,7 @@ def test_plain_http_server(seed_certs_p256: Path, echo_server: Callable[..., Ech
             "invalid HTTP response from localhost:{port}: the header section is longer than 64 KiB",
         ),
         ("/switching", "localhost:{port} answered 101 Switching Protocols"),
+        ("/rtsp", "invalid HTTP response from localhost:{port}: BadStatusLine RTSP/1.0 200 OK"),
     ],
 )
 def test_invalid_http_answer(

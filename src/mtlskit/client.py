@@ -339,9 +339,9 @@ def _latin1(text: str) -> bool:
 # (as http.client and curl do; a server may otherwise wait for a body, or answer 411).
 _METHODS_WITH_BODY = frozenset({"PATCH", "POST", "PUT"})
 
-# The most we buffer of a response's header section (with any 1xx before it): a
-# broken or hostile server cannot make us hold more (nginx's default is 4 x 8 KiB).
-HEADER_LIMIT = 64 * 1024
+# The most we buffer of a response's header section (with any 1xx before it), so that
+# a broken or hostile server cannot make us hold more: http.client's bound on one line.
+_HEADER_LIMIT = 64 * 1024
 
 _STATUS_LINE = re.compile(rb"HTTP/\d\.\d \d{3}(?: [^\r\n]*)?\r?\n")
 
@@ -460,15 +460,10 @@ def _read_response(conn: Connection, *, head_only: bool) -> _Answer:
     start = b""  # the first bytes, to quote a bad status line
     received = 0
     while not answer.done:
-        try:
-            data = conn.tls.recv(65536)
-        except ConnectionError:
-            if not received:
-                raise  # before any answer: with TLS 1.3, maybe a refused certificate
-            data = b""
+        data = conn.tls.recv(65536)
         if not data:
             if not received:
-                raise conn.closed_without_answer()
+                raise conn.closed_without_answer()  # with TLS 1.3, maybe a refusal
             missing = answer.truncation()
             if missing is not None:
                 raise ProtocolError(
@@ -478,7 +473,9 @@ def _read_response(conn: Connection, *, head_only: bool) -> _Answer:
             break
         if len(start) < 1024:
             start += data[: 1024 - len(start)]
-        room = max(HEADER_LIMIT - received, 0)
+            if not b"HTTP/".startswith(start[:5]):  # llhttp also takes RTSP/ and ICE/
+                raise _invalid(where, start, "")
+        room = max(_HEADER_LIMIT - received, 0)
         received += len(data)
         if not answer.headers_done and len(data) > room:
             # The header section (and any 1xx before it) must end within the limit.
@@ -486,7 +483,7 @@ def _read_response(conn: Connection, *, head_only: bool) -> _Answer:
             if not answer.headers_done:
                 raise ProtocolError(
                     f"invalid HTTP response from {where}: the header section is longer than "
-                    f"{HEADER_LIMIT // 1024} KiB",
+                    f"{_HEADER_LIMIT // 1024} KiB",
                     hint="check that it is an HTTP/1.1 server",
                 )
             data = data[room:]
@@ -502,7 +499,7 @@ def _feed(answer: _Answer, data: bytes, where: str, start: bytes) -> None:
         answer.status = 101
     except httptools.HttpParserError as exc:
         if not answer.done:  # else our _Stop: the answer is whole
-            raise _invalid(where, exc, start) from exc
+            raise _invalid(where, start, str(exc)) from exc
     if answer.status == 101:
         raise ProtocolError(
             f"{where} answered 101 Switching Protocols, and we asked for no upgrade",
@@ -510,14 +507,13 @@ def _feed(answer: _Answer, data: bytes, where: str, start: bytes) -> None:
         )
 
 
-def _invalid(where: str, exc: Exception, start: bytes) -> ProtocolError:
-    """A response llhttp refused, in plain words."""
+def _invalid(where: str, start: bytes, reason: str) -> ProtocolError:
+    """A response we or llhttp (its ``reason``) refused, in plain words."""
     first, newline, _ = start.partition(b"\n")
     if not newline or not _STATUS_LINE.fullmatch(first + newline):  # it failed in that line
         line = " ".join(first.decode("latin-1").split())
-        said = f"BadStatusLine {line}"  # the words http.client used, and curl's meaning
+        said = f"BadStatusLine {line}"  # http.client's words, kept for whoever matches them
     else:
-        reason = str(exc) or type(exc).__name__
         said = reason[:1].lower() + reason[1:]
     return ProtocolError(
         f"invalid HTTP response from {where}: {said}", hint="check that it is an HTTP/1.1 server"

@@ -235,6 +235,7 @@ ANSWERS = {
     "/chunked-truncated": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
     "/long-header": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
     "/switching": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n",
+    "/rtsp": b"RTSP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
 }
 
 # Canned answers after which the connection stays open (until the server stops).
