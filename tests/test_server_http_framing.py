@@ -122,6 +122,11 @@ async def app(scope, receive, send):
         for i in range(3):
             await send({"type": "http.response.body", "body": b"part%d;" % i, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/slowread":  # takes its time before it reads the body
+        await asyncio.sleep(float(q(scope)["wait"]))
+        body = await read_body(receive)
+        await send(start)
+        await send({"type": "http.response.body", "body": b"%d bytes" % len(body)})
     elif path == "/forever":
         await send(start)
         while True:
@@ -403,6 +408,29 @@ def test_a_client_that_reads_nothing_is_dropped(asgi: Served) -> None:
     with client_ctx(asgi.certs).wrap_socket(raw, server_hostname="localhost") as s:
         s.sendall(get("/forever"))
         asgi.wait_log("it read nothing of its response for 1s (--write-timeout)", timeout=15)
+
+
+def test_a_body_the_app_has_not_taken_yet_is_no_idle_connection(
+    pki: Path, app_dir: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """Reading pauses while the app lets more than 64 KiB of body wait: that wait is the
+    app's, so neither the body timeout nor the idle timeout cuts the connection (it was
+    cut after --idle-timeout with no log line)."""
+    args = ("--idle-timeout", "1", "--body-timeout", "1", "--quiet")
+    served = start_serve(procs, pki, app_dir, "framing_app:app", *args, cwd=app_dir)
+    body = b"a" * 300_000
+    request = b"POST /slowread?wait=2.5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    data, took = exchange(served, request + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert statuses(data) == [200] and data.endswith(b"300000 bytes"), data[-200:]
+    assert took > 2
+    assert served.stop() == 0
+
+
+def test_an_http2_request_line_is_one_505_and_one_log_line(hello: Served) -> None:
+    data, _ = exchange(hello, b"GET /two HTTP/2.0\r\nHost: x\r\n\r\n")
+    assert statuses(data) == [505]
+    hello.wait_log("HTTP/2.0 request (505)")
+    assert "new request GET /two" not in hello.log()
 
 
 # -- 6. HTTP/1.0 ------------------------------------------------------------------------------------

@@ -127,8 +127,8 @@ def server_context(
 ) -> ssl.SSLContext:
     """A server context that requires and verifies client certificates signed by ``ca``.
 
-    ``require_client_cert=False`` (the CLI's ``--unsafe-optional-client-cert``)
-    still verifies a certificate when one is sent.
+    ``require_client_cert=False`` (the CA service's anonymous routes; no ``serve``
+    option sets it) still verifies a certificate when one is sent.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx, min_version)

@@ -178,7 +178,12 @@ def watch_interval_option(reloaded: str) -> Decorator:
 
 
 HANDSHAKE_TIMEOUT_OPTION = click.option(
-    "--handshake-timeout", type=float, default=10.0, show_default=True, metavar="S"
+    "--handshake-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="From accepting a connection to the end of its TLS handshake (then closed).",
 )
 
 METRICS_OPTIONS = _all(

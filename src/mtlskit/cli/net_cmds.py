@@ -64,7 +64,14 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     is_flag=True,
     help="Do not name the CA bundle's CAs in the CertificateRequest (for very large bundles).",
 )
-@click.option("--idle-timeout", type=float, default=60.0, show_default=True, metavar="S")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="A kept-alive connection with no request this long is closed.",
+)
 @click.option(
     "--head-timeout",
     type=float,

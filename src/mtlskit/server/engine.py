@@ -3,9 +3,11 @@
 The protocol (server/protocol.py) never touches ``ssl`` itself: it feeds
 ciphertext in, takes plaintext and ciphertext out through :class:`TLSSession`.
 :class:`StdlibSession` implements it with ``ssl.SSLObject`` over two
-``ssl.MemoryBIO`` (the system OpenSSL). Another engine (e.g. the OpenSSL bundled
-with cryptography, through pyOpenSSL) only has to implement the same few methods
-and be returned by :meth:`mtlskit.server.tlsstate.TLSState.new_session`.
+``ssl.MemoryBIO`` (the system OpenSSL). The default engine
+(:mod:`mtlskit.server.openssl_engine`, the OpenSSL bundled with cryptography, through
+cryptography's bindings) implements the same few methods; :meth:`TLSState.new_session
+<mtlskit.server.tlsstate.TLSState.new_session>` picks one. Before either sees a byte,
+:func:`check_client_hello` refuses what cannot begin a TLS 1.2+ ClientHello.
 """
 
 from __future__ import annotations

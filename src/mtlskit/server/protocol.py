@@ -280,7 +280,7 @@ class BaseProtocol(asyncio.Protocol):
                 self.transport.pause_reading()
             else:
                 # The peer's clocks (head, body) count from now: the wait was ours.
-                self.last_active = self.server_state.now
+                self.last_active = self.request_began = self.server_state.now
                 self.transport.resume_reading()
 
     # -- TLS -------------------------------------------------------------------------------------
@@ -606,7 +606,9 @@ class BaseProtocol(asyncio.Protocol):
                 )
                 self.abort()
             return
-        if self.in_request and not self.read_paused:
+        if self.in_request:
+            if self.read_paused:
+                return  # the wait is ours (the app has not taken the body yet), not the peer's
             if self.head_bytes >= 0:
                 if now - self.request_began > rules.head_timeout:
                     self.request_timed_out(
@@ -747,14 +749,15 @@ class HelloProtocol(BaseProtocol):
             self.refuse()
             return
         server_state = self.server_state
+        keep = self.parser.should_keep_alive() and not server_state.draining
+        # Kept alive without a Connection field: HTTP/1.1, for llhttp keeps 1.0 (and the
+        # 2.0 it reads) only when asked. Else the version decides (and may refuse: then
+        # the refusal is the request's only log line).
+        version = "1.1" if keep and not self.connection_field else self.check_version()
         server_state.stats.requests += 1
         method = self.parser.get_method()
         if not self.rules.quiet:
             self.log_request(method)
-        keep = self.parser.should_keep_alive() and not server_state.draining
-        # Kept alive without a Connection field: HTTP/1.1, for llhttp keeps 1.0 (and the
-        # 2.0 it reads) only when asked. Else the version decides (and may refuse).
-        version = "1.1" if keep and not self.connection_field else self.check_version()
         r = self.responses
         if not keep:
             self.write(r.head_close if method == b"HEAD" else r.close)
