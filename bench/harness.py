@@ -196,8 +196,9 @@ def _spawn(
     try:
         wait_for_port(port, proc)
     except BenchError as exc:
+        tail = server.log_tail()  # before stop(), which removes the folder
         server.stop()
-        raise BenchError(f"{name}: {exc}: {server.log_tail()}") from exc
+        raise BenchError(f"{name}: {exc}: {tail}") from exc
     return server
 
 

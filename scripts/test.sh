@@ -20,8 +20,9 @@ fi
 if [ -n "${PY313:-}" ] && [ "${MTLSKIT_SKIP_313:-}" != 1 ]; then
   if [ ! -x .venv313/bin/python ]; then "$PY313" -m venv .venv313; fi
   if [ ! -f .venv313/.ok ] || [ pyproject.toml -nt .venv313/.ok ]; then
-    .venv313/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" >&2 || true
-    touch .venv313/.ok
+    # The bench extras too: the bench smoke tests run uvicorn and granian.
+    .venv313/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1 | grep -v "is ignored" >&2 || true
+    .venv313/bin/python -c "import mtlskit, pytest, uvicorn, granian" && touch .venv313/.ok
   fi
   echo "== pytest on $(.venv313/bin/python --version)"
   .venv313/bin/pytest -q "$@"
