@@ -348,6 +348,24 @@ def test_plain_http_server(seed_certs_p256: Path, echo_server: Callable[..., Ech
         ("/bad-status", "invalid HTTP response from localhost:{port}: BadStatusLine"),
         ("/nothing", "localhost:{port} closed the connection without answering"),
         ("/short-body", "localhost:{port} closed the connection without answering"),
+        (
+            "/short-body",
+            "localhost:{port} closed the connection without answering in full "
+            "(after 9 of 100 bytes of the body)",
+        ),
+        (
+            "/chunked-truncated",
+            "localhost:{port} closed the connection without answering in full "
+            "(before the last chunk of the body)",
+        ),
+        ("/two-lengths", "invalid HTTP response from localhost:{port}: duplicate Content-Length"),
+        ("/bad-chunk", "invalid HTTP response from localhost:{port}: invalid character in chunk"),
+        (
+            "/long-header",
+            "invalid HTTP response from localhost:{port}: the header section is longer than 64 KiB",
+        ),
+        ("/switching", "localhost:{port} answered 101 Switching Protocols"),
+        ("/rtsp", "invalid HTTP response from localhost:{port}: BadStatusLine RTSP/1.0 200 OK"),
     ],
 )
 def test_invalid_http_answer(

@@ -1,8 +1,10 @@
 """The mTLS client: :func:`get` / :func:`request`, and SSLContext helpers for other libraries.
 
-:func:`request` speaks HTTP/1.1 with the stdlib (``http.client`` over a connection
-from :func:`mtlskit.connect.open_connection`) and turns every failure into an error
-of :mod:`mtlskit.errors`, by stage, that says what went wrong and what to do next::
+:func:`request` speaks HTTP/1.1 itself over a connection from
+:func:`mtlskit.connect.open_connection`, one request per connection, the response
+parsed by httptools (llhttp, as the server's requests are), and turns every failure
+into an error of :mod:`mtlskit.errors`, by stage, that says what went wrong and what
+to do next::
 
     from mtlskit.client import get
     r = get("https://localhost:8443", certs="certs")   # the seed client's defaults
@@ -20,12 +22,12 @@ The same context works in httpx, requests/urllib3 and aiohttp (real handshakes i
         await s.get(url, ssl=ctx)
 
 requests (and json) are imported inside the functions that use them, on first use:
-importing this module, as ``mtlskit get`` does, does not load them.
+importing this module, as ``mtlskit get`` does, does not load them. Nor does it load
+``http.client``, which imports the ``email`` package: ~40 ms of a ~130 ms start.
 """
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import ssl
@@ -33,8 +35,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import httptools
+
 from mtlskit import __version__
-from mtlskit.connect import find_client_files, open_connection, ssl_name
+from mtlskit.connect import Connection, Target, find_client_files, open_connection, ssl_name
 from mtlskit.errors import ConfigError, HTTPStatusError, ProtocolError
 from mtlskit.tls import client_context
 
@@ -303,8 +307,8 @@ def _request_headers(
 ) -> dict[str, str]:
     """Our default headers, then the caller's: later values win, names in any case.
 
-    Checked before connecting: what http.client cannot send is a ConfigError, not a
-    ValueError from the middle of the request."""
+    Checked before connecting: what cannot be sent is a ConfigError, not an error from
+    the middle of the request."""
     if not _TOKEN.fullmatch(method):
         raise ConfigError(f"invalid HTTP method {method!r}", hint="e.g. GET, POST or PUT")
     sent = {"User-Agent": f"mtlskit/{__version__}", "Accept": "*/*"}
@@ -326,6 +330,194 @@ def _latin1(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# ---------------------------------------------------------------- HTTP/1.1
+
+
+# Methods whose request has a body by definition: without one they send Content-Length: 0
+# (as http.client and curl do; a server may otherwise wait for a body, or answer 411).
+_METHODS_WITH_BODY = frozenset({"PATCH", "POST", "PUT"})
+
+# The most we buffer of a response's header section (with any 1xx before it), so that
+# a broken or hostile server cannot make us hold more: http.client's bound on one line.
+_HEADER_LIMIT = 64 * 1024
+
+_STATUS_LINE = re.compile(rb"HTTP/\d\.\d \d{3}(?: [^\r\n]*)?\r?\n")
+
+
+def _host_header(target: Target) -> str:
+    """RFC 9110 Host: the name (IDNA-encoded, IPv6 in brackets), and the port unless 443."""
+    host = target.host if target.host.isascii() else target.host.encode("idna").decode("ascii")
+    if ":" in host:
+        host = f"[{host}]"
+    return host if target.port == 443 else f"{host}:{target.port}"
+
+
+def _request_bytes(
+    method: str, target: Target, sent: Mapping[str, str], data: bytes | None
+) -> bytes:
+    """The request: line, header section and body, as one write.
+
+    What http.client sent, plus Connection: close: Host, Accept-Encoding: identity (the
+    body arrives as the server stored it; we decode no coding) and Content-Length
+    unless the caller set them."""
+    names = {k.lower() for k in sent}
+    lines = [f"{method} {target.path} HTTP/1.1"]
+    if "host" not in names:
+        lines.append(f"Host: {_host_header(target)}")
+    if "accept-encoding" not in names:
+        lines.append("Accept-Encoding: identity")
+    if "content-length" not in names and "transfer-encoding" not in names:
+        if data is not None:
+            lines.append(f"Content-Length: {len(data)}")
+        elif method in _METHODS_WITH_BODY:
+            lines.append("Content-Length: 0")
+    if "connection" not in names:
+        lines.append("Connection: close")  # one request per connection: the server may close
+    lines.extend(f"{k}: {v}" for k, v in sent.items())
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + data if data else head
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop llhttp at the end of the response."""
+
+
+class _Answer:
+    """httptools' callbacks for one response: the final one, after any 1xx, read whole."""
+
+    def __init__(self, head_only: bool) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        # What http.client took and the RFCs let a user agent take (RFC 9112 2.2, 5.2,
+        # 6.1): bare LF line ends, obs-fold, and Transfer-Encoding beside Content-Length
+        # (then read until close). Safe here: one request per connection, and nothing
+        # we read is forwarded. Two Content-Lengths stay an error.
+        self.parser.set_dangerous_leniencies(
+            lenient_optional_cr_before_lf=True, lenient_headers=True, lenient_chunked_length=True
+        )
+        self.head_only = head_only  # a HEAD's answer has headers only, whatever they say
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.headers_done = False  # the final response's header section is in
+        self.done = False
+
+    def on_message_begin(self) -> None:
+        self.reason, self.headers = b"", []  # a 1xx's are dropped
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.headers_done:  # else a chunked body's trailer: ignored
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200 and self.status != 101:
+            return  # interim (100 Continue, 103 Early Hints): the final answer follows
+        self.headers_done = True
+        if self.head_only:
+            self.done = True
+            raise _Stop  # httptools cannot be told the request was a HEAD: stop here
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.headers_done:
+            self.done = True
+            raise _Stop  # anything after the answer is not ours to read
+
+    def header(self, name: bytes) -> bytes | None:
+        values = [v for k, v in self.headers if k.lower() == name]
+        return b", ".join(values) if values else None
+
+    def truncation(self) -> str | None:
+        """At the end of the connection: what is missing, or None when the answer is whole."""
+        if not self.headers_done:
+            return "in the header section"
+        coding = self.header(b"transfer-encoding")
+        if coding is not None:
+            # Chunked last: the last chunk is missing. Another coding: read until close.
+            last = coding.split(b",")[-1].strip().lower()
+            return "before the last chunk of the body" if last == b"chunked" else None
+        length = self.header(b"content-length")
+        if length is not None:
+            got = sum(map(len, self.body))
+            return f"after {got} of {int(length)} bytes of the body"
+        return None  # the body ends when the connection does
+
+
+def _read_response(conn: Connection, *, head_only: bool) -> _Answer:
+    """Read the answer to the request sent on ``conn``; ProtocolError when it is not one.
+
+    Socket and ssl errors pass up to ``conn.map_errors()`` (ReadTimeout and friends)."""
+    where = conn.peer.target.where
+    answer = _Answer(head_only)
+    start = b""  # the first bytes, to quote a bad status line
+    received = 0
+    while not answer.done:
+        data = conn.tls.recv(65536)
+        if not data:
+            if not received:
+                raise conn.closed_without_answer()  # with TLS 1.3, maybe a refusal
+            missing = answer.truncation()
+            if missing is not None:
+                raise ProtocolError(
+                    f"{where} closed the connection without answering in full ({missing})",
+                    hint="check the server's log",
+                )
+            break
+        if len(start) < 1024:
+            start += data[: 1024 - len(start)]
+            if not b"HTTP/".startswith(start[:5]):  # llhttp also takes RTSP/ and ICE/
+                raise _invalid(where, start, "")
+        room = max(_HEADER_LIMIT - received, 0)
+        received += len(data)
+        if not answer.headers_done and len(data) > room:
+            # The header section (and any 1xx before it) must end within the limit.
+            _feed(answer, data[:room], where, start)
+            if not answer.headers_done:
+                raise ProtocolError(
+                    f"invalid HTTP response from {where}: the header section is longer than "
+                    f"{_HEADER_LIMIT // 1024} KiB",
+                    hint="check that it is an HTTP/1.1 server",
+                )
+            data = data[room:]
+        if not answer.done:
+            _feed(answer, data, where, start)
+    return answer
+
+
+def _feed(answer: _Answer, data: bytes, where: str, start: bytes) -> None:
+    try:
+        answer.parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        answer.status = 101
+    except httptools.HttpParserError as exc:
+        if not answer.done:  # else our _Stop: the answer is whole
+            raise _invalid(where, start, str(exc)) from exc
+    if answer.status == 101:
+        raise ProtocolError(
+            f"{where} answered 101 Switching Protocols, and we asked for no upgrade",
+            hint="check that it is an HTTP/1.1 server",
+        )
+
+
+def _invalid(where: str, start: bytes, reason: str) -> ProtocolError:
+    """A response we or llhttp (its ``reason``) refused, in plain words."""
+    first, newline, _ = start.partition(b"\n")
+    if not newline or not _STATUS_LINE.fullmatch(first + newline):  # it failed in that line
+        line = " ".join(first.decode("latin-1").split())
+        said = f"BadStatusLine {line}"  # http.client's words, kept for whoever matches them
+    else:
+        said = reason[:1].lower() + reason[1:]
+    return ProtocolError(
+        f"invalid HTTP response from {where}: {said}", hint="check that it is an HTTP/1.1 server"
+    )
 
 
 def request(
@@ -370,25 +562,20 @@ def request(
         resolve=resolve,
     )
     tls, target = conn.tls, conn.peer.target
-    cipher = (tls.cipher() or ("",))[0]
-    peer = _peer_summary(tls.getpeercert())
-    http_conn = http.client.HTTPSConnection(
-        target.host, target.port, timeout=timeout, context=conn.peer.context
-    )
-    http_conn.sock = tls
     try:
+        cipher = (tls.cipher() or ("",))[0]
+        peer = _peer_summary(tls.getpeercert())
         with conn.map_errors():
-            http_conn.request(method, target.path, body=data, headers=sent)
-            resp = http_conn.getresponse()
-            body = resp.read()
+            tls.sendall(_request_bytes(method, target, sent, data))
+            answer = _read_response(conn, head_only=method == "HEAD")
     finally:
-        http_conn.close()
+        tls.close()
     return Response(
         url=target.url,
-        status=resp.status,
-        reason=resp.reason,
-        headers=tuple(resp.getheaders()),
-        body=body,
+        status=answer.status,
+        reason=answer.reason.decode("latin-1").strip(),
+        headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.headers),
+        body=b"".join(answer.body),
         tls_version=conn.tls_version,
         cipher=cipher,
         peer=peer,

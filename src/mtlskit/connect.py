@@ -2,10 +2,11 @@
 
 :func:`open_connection` parses the URL, finds the client's files, builds the
 context with :func:`mtlskit.tls.client_context`, connects and handshakes;
-:mod:`mtlskit.client` speaks HTTP over the result. Every socket, ssl and
-``http.client`` error on the way becomes an error of :mod:`mtlskit.errors` in ONE
-place, :func:`map_errors`, by the stage it happened in: ``connect`` (TCP),
-``handshake`` (TLS) or ``exchange`` (the HTTP request and its answer).
+:mod:`mtlskit.client` speaks HTTP over the result. Every socket and ssl error on
+the way becomes an error of :mod:`mtlskit.errors` in ONE place, :func:`map_errors`,
+by the stage it happened in: ``connect`` (TCP), ``handshake`` (TLS) or ``exchange``
+(the HTTP request and its answer; the client raises ProtocolError itself for an
+answer that is not HTTP, and :meth:`Connection.closed_without_answer` for none).
 
 cryptography is imported inside the functions that explain a failure, not at the
 top: a request that succeeds never loads it (start-up time of ``mtlskit get``).
@@ -13,7 +14,6 @@ top: a request that succeeds never loads it (start-up time of ``mtlskit get``).
 
 from __future__ import annotations
 
-import http.client
 import os
 import socket
 import ssl
@@ -238,6 +238,11 @@ class Connection:
         self.tls = tls
         self.tls_version = tls.version() or ""
 
+    def closed_without_answer(self) -> MtlsError:
+        """The error for a server that closed before the first byte of its answer: with
+        TLS 1.3, how a server may refuse our certificate (then said so)."""
+        return _closed_without_answer(self.peer, self.tls_version)
+
     @contextmanager
     def map_errors(self) -> Iterator[None]:
         """Errors while sending the request or reading its answer, in mtlskit's words."""
@@ -292,7 +297,7 @@ def open_connection(
 
 @contextmanager
 def map_errors(stage: Stage, peer: Peer, tls_version: str = "") -> Iterator[None]:
-    """Turn an error of the socket, ssl or http.client met in ``stage`` into an error of
+    """Turn an error of the socket or ssl met in ``stage`` into an error of
     :mod:`mtlskit.errors` (the tree by stage); errors that are not theirs pass through."""
     try:
         yield
@@ -363,15 +368,8 @@ def _explain(stage: Stage, exc: Exception, peer: Peer, tls_version: str) -> Mtls
             f"no response from {where} within {seconds}",
             hint=("check the server's log, or ", *_RAISE_TIMEOUT),
         )
-    # http.client's RemoteDisconnected is a ConnectionError too.
-    if isinstance(exc, ConnectionError | http.client.IncompleteRead):
+    if isinstance(exc, ConnectionError):
         return _closed_without_answer(peer, tls_version)
-    if isinstance(exc, http.client.HTTPException):
-        said = " ".join(str(exc).split())  # BadStatusLine carries the line and its CRLF
-        return ProtocolError(
-            f"invalid HTTP response from {where}: {type(exc).__name__} {said}",
-            hint="check that it is an HTTP/1.1 server",
-        )
     if isinstance(exc, OSError):
         return NetworkError(
             f"connection to {where} failed: {exc.strerror or exc}", hint="try again"

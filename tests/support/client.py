@@ -230,12 +230,24 @@ ANSWERS = {
     "/short-body": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
     "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc",
     "/nothing": b"",
+    "/early-hints": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nX-Final: 1\r\nContent-Length: 2\r\n\r\nok",
+    "/chunked-truncated": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    "/long-header": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+    "/switching": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n",
+    "/rtsp": b"RTSP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+}
+
+# Canned answers after which the connection stays open (until the server stops).
+HELD_ANSWERS = {
+    "/head-open": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",  # for a HEAD
+    "/stall-body": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
 }
 
 
 class _Canned(socketserver.BaseRequestHandler):
-    """Handshakes, reads the request for PATH, answers ANSWERS[PATH] and closes;
-    /silent never answers (until the server stops)."""
+    """Handshakes, reads the request for PATH, answers ANSWERS[PATH] and closes, or
+    HELD_ANSWERS[PATH] and waits; /silent never answers (until the server stops)."""
 
     server: _CannedServer
 
@@ -255,7 +267,12 @@ class _Canned(socketserver.BaseRequestHandler):
             if path == "/silent":
                 self.server.stopping.wait(30)
                 return
-            tls.sendall(ANSWERS[path])
+            try:
+                tls.sendall(ANSWERS.get(path) or HELD_ANSWERS[path])
+            except OSError:
+                return  # the client gave up first (a header section too long)
+            if path in HELD_ANSWERS:
+                self.server.stopping.wait(30)
 
 
 class _CannedServer(socketserver.ThreadingTCPServer):
