@@ -23,7 +23,7 @@ The same context works in httpx, requests/urllib3 and aiohttp (real handshakes i
 
 requests (and json) are imported inside the functions that use them, on first use:
 importing this module, as ``mtlskit get`` does, does not load them. Nor does it load
-``http.client``, which imports the ``email`` package: ~40 ms of a ~130 ms start.
+``http.client``, which imports the ``email`` package (8-9 ms of import time).
 """
 
 from __future__ import annotations
