@@ -12,6 +12,7 @@ Requests on one connection run one at a time, in order (pipelining queues them).
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 import os
@@ -26,7 +27,7 @@ from urllib.parse import unquote
 import httptools
 
 from mtlskit.errors import ConfigError, ServerError
-from mtlskit.server.asgi_types import ASGIApp, ClientDisconnected, Message, Scope
+from mtlskit.server.asgi_types import ASGIApp, ClientDisconnected, Message, Scope, header_pair
 from mtlskit.server.protocol import ERROR_RESPONSES, BaseProtocol, identity_of
 from mtlskit.server.state import ConnectionRules, ServerState
 from mtlskit.server.tlsstate import TLSState, cipher_suite_id, tls_version_id
@@ -108,16 +109,7 @@ def load_app(spec: str) -> ASGIApp:
 
 
 # PEM of the client certificates seen lately (DER -> PEM), for the TLS extension. Bounded.
-_PEMS: dict[bytes, str] = {}
-
-
-def _pem(der: bytes) -> str:
-    pem = _PEMS.get(der)
-    if pem is None:
-        if len(_PEMS) >= 1024:
-            _PEMS.clear()
-        pem = _PEMS[der] = ssl.DER_cert_to_PEM_cert(der)
-    return pem
+_pem = functools.lru_cache(maxsize=1024)(ssl.DER_cert_to_PEM_cert)
 
 
 class HostedApp:
@@ -448,11 +440,9 @@ class RequestResponseCycle:
                 self._has_length = True
                 continue
             try:
-                name, value = item
-            except (TypeError, ValueError):
-                raise self._error("the headers must be (name, value) pairs") from None
-            if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
-                raise self._error("header names and values must be bytes")
+                name, value = header_pair(item)
+            except ValueError as exc:
+                raise self._error(str(exc)) from None
             if not _TOKEN.fullmatch(name):
                 raise self._error(f"invalid header name {bytes(name)!r}")
             if _NOT_FIELD_VALUE.search(value):

@@ -22,6 +22,7 @@ the requests before it; a client that does not read its response is dropped afte
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from typing import Any, cast
@@ -116,17 +117,10 @@ class HelloResponses:
 # Client certificates parsed lately (DER -> identity): a client that connects again, as
 # most do, costs a look-up instead of ~70 us of parsing (a twentieth of a full P-256
 # handshake). Only parsing is saved: each handshake verifies its certificate. Bounded.
-_IDENTITIES: dict[bytes, PeerIdentity] = {}
-
-
+@functools.lru_cache(maxsize=1024)
 def identity_of(der: bytes) -> PeerIdentity:
     """The :class:`PeerIdentity` of a verified client certificate (DER)."""
-    ident = _IDENTITIES.get(der)
-    if ident is None:
-        if len(_IDENTITIES) >= 1024:
-            _IDENTITIES.clear()
-        ident = _IDENTITIES[der] = PeerIdentity.from_der(der)
-    return ident
+    return PeerIdentity.from_der(der)
 
 
 class StopParsing(Exception):

@@ -47,7 +47,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from mtlskit.server.asgi_types import ASGIApp, ClientDisconnected, Scope
+from mtlskit.server.asgi_types import ASGIApp, ClientDisconnected, Scope, header_pair
 from mtlskit.server.asgi_types import Message as ASGIMessage
 
 __all__ = ["HIGH_WATER", "WebSocketCycle", "WebSocketLimits", "is_websocket_upgrade"]
@@ -349,11 +349,9 @@ class WebSocketCycle:
         headers = []
         for item in message.get("headers") or ():
             try:
-                name, value = item
-            except (TypeError, ValueError):
-                raise self._error("the headers must be (name, value) pairs") from None
-            if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
-                raise self._error("header names and values must be bytes")
+                name, value = header_pair(item)
+            except ValueError as exc:
+                raise self._error(str(exc)) from None
             headers.append((bytes(name), bytes(value)))
         try:  # h11 (under wsproto) checks the names, values and framing fields
             data = self.ws.send(RejectConnection(status, headers=headers, has_body=True))
