@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ROOT, go_binary
+from tests.support.processes import go_binary, run_bench
 
 
 @pytest.mark.slow
 @pytest.mark.interop
 def test_quick_proxy_bench_measures_every_proxy(tmp_path: Path) -> None:
     go_binary("mtls-loadgen")
-    r = subprocess.run(
-        [sys.executable, ROOT / "bench" / "proxy.py", "--quick", "--out", tmp_path],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_bench("proxy.py", tmp_path, timeout=300)
     data = json.loads((tmp_path / "proxy-latest.json").read_text())
     proxies = data["proxies"]
     assert set(proxies) == {"mtlskit-l4", "mtlskit-l7", "stunnel", "nginx-stream", "nginx-http"}

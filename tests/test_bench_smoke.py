@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ROOT, go_binary
+from tests.support.processes import go_binary, run_bench
 
 MODES = {"keepalive", "handshake", "resume"}
 
@@ -23,14 +22,7 @@ def test_quick_bench_writes_json_table_and_chart(tmp_path: Path) -> None:
     # As the README runs it: `python3 bench/run.py`, an interpreter without mtlskit;
     # the bench must find (or make) the project's .venv and continue there.
     python = getattr(sys, "_base_executable", sys.executable)
-    r = subprocess.run(
-        [python, ROOT / "bench" / "run.py", "--quick", "--out", tmp_path],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_bench("run.py", tmp_path, python=python, timeout=240)
     data = json.loads((tmp_path / "latest.json").read_text())
 
     for field in ("command", "settings", "versions", "bounds", "throughput", "ratios", "targets"):
@@ -69,14 +61,7 @@ def test_quick_scale_benches_write_their_json(tmp_path: Path, bench: str) -> Non
     """bench/revocation.py and bench/workers.py --quick: they run end to end (no speeds)."""
     go_binary("mtls-loadgen")
     out = tmp_path / f"{bench}.json"
-    r = subprocess.run(
-        [sys.executable, ROOT / "bench" / f"{bench}.py", "--quick", "--out", out],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_bench(f"{bench}.py", out, timeout=300)
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(row["errors"] == 0 for row in rows), rows
     assert "|" in r.stdout  # the table
@@ -88,14 +73,7 @@ def test_quick_ca_service_bench(tmp_path: Path) -> None:
     """bench/ca_service.py --quick: enrollments on SQLite and PostgreSQL, ACME against
     pebble, one JSON and one table (speeds not asserted)."""
     out = tmp_path / "ca_service.json"
-    r = subprocess.run(
-        [sys.executable, ROOT / "bench" / "ca_service.py", "--quick", "--out", out],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_bench("ca_service.py", out, timeout=300)
     data = json.loads(out.read_text())
     rows = data["rows"]
     enroll = {row["db"]: row for row in rows if row["bench"] == "enroll"}
@@ -120,14 +98,7 @@ def test_quick_asgi_bench_runs_all_three_servers(tmp_path: Path) -> None:
     """bench/asgi.py --quick: mtlskit serve, uvicorn and granian, each with client
     certificates required, answer every request (the bench extras install both)."""
     go_binary("mtls-loadgen")
-    r = subprocess.run(
-        [sys.executable, ROOT / "bench" / "asgi.py", "--quick", "--out", tmp_path],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_bench("asgi.py", tmp_path, timeout=240)
     data = json.loads((tmp_path / "asgi.json").read_text())
     rows = {(row["server"], row.get("mode")): row for row in data["rows"]}
     for server in ("mtlskit", "uvicorn", "granian"):

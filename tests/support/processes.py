@@ -25,6 +25,22 @@ class Result:
     stderr: str
 
 
+def run_bench(
+    script: str, out: Path, *, python: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``bench/SCRIPT --quick --out OUT`` from the project root, which must succeed (its
+    stderr tail is the failure message); ``python``: another interpreter than ours."""
+    r = subprocess.run(
+        [python or sys.executable, ROOT / "bench" / script, "--quick", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 def run_cli(
     *args: str | os.PathLike[str],
     cwd: Path | None = None,
